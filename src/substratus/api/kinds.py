@@ -1,0 +1,235 @@
+"""Model, Dataset, Notebook and Server: spec and status of each kind."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from substratus.api.common import (
+    Condition,
+    EnvValue,
+    Image,
+    ObjectMeta,
+    ObjectRef,
+    Params,
+    Resources,
+    Strict,
+    check_env_names,
+)
+
+GROUP = "substratus.ai"
+VERSION = "v1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class CommonSpec(Strict):
+    image: Image = Field(description="Container image to run, or a source to build it from.")
+    command: list[str] | None = Field(None, description="Overrides the image's entrypoint.")
+    params: Params = Field(
+        default_factory=dict,
+        description="Parameters: PARAM_{UPPER(key)} env vars and /content/params.json.",
+    )
+    env: dict[str, EnvValue] = Field(
+        default_factory=dict,
+        description="Environment variables: a value, or {secretKeyRef: {name, key}}.",
+    )
+    resources: Resources = Field(default_factory=Resources, description="Compute resources.")
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params_env(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            check_env_names(v, "params")
+            for key, value in v.items():
+                if not isinstance(value, str | int | float | bool):
+                    raise ValueError(
+                        f"params key {key!r}: value must be a string, number or boolean, "
+                        f"not {type(value).__name__}"
+                    )
+        return v
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_names(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            check_env_names(v, "env")
+            for key, value in v.items():
+                ref = value.get("secretKeyRef") if isinstance(value, dict) else None
+                ok = isinstance(value, str) or (
+                    isinstance(value, dict)
+                    and set(value) == {"secretKeyRef"}
+                    and isinstance(ref, dict)
+                    and set(ref) == {"name", "key"}
+                    and all(isinstance(x, str) and x for x in ref.values())
+                )
+                if not ok:
+                    raise ValueError(
+                        f"env key {key!r}: value must be a string or "
+                        "{secretKeyRef: {name: SECRET, key: KEY}}"
+                    )
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _command_nonempty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("must name a program when set")
+        return v
+
+
+class CommonStatus(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    ready: bool = Field(False, description="True once the object is usable.")
+    conditions: list[Condition] = Field(default_factory=list, description="Current conditions.")
+    observed_generation: int | None = Field(
+        None, alias="observedGeneration", description="Generation the status describes."
+    )
+    image: str | None = Field(None, description="Image built from spec.image's source.")
+    upload_url: str | None = Field(
+        None, alias="uploadUrl", description="Signed URL the client uploads its build context to."
+    )
+
+
+class ArtifactStatus(CommonStatus):
+    url: str | None = Field(None, description="Where the artifacts are stored (bucket URL).")
+    files: list[str] = Field(default_factory=list, description="Artifact files, relative paths.")
+    disk_size: str | None = Field(
+        None, alias="diskSize", description="Total size of the artifacts, e.g. 27Gi."
+    )
+
+
+class ModelSpec(CommonSpec):
+    base_model: ObjectRef | None = Field(
+        None, alias="baseModel", description="Model to fine-tune; mounted read-only at model/."
+    )
+    training_dataset: ObjectRef | None = Field(
+        None, alias="trainingDataset", description="Dataset to train on; mounted at data/."
+    )
+
+
+class DatasetSpec(CommonSpec):
+    pass
+
+
+class NotebookSpec(CommonSpec):
+    model: ObjectRef | None = Field(None, description="Model mounted at model/.")
+    dataset: ObjectRef | None = Field(None, description="Dataset mounted at data/.")
+    suspend: bool = Field(False, description="Stop the notebook, keeping the object.")
+
+    @field_validator("model", "dataset", mode="before")
+    @classmethod
+    def _plain_name(cls, v: Any) -> Any:
+        # The seed writes `model: falcon-7b`; accept it as {name: falcon-7b}.
+        return {"name": v} if isinstance(v, str) else v
+
+
+class Quantization(Strict):
+    bits: Literal[4, 8, 16] = Field(16, description="Weight precision: 16 (none), 8 or 4.")
+
+
+class Autoscaling(Strict):
+    min_replicas: int = Field(1, alias="minReplicas", ge=0)
+    max_replicas: int = Field(1, alias="maxReplicas", ge=1)
+    target_concurrency: int = Field(
+        8, alias="targetConcurrency", ge=1, description="In-flight requests per replica."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must not exceed maxReplicas")
+        return self
+
+
+class ServerSpec(CommonSpec):
+    model: ObjectRef = Field(description="Model to serve; mounted at /model/saved and model/.")
+    replicas: int = Field(1, ge=0, description="Number of server processes or pods.")
+    autoscaling: Autoscaling | None = Field(None, description="Scale replicas with load.")
+    quantization: Quantization | None = Field(None, description="Load weights quantized.")
+    embeddings: bool = Field(False, description="Serve /v1/embeddings from the model.")
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _plain_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+
+class NotebookStatus(CommonStatus):
+    token: str | None = Field(None, description="Jupyter token.")
+    url: str | None = Field(None, description="Where the notebook is reachable.")
+
+
+class ServerStatus(CommonStatus):
+    url: str | None = Field(None, description="Where the server is reachable.")
+    replicas: int = Field(0, description="Replicas running and ready.")
+
+
+class Resource(BaseModel):
+    """One object of any kind: apiVersion, kind, metadata, spec, status."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    KIND: ClassVar[str]
+    PLURAL: ClassVar[str]
+    SHORT_NAMES: ClassVar[list[str]]
+    # Kinds whose runs produce artifacts in a bucket (status.url is a bucket URL).
+    HAS_ARTIFACTS: ClassVar[bool] = False
+    # Kinds that run to completion (jobs) rather than as services.
+    IS_JOB: ClassVar[bool] = False
+
+    api_version: Literal["substratus.ai/v1"] = Field(API_VERSION, alias="apiVersion")
+    kind: str
+    metadata: ObjectMeta
+    spec: CommonSpec
+    status: CommonStatus
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.KIND, self.metadata.namespace, self.metadata.name)
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class Model(Resource):
+    KIND = "Model"
+    PLURAL = "models"
+    SHORT_NAMES = ["ml"]
+    HAS_ARTIFACTS = True
+    IS_JOB = True
+    kind: Literal["Model"] = "Model"
+    spec: ModelSpec
+    status: ArtifactStatus = Field(default_factory=ArtifactStatus)
+
+
+class Dataset(Resource):
+    KIND = "Dataset"
+    PLURAL = "datasets"
+    SHORT_NAMES = ["ds"]
+    HAS_ARTIFACTS = True
+    IS_JOB = True
+    kind: Literal["Dataset"] = "Dataset"
+    spec: DatasetSpec
+    status: ArtifactStatus = Field(default_factory=ArtifactStatus)
+
+
+class Notebook(Resource):
+    KIND = "Notebook"
+    PLURAL = "notebooks"
+    SHORT_NAMES = ["nb"]
+    kind: Literal["Notebook"] = "Notebook"
+    spec: NotebookSpec
+    status: NotebookStatus = Field(default_factory=NotebookStatus)
+
+
+class Server(Resource):
+    KIND = "Server"
+    PLURAL = "servers"
+    SHORT_NAMES = ["srv"]
+    kind: Literal["Server"] = "Server"
+    spec: ServerSpec
+    status: ServerStatus = Field(default_factory=ServerStatus)
+
+
+KINDS: dict[str, type[Resource]] = {k.KIND: k for k in (Model, Dataset, Notebook, Server)}

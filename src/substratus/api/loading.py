@@ -1,0 +1,99 @@
+"""Turning YAML/JSON documents into typed objects, with errors that name the field and why."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from substratus.api.kinds import API_VERSION, KINDS, Resource
+
+
+class ValidationFailed(ValueError):
+    """A document is not a valid object; ``problems`` holds (field path, reason) pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {path}: {reason}" for path, reason in problems)
+        super().__init__(f"{source}: invalid\n{lines}")
+
+
+def _path(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _reason(err: dict[str, Any]) -> str:
+    msg = str(err["msg"])
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    if err["type"] == "missing":
+        return "required field is missing"
+    return msg.removeprefix("Value error, ")
+
+
+_UNION_TAGS = {"str", "int", "float", "bool", "EnvFrom"}
+
+
+def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    # pydantic adds union-member tags (e.g. "str", "EnvFrom") to the location; drop them.
+    return tuple(p for p in loc if p not in _UNION_TAGS)
+
+
+def kind_of(name: str) -> type[Resource]:
+    """Resolve a kind from its name, plural or short name, case-insensitively (like kubectl)."""
+    wanted = name.lower().split(".", 1)[0]
+    for cls in KINDS.values():
+        if wanted in (cls.KIND.lower(), cls.PLURAL, *cls.SHORT_NAMES):
+            return cls
+    known = ", ".join(sorted(KINDS))
+    raise ValueError(f"unknown kind {name!r}: expected one of {known}")
+
+
+def parse_object(doc: Any, source: str = "<object>") -> Resource:
+    """Validate one decoded document as a Substratus object."""
+    if not isinstance(doc, dict):
+        raise ValidationFailed(source, [("", "expected a mapping with apiVersion, kind, metadata")])
+    kind = doc.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise ValidationFailed(source, [("kind", "required field is missing")])
+    if kind not in KINDS:
+        known = ", ".join(sorted(KINDS))
+        raise ValidationFailed(source, [("kind", f"unknown kind {kind!r}: expected one of {known}")])
+    api_version = doc.get("apiVersion")
+    if api_version != API_VERSION:
+        raise ValidationFailed(
+            source, [("apiVersion", f"expected {API_VERSION!r}, got {api_version!r}")]
+        )
+    cls = KINDS[kind]
+    try:
+        return cls.model_validate(doc)
+    except ValidationError as exc:
+        problems = [(_path(_clean_loc(e["loc"])), _reason(dict(e))) for e in exc.errors()]
+        name = (doc.get("metadata") or {}).get("name", "?")
+        raise ValidationFailed(f"{source}: {kind}/{name}", problems) from None
+
+
+def load_yaml_documents(text: str, source: str) -> list[Any]:
+    try:
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ValidationFailed(source, [("", f"malformed YAML{where}: {problem}")]) from None
+
+
+def parse_documents(text: str, source: str = "<stdin>") -> list[Resource]:
+    """Parse a multi-document YAML (or JSON) text; every document must be valid."""
+    return [parse_object(d, source) for d in load_yaml_documents(text, source)]
