@@ -1,10 +1,10 @@
 """The four kinds of ``substratus.ai/v1`` as typed models, their validation and CRDs."""
 
 from substratus.api.common import (
+    GPU,
     Condition,
     EnvValue,
     GitSource,
-    GPU,
     Image,
     ObjectMeta,
     ObjectRef,
@@ -23,7 +23,7 @@ from substratus.api.kinds import (
     Resource,
     Server,
 )
-from substratus.api.loading import ValidationFailed, parse_object, parse_documents
+from substratus.api.loading import ValidationFailed, parse_documents, parse_object
 
 __all__ = [
     "API_VERSION",

@@ -102,9 +102,12 @@ class GPU(Strict):
 
 
 class Resources(Strict):
-    cpu: Annotated[float, Field(gt=0)] = Field(2, description="CPU cores.")
-    memory: Annotated[float, Field(gt=0)] = Field(10, description="Memory in gigabytes.")
-    disk: Annotated[float, Field(gt=0)] = Field(10, description="Scratch disk in gigabytes.")
+    # Unset means "no request": the workload gets what the machine or node has.
+    cpu: Annotated[float, Field(gt=0)] | None = Field(None, description="CPU cores.")
+    memory: Annotated[float, Field(gt=0)] | None = Field(None, description="Memory in gigabytes.")
+    disk: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="Scratch disk in gigabytes."
+    )
     gpu: GPU | None = Field(None, description="GPUs to attach.")
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from substratus.api.common import (
     Condition,
@@ -129,26 +129,12 @@ class Quantization(Strict):
     bits: Literal[4, 8, 16] = Field(16, description="Weight precision: 16 (none), 8 or 4.")
 
 
-class Autoscaling(Strict):
-    min_replicas: int = Field(1, alias="minReplicas", ge=0)
-    max_replicas: int = Field(1, alias="maxReplicas", ge=1)
-    target_concurrency: int = Field(
-        8, alias="targetConcurrency", ge=1, description="In-flight requests per replica."
-    )
-
-    @model_validator(mode="after")
-    def _bounds(self) -> Autoscaling:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError("minReplicas must not exceed maxReplicas")
-        return self
-
-
 class ServerSpec(CommonSpec):
     model: ObjectRef = Field(description="Model to serve; mounted at /model/saved and model/.")
     replicas: int = Field(1, ge=0, description="Number of server processes or pods.")
-    autoscaling: Autoscaling | None = Field(None, description="Scale replicas with load.")
-    quantization: Quantization | None = Field(None, description="Load weights quantized.")
-    embeddings: bool = Field(False, description="Serve /v1/embeddings from the model.")
+    quantization: Quantization | None = Field(
+        None, description="Load weights quantized (passed to the server as QUANTIZATION_BITS)."
+    )
 
     @field_validator("model", mode="before")
     @classmethod
@@ -178,7 +164,7 @@ class Resource(BaseModel):
     # Kinds that run to completion (jobs) rather than as services.
     IS_JOB: ClassVar[bool] = False
 
-    api_version: Literal["substratus.ai/v1"] = Field(API_VERSION, alias="apiVersion")
+    api_version: Literal["substratus.ai/v1"] = Field("substratus.ai/v1", alias="apiVersion")
     kind: str
     metadata: ObjectMeta
     spec: CommonSpec

@@ -1,1 +1,1 @@
-"""cli"""
+"""The `sub` command line."""

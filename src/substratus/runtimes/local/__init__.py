@@ -1,1 +1,1 @@
-"""runtimes/local"""
+"""The embedded local runtime: a supervisor process, SQLite state, workloads as processes."""

@@ -1,0 +1,389 @@
+"""`sub`: apply, get, describe, logs, wait and delete Substratus objects, like kubectl.
+
+Exit codes: 0 success; 1 the operation failed (e.g. a job failed while waiting); 2 usage;
+3 not found; 4 invalid input; 5 timed out; 6 the control plane is unreachable.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from substratus.api.loading import ValidationFailed, kind_of
+from substratus.core.client import (
+    Client,
+    ClientError,
+    InvalidError,
+    NotFoundError,
+    UnavailableError,
+)
+
+EXIT_FAILED, EXIT_NOT_FOUND, EXIT_INVALID, EXIT_TIMEOUT, EXIT_UNAVAILABLE = 1, 3, 4, 5, 6
+
+app = typer.Typer(
+    help="Substratus: import, fine-tune and serve models, and run notebooks, from manifests.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+local_app = typer.Typer(help="Manage the local supervisor (the embedded runtime).")
+app.add_typer(local_app, name="local")
+
+err = Console(stderr=True)
+out = Console(highlight=False, soft_wrap=True)
+T = TypeVar("T")
+
+Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")]
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def client() -> Client:
+    from substratus.runtimes.local.client import LocalClient
+
+    return LocalClient()
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run ``fn``, turning client errors into messages and the documented exit codes."""
+    from substratus.cli.waiting import WaitFailed, WaitTimeout
+
+    try:
+        return fn()
+    except ValidationFailed as exc:
+        fail(str(exc), EXIT_INVALID)
+    except InvalidError as exc:
+        fail(str(exc), EXIT_INVALID)
+    except NotFoundError as exc:
+        fail(str(exc), EXIT_NOT_FOUND)
+    except UnavailableError as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    except WaitTimeout as exc:
+        fail(str(exc), EXIT_TIMEOUT)
+    except (WaitFailed, ClientError) as exc:
+        fail(str(exc), EXIT_FAILED)
+    except (ValueError, OSError) as exc:
+        fail(str(exc), EXIT_INVALID)
+
+
+@app.command()
+def apply(
+    filename: Annotated[
+        list[str],
+        typer.Option("--filename", "-f", help="File, directory, URL or - (stdin). Repeatable."),
+    ],
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-R")] = False,
+    upload_dir: Annotated[
+        str | None,
+        typer.Option(help="Build context for objects with image.upload (default: the file's dir)."),
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until every object is Ready.")] = False,
+    timeout: Annotated[str, typer.Option(help="With --wait: e.g. 300s, 10m.")] = "30m",
+) -> None:
+    """Create or update objects from manifests (multi-document YAML).
+
+    Examples:
+
+        sub apply -f examples/local/model.yaml
+
+        sub apply -f examples/local/ --wait
+
+        cat model.yaml | sub apply -f -
+    """
+    from substratus.cli.manifests import read_documents
+    from substratus.cli.upload import finish_upload, prepare_upload
+
+    def run() -> None:
+        docs = read_documents(filename, namespace, recursive)
+        tarballs = [prepare_upload(doc, upload_dir) for doc in docs]
+        c = client()
+        applied = []
+        for doc, tarball in zip(docs, tarballs, strict=True):
+            result = c.apply(doc.body, doc.source)
+            obj = result.object
+            label = f"{obj['kind'].lower()}/{obj['metadata']['name']}"
+            out.print(f"{label} {result.action}")
+            if tarball is not None:
+                finish_upload(c, obj, tarball, err)
+            applied.append(obj)
+        if wait:
+            from substratus.cli.waiting import wait_for
+
+            for obj in applied:
+                if obj["kind"] == "Secret":
+                    continue
+                meta = obj["metadata"]
+                wait_for(
+                    c,
+                    obj["kind"],
+                    meta["namespace"],
+                    meta["name"],
+                    "ready",
+                    parse_duration(timeout),
+                    err,
+                )
+                out.print(f"{obj['kind'].lower()}/{meta['name']} ready")
+
+    guarded(run)
+
+
+@app.command()
+def get(
+    target: Annotated[
+        list[str] | None, typer.Argument(help="KIND, KIND/NAME or KIND NAME.")
+    ] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n")] = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="wide, yaml or json.")
+    ] = None,
+) -> None:
+    """List objects, or show one.
+
+    Examples:
+
+        sub get                      # every kind (the `ai` category)
+
+        sub get models -o wide
+
+        sub get model/falcon-7b -o yaml
+    """
+    from substratus.cli import output as fmt
+    from substratus.cli.targets import parse_target
+
+    if output not in (None, "wide", "yaml", "json"):
+        fail(f"--output: {output!r} is not one of wide, yaml, json", EXIT_INVALID)
+
+    def run() -> None:
+        args = list(target or [])
+        if args and args[0].lower() in ("secret", "secrets"):
+            items = client().secrets(None if all_namespaces else namespace or "default")
+            for s in items:
+                out.print(f"{s['metadata']['name']}   keys: {', '.join(s['keys'])}")
+            return
+        kinds, name = parse_target(args)
+        ns = None if all_namespaces else (namespace or "default")
+        c = client()
+        if name:
+            obj = c.get(kinds[0], ns or "default", name)
+            objs: list[dict[str, Any]] = [obj]
+        else:
+            objs = [o for k in kinds for o in c.list(k, ns)]
+        if output in ("yaml", "json"):
+            out.print(fmt.dump(objs[0] if name else objs, output), markup=False)
+            return
+        if not objs:
+            err.print(f"No resources found{f' in {ns} namespace' if ns else ''}.")
+            return
+        out.print(
+            fmt.table(objs, wide=output == "wide", all_namespaces=all_namespaces), markup=False
+        )
+
+    guarded(run)
+
+
+@app.command()
+def describe(
+    target: Annotated[list[str], typer.Argument(help="KIND/NAME or KIND NAME.")],
+    namespace: Namespace = "default",
+) -> None:
+    """Show an object's spec, status and conditions (with failure log tails)."""
+    from substratus.cli import output as fmt
+    from substratus.cli.targets import parse_target
+
+    def run() -> None:
+        kinds, name = parse_target(target)
+        c = client()
+        objs = (
+            [c.get(kinds[0], namespace, name)]
+            if name
+            else [o for k in kinds for o in c.list(k, namespace)]
+        )
+        out.print("\n\n".join(fmt.describe(o) for o in objs), markup=False)
+
+    guarded(run)
+
+
+@app.command()
+def logs(
+    target: Annotated[list[str], typer.Argument(help="KIND/NAME or KIND NAME.")],
+    namespace: Namespace = "default",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new output.")] = False,
+    tail: Annotated[int | None, typer.Option(help="Lines of recent output to show.")] = None,
+) -> None:
+    """Print the logs of an object's workload (its newest run, or its build).
+
+    Example: `sub logs model/falcon-7b -f`
+    """
+    from substratus.cli.targets import parse_target
+
+    def run() -> None:
+        kinds, name = parse_target(target)
+        if not name:
+            raise ValueError("logs needs KIND/NAME")
+        for chunk in client().logs(kinds[0], namespace, name, follow=follow, tail=tail):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+
+    guarded(run)
+
+
+def parse_duration(text: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())
+    if not m:
+        raise ValueError(f"--timeout: {text!r} is not a duration like 30s, 5m or 1h")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+@app.command()
+def wait(
+    target: Annotated[list[str], typer.Argument(help="KIND/NAME or KIND NAME.")],
+    for_: Annotated[str, typer.Option("--for", help="ready or delete.")] = "ready",
+    namespace: Namespace = "default",
+    timeout: Annotated[str, typer.Option(help="e.g. 30s, 5m, 1h.")] = "30m",
+) -> None:
+    """Wait until an object is Ready (or deleted). Fails early when a job or build fails.
+
+    Example: `sub wait model/falcon-7b --for=ready --timeout=10m`
+    """
+    from substratus.cli.targets import parse_target
+    from substratus.cli.waiting import wait_for
+
+    condition = for_.lower().removeprefix("condition=")
+    if condition not in ("ready", "delete"):
+        fail(f"--for: {for_!r} is not one of ready, delete", EXIT_INVALID)
+
+    def run() -> None:
+        kinds, name = parse_target(target)
+        if not name:
+            raise ValueError("wait needs KIND/NAME")
+        c = client()
+        try:
+            c.get(kinds[0], namespace, name)
+        except NotFoundError:
+            if condition != "delete":
+                raise
+            out.print(f"{kinds[0].lower()}/{name} deleted")
+            return
+        wait_for(
+            c,
+            kinds[0],
+            namespace,
+            name,
+            condition,
+            parse_duration(timeout),
+            err if err.is_terminal else None,
+        )
+        out.print(f"{kinds[0].lower()}/{name} condition met")
+
+    guarded(run)
+
+
+@app.command()
+def delete(
+    target: Annotated[list[str] | None, typer.Argument(help="KIND/NAME or KIND NAME.")] = None,
+    filename: Annotated[list[str] | None, typer.Option("--filename", "-f")] = None,
+    namespace: Namespace = "default",
+    retain_artifacts: Annotated[
+        bool, typer.Option(help="Keep the object's artifacts in the bucket.")
+    ] = False,
+    ignore_not_found: Annotated[bool, typer.Option()] = False,
+) -> None:
+    """Delete objects, their workloads and (unless retained) their artifacts.
+
+    Examples: `sub delete model/falcon-7b`, `sub delete -f examples/local/`
+    """
+    from substratus.cli.manifests import read_documents
+    from substratus.cli.targets import parse_target
+
+    def run() -> None:
+        refs: list[tuple[str, str, str]] = []
+        if filename:
+            for doc in read_documents(filename, None):
+                meta = doc.body.get("metadata") or {}
+                refs.append(
+                    (
+                        str(doc.body.get("kind")),
+                        meta.get("namespace", namespace),
+                        str(meta.get("name")),
+                    )
+                )
+        else:
+            kinds, name = parse_target(list(target or []))
+            if not name:
+                raise ValueError("delete needs KIND/NAME or -f FILE")
+            refs.append((kinds[0], namespace, name))
+        c = client()
+        for kind, ns, name in refs:
+            if kind == "Secret":
+                c.delete_secret(ns, name)
+                out.print(f"secret/{name} deleted")
+                continue
+            try:
+                c.delete(kind_of(kind).KIND, ns, name, retain=retain_artifacts)
+            except NotFoundError:
+                if not ignore_not_found:
+                    raise
+                continue
+            out.print(f"{kind.lower()}/{name} deleted")
+
+    guarded(run)
+
+
+@app.command()
+def crds() -> None:
+    """Print the CustomResourceDefinitions (`sub crds | kubectl apply -f -`)."""
+    from substratus.api.crds import crds_yaml
+
+    sys.stdout.write(crds_yaml())
+
+
+@local_app.command("status")
+def local_status() -> None:
+    """Show whether the local supervisor runs, and where its state lives."""
+    from substratus.runtimes.local.client import LocalClient, supervisor_running
+
+    c = LocalClient(autostart=False)
+    paths = c.paths
+    if not supervisor_running(paths):
+        out.print(f"supervisor: not running (state in {paths.home})")
+        raise typer.Exit(EXIT_UNAVAILABLE)
+    health = c.health()
+    objs = c.list(None, None)
+    ready = sum(1 for o in objs if (o.get("status") or {}).get("ready"))
+    out.print(f"supervisor: running (pid {health['pid']})")
+    out.print(f"state:      {paths.home}")
+    out.print(f"socket:     {paths.socket}")
+    out.print(f"objects:    {len(objs)} ({ready} ready)")
+
+
+@local_app.command("stop")
+def local_stop() -> None:
+    """Stop the local supervisor and the workloads it runs."""
+    import time
+
+    from substratus.runtimes.local.client import LocalClient, supervisor_running
+
+    c = LocalClient(autostart=False)
+    if not supervisor_running(c.paths):
+        out.print("supervisor: not running")
+        return
+    c.shutdown()
+    deadline = time.monotonic() + 30
+    while supervisor_running(c.paths) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    out.print("supervisor: stopped")
+
+
+def main() -> None:
+    app()

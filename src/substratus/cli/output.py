@@ -1,0 +1,126 @@
+"""kubectl-like tables and describe output."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from substratus.api.loading import kind_of
+
+
+def age(timestamp: str | None, now: datetime | None = None) -> str:
+    if not timestamp:
+        return "<unknown>"
+    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    secs = int(((now or datetime.now(UTC)) - then).total_seconds())
+    if secs < 120:
+        return f"{max(secs, 0)}s"
+    if secs < 7200:
+        return f"{secs // 60}m"
+    if secs < 172800:
+        return f"{secs // 3600}h"
+    return f"{secs // 86400}d"
+
+
+def ready_condition(obj: dict[str, Any]) -> dict[str, Any]:
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conds if c.get("type") == "Ready"), {})
+
+
+def _columns(obj: dict[str, Any], wide: bool) -> list[tuple[str, str]]:
+    status = obj.get("status") or {}
+    cls = kind_of(obj["kind"])
+    cond = ready_condition(obj)
+    cols = [
+        ("READY", "true" if status.get("ready") else "false"),
+        ("STATUS", cond.get("reason") or "Pending"),
+    ]
+    if cls.HAS_ARTIFACTS:
+        cols.append(("SIZE", status.get("diskSize") or ""))
+    if obj["kind"] == "Server":
+        cols.append(("REPLICAS", f"{status.get('replicas', 0)}/{obj['spec'].get('replicas', 1)}"))
+    cols.append(("AGE", age(obj["metadata"].get("creationTimestamp"))))
+    if wide:
+        cols.append(("URL", status.get("url") or ""))
+        image = status.get("image") or obj["spec"].get("image", {}).get("name") or ""
+        cols.append(("IMAGE", image))
+    return cols
+
+
+def table(objs: list[dict[str, Any]], wide: bool = False, all_namespaces: bool = False) -> str:
+    """One table per kind, as kubectl prints `get` of several kinds."""
+    blocks = []
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for obj in objs:
+        by_kind.setdefault(obj["kind"], []).append(obj)
+    for kind, items in by_kind.items():
+        prefix = f"{kind_of(kind).PLURAL}/" if len(by_kind) > 1 else ""
+        rows = []
+        for obj in items:
+            meta = obj["metadata"]
+            row = [meta["namespace"]] if all_namespaces else []
+            row.append(prefix + meta["name"])
+            row += [v for _, v in _columns(obj, wide)]
+            rows.append(row)
+        header = (["NAMESPACE"] if all_namespaces else []) + ["NAME"]
+        header += [h for h, _ in _columns(items[0], wide)]
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        lines = [
+            "   ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in [header, *rows]
+        ]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def dump(objs: list[dict[str, Any]] | dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(objs, indent=2)
+    if isinstance(objs, list):
+        objs = {"apiVersion": "v1", "kind": "List", "items": objs}
+    return yaml.safe_dump(objs, sort_keys=False)
+
+
+def describe(obj: dict[str, Any]) -> str:
+    meta, status = obj["metadata"], obj.get("status") or {}
+    lines = [
+        f"Name:         {meta['name']}",
+        f"Namespace:    {meta['namespace']}",
+        f"Kind:         {obj['kind']}",
+        f"Generation:   {meta.get('generation')} (observed {status.get('observedGeneration')})",
+        f"Created:      {meta.get('creationTimestamp')}",
+    ]
+    for label in ("labels", "annotations"):
+        if meta.get(label):
+            pairs = ", ".join(f"{k}={v}" for k, v in meta[label].items())
+            lines.append(f"{label.capitalize() + ':':<14}{pairs}")
+    lines.append("Spec:")
+    spec_yaml = yaml.safe_dump(obj.get("spec") or {}, sort_keys=False).rstrip()
+    lines += ["  " + line for line in spec_yaml.splitlines()]
+    lines.append("Status:")
+    lines.append(f"  Ready:      {bool(status.get('ready'))}")
+    for key in ("url", "diskSize", "image", "uploadUrl", "replicas"):
+        if status.get(key) not in (None, ""):
+            lines.append(f"  {key + ':':<12}{status[key]}")
+    if status.get("files"):
+        lines.append(f"  files:      {len(status['files'])}")
+        lines += [f"    {f}" for f in status["files"][:20]]
+        if len(status["files"]) > 20:
+            lines.append(f"    ... and {len(status['files']) - 20} more")
+    if status.get("token"):
+        lines.append("  token:      (set; `sub get notebook NAME -o json` shows it)")
+    lines.append("Conditions:")
+    conds = status.get("conditions") or []
+    if not conds:
+        lines.append("  <none>")
+    for c in conds:
+        lines.append(
+            f"  {c['type']:<13}{c['status']:<8}{c.get('reason', ''):<20}"
+            f"{age(c.get('lastTransitionTime'))} ago"
+        )
+        for mline in (c.get("message") or "").splitlines():
+            lines.append(f"      {mline}")
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""The seed's upload flow: pack a local build context, let the control plane sign a URL,
+upload the tarball there, and let the control plane build the image."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from substratus.cli.manifests import Document
+from substratus.core.client import Client
+from substratus.storage import pack_context, upload_to_signed_url
+
+SIGN_TIMEOUT = 60.0
+
+
+def prepare_upload(doc: Document, upload_dir: str | None) -> Path | None:
+    """Pack the build context of a document with ``spec.image.upload`` and record its md5."""
+    image = ((doc.body.get("spec") or {}).get("image")) or {}
+    if not isinstance(image, dict) or image.get("upload") is None:
+        return None
+    if upload_dir is None and doc.directory is None:
+        raise ValueError(
+            f"{doc.source}: spec.image.upload: pass --upload-dir DIR when the manifest comes "
+            "from stdin or a URL"
+        )
+    directory = Path(upload_dir) if upload_dir else doc.directory
+    assert directory is not None
+    if not directory.is_dir():
+        raise ValueError(
+            f"{doc.source}: spec.image.upload: build context {directory} is not a directory"
+        )
+    tarball = Path(tempfile.mkdtemp(prefix="substratus-upload-")) / "context.tar.gz"
+    md5 = pack_context(directory, tarball)
+    upload = dict(image["upload"] or {})
+    upload["md5"] = md5
+    # Content-addressed: re-applying an unchanged directory does not rebuild.
+    upload.setdefault("requestId", md5[:16])
+    image["upload"] = upload
+    return tarball
+
+
+def finish_upload(client: Client, obj: dict[str, Any], tarball: Path, console: Console) -> None:
+    """Upload ``tarball`` once the control plane has published ``status.uploadUrl``."""
+    kind, meta = obj["kind"], obj["metadata"]
+    deadline = time.monotonic() + SIGN_TIMEOUT
+    with console.status(f"{kind.lower()}/{meta['name']}: waiting for an upload URL"):
+        for event in client.watch(kind, meta["namespace"], meta["name"], timeout=SIGN_TIMEOUT):
+            if event["type"] == "BOOKMARK":
+                if time.monotonic() > deadline:
+                    break
+                continue
+            current = event["object"]
+            status = current.get("status") or {}
+            if status.get("observedGeneration") != current["metadata"].get("generation"):
+                continue
+            ready = next(
+                (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+            )
+            if ready.get("reason") != "AwaitingUpload":
+                return  # this context was uploaded before: nothing to send
+            if status.get("uploadUrl"):
+                size = tarball.stat().st_size
+                console.print(f"uploading build context ({size / 1e6:.1f} MB)")
+                upload_to_signed_url(status["uploadUrl"], tarball)
+                return
+    raise TimeoutError(f"{kind.lower()}/{meta['name']}: no status.uploadUrl after {SIGN_TIMEOUT}s")

@@ -1,0 +1,62 @@
+"""The one interface every `sub` verb uses; the local supervisor and Kubernetes implement it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class ClientError(Exception):
+    """A request the control plane refused or could not serve."""
+
+
+class NotFoundError(ClientError):
+    pass
+
+
+class InvalidError(ClientError):
+    def __init__(self, message: str, problems: list[tuple[str, str]]):
+        super().__init__(message)
+        self.problems = problems
+
+
+class UnavailableError(ClientError):
+    """The control plane cannot be reached."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    action: str  # created | configured | unchanged
+    object: dict[str, Any]
+
+
+class Client(Protocol):
+    def apply(self, doc: dict[str, Any], source: str = "<request>") -> ApplyResult: ...
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]: ...
+
+    def list(self, kind: str | None, namespace: str | None) -> list[dict[str, Any]]: ...
+
+    def delete(
+        self, kind: str, namespace: str, name: str, retain: bool = False
+    ) -> dict[str, Any]: ...
+
+    def watch(
+        self,
+        kind: str | None,
+        namespace: str | None,
+        name: str | None = None,
+        resource_version: int | None = None,
+        timeout: float = 3600,
+    ) -> Iterator[dict[str, Any]]:
+        """Events {type: ADDED|MODIFIED|DELETED|BOOKMARK, object}; current objects first."""
+        ...
+
+    def logs(
+        self, kind: str, namespace: str, name: str, follow: bool = False, tail: int | None = None
+    ) -> Iterator[bytes]: ...
+
+    def secrets(self, namespace: str | None) -> list[dict[str, Any]]: ...
+
+    def delete_secret(self, namespace: str, name: str) -> None: ...

@@ -1,0 +1,87 @@
+"""What a runtime observed about one object's world: dependencies, build, upload, workload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+@dataclass(frozen=True)
+class DepState:
+    found: bool
+    ready: bool = False
+    url: str | None = None
+
+
+class Phase(StrEnum):
+    NONE = "none"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class BuildState:
+    source: str | None = None  # build_source() of the spec that was built
+    phase: Phase = Phase.NONE
+    image: str | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class UploadState:
+    url: str | None = None  # where the client should upload (signed URL)
+    received: bool = False  # the tarball for the spec's requestId has arrived
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    url: str
+    files: tuple[str, ...]
+    size: int
+
+
+@dataclass(frozen=True)
+class JobState:
+    generation: int
+    phase: Phase
+    attempts: int = 1
+    exit_code: int | None = None
+    message: str = ""  # why it failed (e.g. commit error), beside the exit code
+    log_tail: str = ""
+    finished_at: float | None = None
+    artifacts: Artifacts | None = None  # set once a successful run's artifacts are committed
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    generation: int
+    image: str
+    replicas: int = 0  # processes/pods running
+    ready_replicas: int = 0  # answering 200 on /
+    restarts: int = 0
+    last_exit_code: int | None = None
+    log_tail: str = ""
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What one machine can give a workload; requests beyond it can never be met there."""
+
+    gpus: int
+    memory_gb: float
+    disk_gb: float
+
+
+@dataclass(frozen=True)
+class Observed:
+    now: float
+    deps: dict[str, DepState] = field(default_factory=dict)  # by spec field, e.g. "baseModel"
+    build: BuildState = BuildState()
+    upload: UploadState = UploadState()
+    job: JobState | None = None
+    service: ServiceState | None = None
+    capacity: Capacity | None = None  # None: the runtime cannot tell (a scheduler decides)
+    missing_secrets: tuple[str, ...] = ()  # "env.NAME: secret S has no key K", one per problem
+    image_error: str | None = None  # the runtime cannot run the resolved image, and why

@@ -1,0 +1,260 @@
+"""decide(): from an object and what was observed, the new status and the next actions.
+
+The same function drives the local supervisor and the Kubernetes operator. It is pure apart
+from minting a notebook token, and is re-run on every event; it never assumes it was called
+before, so a restarted controller converges from observations alone.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from substratus.api.kinds import (
+    ArtifactStatus,
+    CommonStatus,
+    Notebook,
+    NotebookStatus,
+    Resource,
+    Server,
+    ServerStatus,
+)
+from substratus.core import conditions as C
+from substratus.core.actions import Action, EnsureService, StartBuild, StartJob, StopWorkload
+from substratus.core.graph import dependencies
+from substratus.core.observed import JobState, Observed, Phase, ServiceState
+from substratus.core.retry import RetryPolicy
+from substratus.core.sizes import human_size
+
+LOG_TAIL_CHARS = 2000
+
+
+@dataclass
+class Decision:
+    status: CommonStatus
+    actions: list[Action] = field(default_factory=list)
+    requeue_after: float | None = None  # re-decide after this many seconds even without events
+
+
+def build_source(obj: Resource) -> str | None:
+    """A stable string naming the build input of ``spec.image``; a new one means a rebuild."""
+    image = obj.spec.image
+    if image.git is not None:
+        return "git:" + json.dumps(image.git.model_dump(exclude_none=True), sort_keys=True)
+    if image.upload is not None:
+        return f"upload:{image.upload.request_id}:{image.upload.md5}"
+    return None
+
+
+def _tail(text: str) -> str:
+    return text[-LOG_TAIL_CHARS:]
+
+
+class _Status:
+    """Accumulates the new status; Ready is always the condition a user reads first."""
+
+    def __init__(self, obj: Resource):
+        self.gen = obj.metadata.generation or 1
+        self.status = obj.status.model_copy(deep=True)
+        self.status.observed_generation = self.gen
+
+    def cond(self, type_: str, ok: bool | None, reason: str, message: str = "") -> None:
+        self.status.conditions = C.set_condition(
+            self.status.conditions, type_, ok, reason, message, self.gen
+        )
+
+    def ready(self, ok: bool, reason: str, message: str = "") -> None:
+        self.status.ready = ok
+        self.cond(C.READY, ok, reason, message)
+
+    def done(self, *actions: Action, requeue_after: float | None = None) -> Decision:
+        return Decision(self.status, list(actions), requeue_after)
+
+
+def decide(
+    obj: Resource,
+    obs: Observed,
+    policy: RetryPolicy = RetryPolicy(),
+    new_token: Callable[[], str] = lambda: secrets.token_urlsafe(24),
+) -> Decision:
+    s = _Status(obj)
+    if isinstance(obj, Notebook) and obj.spec.suspend:
+        s.ready(False, "Suspended", "spec.suspend is true")
+        if isinstance(s.status, NotebookStatus):
+            s.status.url = None
+        return s.done(StopWorkload())
+
+    # Gate on dependencies only before this generation's workload starts: a finished
+    # fine-tune stays Ready when its base model is later deleted.
+    started = (obs.job is not None and obs.job.generation == s.gen) or (
+        obs.service is not None and obs.service.generation == s.gen
+    )
+    for dep in [] if started else dependencies(obj):
+        state = obs.deps.get(dep.field)
+        kind, ns, name = dep.key
+        if state is None or not state.found:
+            s.ready(
+                False, f"{dep.label}NotFound", f"spec.{dep.field}: {kind} {ns}/{name} not found"
+            )
+            return s.done()
+        if not state.ready:
+            s.ready(False, f"{dep.label}NotReady", f"waiting for {kind} {ns}/{name} to be ready")
+            return s.done()
+
+    if obs.missing_secrets and not started:
+        missing = ", ".join(obs.missing_secrets)
+        s.ready(False, "SecretNotFound", f"spec.env: {missing}")
+        return s.done()
+
+    problem = _capacity_problem(obj, obs) if not started else None
+    if problem:
+        s.ready(False, problem[0], problem[1])
+        return s.done(requeue_after=30.0)
+
+    image = obj.spec.image.name
+    source = build_source(obj)
+    if source is not None:
+        upload = obj.spec.image.upload
+        if upload is not None:
+            s.status.upload_url = obs.upload.url
+            if not upload.request_id or not obs.upload.received:
+                s.cond(C.BUILT, False, "AwaitingUpload", "upload the build context to uploadUrl")
+                s.ready(False, "AwaitingUpload", "waiting for the build context upload")
+                return s.done()
+        build = obs.build
+        if build.source != source or build.phase in (Phase.NONE, Phase.RUNNING):
+            s.cond(C.BUILT, False, "Building", "building the image")
+            s.ready(False, "Building", "building the image")
+            starting = build.source != source or build.phase == Phase.NONE
+            return s.done(StartBuild(source)) if starting else s.done()
+        if build.phase == Phase.FAILED:
+            s.cond(C.BUILT, False, "BuildFailed", build.message)
+            s.ready(False, "BuildFailed", build.message)
+            return s.done()
+        image = build.image
+        s.status.image = image
+        s.cond(C.BUILT, True, "Built", f"built {image}")
+    if image is None:  # pragma: no cover - the API requires a name or a build source
+        raise ValueError("spec.image: no image name and no build source")
+    if obs.image_error:
+        s.ready(False, "ImageUnavailable", obs.image_error)
+        return s.done(StopWorkload())
+
+    if obj.IS_JOB:
+        return _decide_job(s, obs.job, image, policy, obs.now)
+    if isinstance(s.status, NotebookStatus) and not s.status.token:
+        s.status.token = new_token()
+    replicas = obj.spec.replicas if isinstance(obj, Server) else 1
+    return _decide_service(s, obs.service, image, replicas)
+
+
+def _capacity_problem(obj: Resource, obs: Observed) -> tuple[str, str] | None:
+    cap, res = obs.capacity, obj.spec.resources
+    if cap is None:
+        return None
+    if res.gpu_count > cap.gpus:
+        gpu_type = res.gpu.type if res.gpu else "GPU"
+        return (
+            "InsufficientGPU",
+            f"spec.resources.gpu.count: {res.gpu_count} {gpu_type} requested, {cap.gpus} available",
+        )
+    if res.memory is not None and res.memory > cap.memory_gb:
+        return (
+            "InsufficientMemory",
+            f"spec.resources.memory: {res.memory:g} GB requested, {cap.memory_gb:.1f} GB in total",
+        )
+    if res.disk is not None and res.disk > cap.disk_gb:
+        return (
+            "InsufficientDisk",
+            f"spec.resources.disk: {res.disk:g} GB requested, {cap.disk_gb:.1f} GB free",
+        )
+    return None
+
+
+def _decide_job(
+    s: _Status, job: JobState | None, image: str, policy: RetryPolicy, now: float
+) -> Decision:
+    if job is None or job.generation != s.gen:
+        s.cond(C.COMPLETE, False, "Pending", "starting the job")
+        s.ready(False, "JobPending", "starting the job")
+        return s.done(StartJob(s.gen, 1, image))
+    if job.phase == Phase.NONE:  # stopped by a restart, not by failing: run it again
+        s.ready(False, "JobPending", "restarting the interrupted job")
+        return s.done(StartJob(s.gen, job.attempts, image))
+    if job.phase == Phase.RUNNING:
+        msg = f"attempt {job.attempts} of {policy.max_attempts}"
+        s.cond(C.COMPLETE, False, "Running", msg)
+        s.ready(False, "JobRunning", msg)
+        return s.done()
+    if job.phase == Phase.SUCCEEDED and job.artifacts is not None:
+        st = s.status
+        if isinstance(st, ArtifactStatus):
+            st.url = job.artifacts.url
+            st.files = list(job.artifacts.files)
+            st.disk_size = human_size(job.artifacts.size)
+        s.cond(C.COMPLETE, True, "Succeeded", f"artifacts at {job.artifacts.url}")
+        s.ready(True, "Succeeded", f"artifacts at {job.artifacts.url}")
+        return s.done()
+    why = job.message or (
+        f"exit code {job.exit_code}" if job.exit_code is not None else "the job failed"
+    )
+    if job.attempts < policy.max_attempts:
+        wait = policy.delay(job.attempts) - (now - (job.finished_at or now))
+        if wait > 0:
+            msg = (
+                f"{why} (attempt {job.attempts} of {policy.max_attempts}); retrying in {wait:.0f}s"
+            )
+            s.cond(C.COMPLETE, False, "BackOff", msg)
+            s.ready(False, "BackOff", msg)
+            return s.done(requeue_after=wait)
+        s.cond(C.COMPLETE, False, "Pending", f"retrying after: {why}")
+        s.ready(False, "JobPending", f"retrying after: {why}")
+        return s.done(StartJob(s.gen, job.attempts + 1, image))
+    msg = f"{why} after {job.attempts} attempts"
+    if job.log_tail:
+        msg += "; log tail:\n" + _tail(job.log_tail)
+    s.cond(C.COMPLETE, False, "JobFailed", msg)
+    s.ready(False, "JobFailed", msg)
+    return s.done()
+
+
+def _decide_service(s: _Status, svc: ServiceState | None, image: str, replicas: int) -> Decision:
+    ensure = EnsureService(s.gen, image, replicas)
+    st = s.status
+    if replicas == 0:
+        s.cond(C.SERVING, False, "ScaledToZero", "spec.replicas is 0")
+        s.ready(False, "ScaledToZero", "spec.replicas is 0")
+        _set_endpoint(st, None, 0)
+        return s.done(ensure)
+    if svc is None or svc.generation != s.gen or svc.image != image:
+        s.cond(C.SERVING, False, "Starting", "starting")
+        s.ready(False, "Starting", "starting")
+        _set_endpoint(st, None, 0)
+        return s.done(ensure)
+    if svc.ready_replicas > 0:
+        msg = f"{svc.ready_replicas}/{replicas} replicas ready"
+        s.cond(C.SERVING, True, "Serving", msg)
+        s.ready(True, "Serving", msg)
+        _set_endpoint(st, svc.url, svc.ready_replicas)
+        return s.done(ensure)
+    _set_endpoint(st, None, 0)
+    if svc.restarts > 0:
+        msg = f"exited with code {svc.last_exit_code}, restarted {svc.restarts} times"
+        if svc.log_tail:
+            msg += "; log tail:\n" + _tail(svc.log_tail)
+        s.cond(C.SERVING, False, "CrashLoopBackOff", msg)
+        s.ready(False, "CrashLoopBackOff", msg)
+        return s.done(ensure)
+    s.cond(C.SERVING, False, "Starting", f"0/{replicas} replicas ready")
+    s.ready(False, "Starting", f"0/{replicas} replicas ready")
+    return s.done(ensure)
+
+
+def _set_endpoint(status: CommonStatus, url: str | None, ready: int) -> None:
+    if isinstance(status, ServerStatus):
+        status.url = url
+        status.replicas = ready
+    elif isinstance(status, NotebookStatus):
+        status.url = url

@@ -1,0 +1,244 @@
+"""The local control loop: observe an object's world, let the core decide, carry out actions.
+
+One worker thread reconciles; process waiters, builds and probes only record facts in the
+database and queue the object again, so decisions are never made from two threads at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from substratus.api.kinds import Resource
+from substratus.api.loading import parse_object
+from substratus.core.actions import Action, EnsureService, StartBuild, StartJob, StopWorkload
+from substratus.core.graph import Key, dependencies, dependents
+from substratus.core.observed import (
+    Artifacts,
+    BuildState,
+    DepState,
+    JobState,
+    Observed,
+    Phase,
+    ServiceState,
+    UploadState,
+)
+from substratus.core.reconcile import decide
+from substratus.core.retry import RetryPolicy
+from substratus.runtimes.local import processes
+from substratus.runtimes.local.db import Run, StateDB
+from substratus.runtimes.local.engines import Engine, detect_engine
+from substratus.runtimes.local.launch import image_problem
+from substratus.runtimes.local.paths import LocalPaths
+from substratus.runtimes.local.ports import PortAllocator
+from substratus.runtimes.local.resources import GpuPool, capacity, gpu_indices
+from substratus.runtimes.local.runner import Runner
+from substratus.storage import ArtifactStore
+
+log = logging.getLogger("substratus.supervisor")
+
+_PHASES = {"running": Phase.RUNNING, "succeeded": Phase.SUCCEEDED, "failed": Phase.FAILED}
+
+
+class Controller:
+    def __init__(self, paths: LocalPaths, db: StateDB, policy: RetryPolicy | None = None):
+        from substratus.runtimes.local.workqueue import WorkQueue
+
+        self.paths = paths
+        self.db = db
+        self.policy = policy or RetryPolicy()
+        self.store = ArtifactStore(paths.artifact_store_url())
+        self.uploads = ArtifactStore(self.store.base_url.rstrip("/") + "/.uploads")
+        self.queue: WorkQueue[Key] = WorkQueue()
+        self.ports = PortAllocator()
+        self.gpus = GpuPool(gpu_indices())
+        self._engine: Engine | None = None
+        self._engine_checked = False
+        self.runner = Runner(self)
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.runner.recover()
+        self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
+        self._thread.start()
+        for body in self.db.list():
+            self.enqueue(_key(body))
+
+    def stop(self) -> None:
+        self.queue.close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def enqueue(self, key: Key, delay: float = 0.0) -> None:
+        self.queue.add(key, delay)
+
+    def engine(self) -> Engine | None:
+        if not self._engine_checked:
+            self._engine = detect_engine()
+            self._engine_checked = True
+        return self._engine
+
+    def _loop(self) -> None:
+        while (key := self.queue.get()) is not None:
+            try:
+                self.reconcile(key)
+            except Exception:
+                log.exception("reconciling %s failed; retrying in 5s", key)
+                self.enqueue(key, 5.0)
+
+    # -- reconcile ------------------------------------------------------------------------
+
+    def reconcile(self, key: Key) -> None:
+        body = self.db.get(*key)
+        if body is None:
+            return
+        obj = parse_object(body, "stored object")
+        obs = self.observe(obj)
+        decision = decide(obj, obs, self.policy)
+        for action in decision.actions:
+            self.act(obj, action, obs)
+        status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if status != body.get("status"):
+            self._write_status(key, body, status)
+        if any(not isinstance(a, EnsureService) for a in decision.actions):
+            self.enqueue(key)  # the action changed what there is to observe
+        if decision.requeue_after is not None:
+            self.enqueue(key, decision.requeue_after)
+
+    def _write_status(self, key: Key, seen: dict[str, Any], status: dict[str, Any]) -> None:
+        with self.db.tx():
+            fresh = self.db.get(*key)
+            same = fresh is not None and fresh["metadata"].get("uid") == seen["metadata"].get("uid")
+            if not same or fresh is None:
+                return
+            if fresh["metadata"].get("generation") != seen["metadata"].get("generation"):
+                self.enqueue(key)  # the spec changed while we decided: decide again
+                return
+            fresh["status"] = status
+            self.db.put(fresh, created=False)
+        self.enqueue_dependents(key)
+
+    def enqueue_dependents(self, key: Key) -> None:
+        objs = [parse_object(b, "stored object") for b in self.db.list()]
+        for obj in dependents(key, objs):
+            self.enqueue(obj.key)
+
+    def observe(self, obj: Resource) -> Observed:
+        deps: dict[str, DepState] = {}
+        for dep in dependencies(obj):
+            body = self.db.get(*dep.key)
+            status = (body or {}).get("status") or {}
+            deps[dep.field] = DepState(
+                found=body is not None, ready=bool(status.get("ready")), url=status.get("url")
+            )
+        build = self._build_state(obj)
+        return Observed(
+            now=time.time(),
+            deps=deps,
+            build=build,
+            upload=self._upload_state(obj),
+            job=self._job_state(obj) if obj.IS_JOB else None,
+            service=None if obj.IS_JOB else self._service_state(obj),
+            capacity=capacity(self.gpus, self.paths.home),
+            missing_secrets=tuple(self.runner.missing_secrets(obj)),
+            image_error=self._image_error(obj, build),
+        )
+
+    def _image_error(self, obj: Resource, build: BuildState) -> str | None:
+        if obj.spec.image.has_build:
+            return None  # a finished build runs as a process or with the engine that built it
+        assert obj.spec.image.name is not None
+        name = obj.spec.image.name
+        from substratus.core.images import builtin_module
+
+        return image_problem(name, None if builtin_module(name) else self.engine())
+
+    def _latest(self, obj: Resource, role: str) -> Run | None:
+        runs = self.db.runs(obj.key, role=role)
+        return runs[-1] if runs else None
+
+    def _build_state(self, obj: Resource) -> BuildState:
+        run = self._latest(obj, "build")
+        if run is None or run.result is None:
+            return BuildState()
+        return BuildState(
+            source=run.result.get("source"),
+            phase=_PHASES.get(run.phase, Phase.NONE),
+            image=run.result.get("ref"),
+            message=run.message,
+        )
+
+    def upload_url(self, obj: Resource) -> str | None:
+        upload = obj.spec.image.upload
+        if upload is None:
+            return None
+        ident = upload.request_id or "pending"
+        base = self.uploads.object_url(obj.metadata.namespace, obj.PLURAL, obj.metadata.name)
+        return f"{base}{ident}.tar.gz"
+
+    def _upload_state(self, obj: Resource) -> UploadState:
+        url = self.upload_url(obj)
+        if url is None:
+            return UploadState()
+        upload = obj.spec.image.upload
+        received = bool(upload and upload.request_id) and self.uploads.exists(url)
+        return UploadState(url=self.uploads.signed_upload_url(url), received=received)
+
+    def _job_state(self, obj: Resource) -> JobState | None:
+        run = self._latest(obj, "job")
+        if run is None:
+            return None
+        artifacts = None
+        if run.phase == "succeeded" and run.result:
+            r = run.result
+            artifacts = Artifacts(url=r["url"], files=tuple(r["files"]), size=int(r["size"]))
+        return JobState(
+            generation=run.generation,
+            # A job stopped by a restart of the supervisor is started again.
+            phase=_PHASES.get(run.phase, Phase.NONE),
+            attempts=run.attempt,
+            exit_code=run.exit_code,
+            message=run.message,
+            log_tail=processes.tail(self.paths.home / run.log) if run.phase == "failed" else "",
+            finished_at=run.finished_at,
+            artifacts=artifacts,
+        )
+
+    def _service_state(self, obj: Resource) -> ServiceState | None:
+        runs = self.db.runs(obj.key, role="service")
+        if not runs:
+            return None
+        gen = max(r.generation for r in runs)
+        runs = [r for r in runs if r.generation == gen]
+        running = [r for r in runs if r.phase == "running"]
+        ready = [r for r in running if self.runner.is_ready(r.id)]
+        failed = [r for r in runs if r.phase == "failed"]
+        last = failed[-1] if failed else None
+        return ServiceState(
+            generation=gen,
+            image=runs[-1].image,
+            replicas=len(running),
+            ready_replicas=len(ready),
+            restarts=len(failed),
+            last_exit_code=last.exit_code if last else None,
+            log_tail=processes.tail(self.paths.home / last.log) if last else "",
+            url=f"http://127.0.0.1:{ready[0].port}" if ready else None,
+        )
+
+    def act(self, obj: Resource, action: Action, obs: Observed) -> None:
+        if isinstance(action, StartBuild):
+            self.runner.start_build(obj, action.source)
+        elif isinstance(action, StartJob):
+            self.runner.start_job(obj, action, obs)
+        elif isinstance(action, EnsureService):
+            self.runner.ensure_service(obj, action, obs)
+        elif isinstance(action, StopWorkload):
+            self.runner.stop_runs(obj.key, roles=("job", "service"))
+
+
+def _key(body: dict[str, Any]) -> Key:
+    return (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])

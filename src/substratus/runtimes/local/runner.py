@@ -1,0 +1,462 @@
+"""Carrying out the core's actions with local processes: builds, jobs and services."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from substratus.api.common import EnvFrom
+from substratus.api.kinds import NotebookStatus, Resource
+from substratus.core.actions import EnsureService, StartJob
+from substratus.core.graph import Key
+from substratus.core.images import builtin_module
+from substratus.core.observed import DepState, Observed
+from substratus.runtimes.local import processes
+from substratus.runtimes.local.builds import BuildFailed, build_from_git, build_from_upload
+from substratus.runtimes.local.db import Run
+from substratus.runtimes.local.launch import (
+    ImageInfo,
+    LaunchError,
+    Mounts,
+    prepare_workdir,
+    workload_argv,
+    workload_env,
+)
+
+if TYPE_CHECKING:
+    from substratus.runtimes.local.controller import Controller
+
+log = logging.getLogger("substratus.supervisor")
+CONTAINER_WORKDIR = "/content"
+
+
+class Runner:
+    def __init__(self, ctl: Controller):
+        self.ctl = ctl
+        self.db = ctl.db
+        self.paths = ctl.paths
+        self._ready: set[int] = set()
+        self._lock = threading.Lock()
+
+    # -- shared helpers -------------------------------------------------------------------
+
+    def is_ready(self, run_id: int) -> bool:
+        with self._lock:
+            return run_id in self._ready
+
+    def _set_ready(self, run_id: int, ready: bool) -> None:
+        with self._lock:
+            if ready:
+                self._ready.add(run_id)
+            else:
+                self._ready.discard(run_id)
+
+    def missing_secrets(self, obj: Resource) -> list[str]:
+        problems = []
+        for name, value in obj.spec.env.items():
+            if isinstance(value, EnvFrom):
+                ref = value.secret_key_ref
+                data = self.db.get_secret(obj.metadata.namespace, ref.name)
+                if data is None:
+                    problems.append(f"env.{name}: secret {ref.name!r} not found")
+                elif ref.key not in data:
+                    problems.append(f"env.{name}: secret {ref.name!r} has no key {ref.key!r}")
+        return problems
+
+    def _env_values(self, obj: Resource) -> dict[str, str]:
+        out = {}
+        for name, value in obj.spec.env.items():
+            if isinstance(value, EnvFrom):
+                ref = value.secret_key_ref
+                out[name] = (self.db.get_secret(obj.metadata.namespace, ref.name) or {})[ref.key]
+            else:
+                out[name] = value
+        return out
+
+    def _mount(self, dep: DepState | None) -> Path | None:
+        if dep is None or dep.url is None:
+            return None
+        local = self.ctl.store.local_path(dep.url)
+        if local is not None:
+            return local
+        digest = hashlib.sha256(dep.url.encode()).hexdigest()[:16]
+        return self.ctl.store.fetch(dep.url, self.paths.cache / "mounts" / digest)
+
+    def _mounts(self, obj: Resource, obs: Observed) -> Mounts:
+        model = obs.deps.get("baseModel") or obs.deps.get("model")
+        data = obs.deps.get("trainingDataset") or obs.deps.get("dataset")
+        return Mounts(model=self._mount(model), data=self._mount(data))
+
+    def image_info(self, obj: Resource, image: str) -> ImageInfo:
+        if builtin_module(image) is not None and not obj.spec.image.has_build:
+            return ImageInfo(ref=image, kind="builtin")
+        build = self.db.runs(obj.key, role="build")
+        result = build[-1].result if build else None
+        if result and result.get("ref") == image:
+            return ImageInfo(
+                ref=image,
+                kind=result["kind"],
+                root=Path(result["root"]),
+                python=Path(result["python"]) if result.get("python") else None,
+            )
+        return ImageInfo(ref=image, kind="container")
+
+    def _run_dir(self, obj: Resource, label: str) -> tuple[Path, Path, Path]:
+        rel = Path(obj.metadata.namespace) / obj.PLURAL / obj.metadata.name
+        workdir = self.paths.runs / rel / label
+        log_file = self.paths.logs / rel / f"{label}.log"
+        if workdir.exists():
+            shutil.rmtree(workdir)
+        workdir.mkdir(parents=True)
+        return workdir, log_file, log_file.with_suffix(".exit")
+
+    def _launch(
+        self,
+        obj: Resource,
+        role: str,
+        generation: int,
+        attempt: int,
+        replica: int,
+        image: str,
+        obs: Observed,
+        port: int | None = None,
+    ) -> Run:
+        label = f"g{generation}-a{attempt}" + (f"-r{replica}" if role == "service" else "")
+        workdir, log_file, exit_file = self._run_dir(obj, label)
+        info = self.image_info(obj, image)
+        base = {
+            "kind": obj.KIND,
+            "namespace": obj.metadata.namespace,
+            "name": obj.metadata.name,
+            "role": role,
+            "generation": generation,
+            "attempt": attempt,
+            "replica": replica,
+            "image": image,
+            "port": port,
+            "workdir": str(workdir),
+            "log": str(log_file.relative_to(self.paths.home)),
+            "exit_file": str(exit_file),
+            "started_at": time.time(),
+        }
+        gpus: list[int] = []
+        try:
+            mounts = self._mounts(obj, obs)
+            prepare_workdir(workdir, obj, mounts, info)
+            gpus = self.ctl.gpus.take(obj.spec.resources.gpu_count)
+            token = obj.status.token if isinstance(obj.status, NotebookStatus) else None
+            env = workload_env(obj, info, self._env_values(obj), port=port, token=token, gpus=gpus)
+            argv = self._argv(obj, info, workdir, mounts, env, port, label)
+        except (LaunchError, OSError, RuntimeError) as exc:
+            self.ctl.gpus.give_back(gpus)
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_file, "a") as f:
+                f.write(f"cannot start: {exc}\n")
+            return self.db.add_run(
+                **base, phase="failed", message=str(exc), finished_at=time.time()
+            )
+        popen = processes.spawn(argv, cwd=workdir, env=env, log=log_file, exit_file=exit_file)
+        run = self.db.add_run(
+            **base,
+            pid=popen.pid,
+            pid_start=processes.start_time(popen.pid),
+            gpus=",".join(map(str, gpus)),
+        )
+        threading.Thread(
+            target=self._wait_child, args=(run.id, popen), name=f"wait-{run.id}", daemon=True
+        ).start()
+        return run
+
+    def _argv(
+        self,
+        obj: Resource,
+        info: ImageInfo,
+        workdir: Path,
+        mounts: Mounts,
+        env: dict[str, str],
+        port: int | None,
+        label: str,
+    ) -> list[str]:
+        if info.kind != "container":
+            return workload_argv(obj, info)
+        engine = self.ctl.engine()
+        if engine is None:
+            raise LaunchError(
+                f"image {info.ref!r} needs podman or docker, and neither is installed"
+            )
+        vols = [(workdir / "artifacts", f"{CONTAINER_WORKDIR}/artifacts", False)]
+        vols.append((workdir / "params.json", f"{CONTAINER_WORKDIR}/params.json", True))
+        if mounts.model is not None:
+            vols.append((mounts.model, f"{CONTAINER_WORKDIR}/model", True))
+            vols.append((mounts.model, "/model/saved", True))
+        if mounts.data is not None:
+            vols.append((mounts.data, f"{CONTAINER_WORKDIR}/data", True))
+        keep = {k: v for k, v in env.items() if k.startswith(("PARAM_",)) or k in obj.spec.env}
+        for k in ("PORT", "NOTEBOOK_TOKEN", "QUANTIZATION_BITS", "SUBSTRATUS_KIND"):
+            if k in env:
+                keep[k] = env[k]
+        if port is not None:
+            keep["PORT"] = "8080"
+        name = f"substratus-{obj.metadata.namespace}-{obj.PLURAL}-{obj.metadata.name}-{label}"
+        return engine.run_argv(
+            info.ref,
+            obj.spec.command,
+            name=name,
+            mounts=vols,
+            env=keep,
+            ports={port: 8080} if port is not None else {},
+            workdir=CONTAINER_WORKDIR,
+            gpus=obj.spec.resources.gpu_count,
+        )
+
+    def _wait_child(self, run_id: int, popen: object) -> None:
+        code = popen.wait()  # type: ignore[attr-defined]
+        self._exited(run_id, int(code))
+
+    def _wait_foreign(self, run: Run) -> None:
+        assert run.pid is not None
+        processes.wait_foreign(run.pid, run.pid_start)
+        self._exited(run.id, processes.read_exit_code(Path(run.exit_file)))
+
+    def _exited(self, run_id: int, code: int | None) -> None:
+        run = self.db.get_run(run_id)
+        if run is None or run.phase != "running":
+            return  # stopped on purpose
+        self.ctl.gpus.give_back([int(g) for g in run.gpus.split(",") if g])
+        self._set_ready(run_id, False)
+        if run.role == "job" and code == 0:
+            self._commit(run)
+        else:
+            message = "" if code is not None else "the process ended; its exit code is unknown"
+            self.db.update_run(
+                run_id, phase="failed", exit_code=code, message=message, finished_at=time.time()
+            )
+            if run.role == "service":
+                self.ctl.ports.release(run.port)
+        self.ctl.enqueue(run.key)
+
+    def _commit(self, run: Run) -> None:
+        store = self.ctl.store
+        kind, ns, name = run.key
+        from substratus.api.kinds import KINDS
+
+        object_url = store.object_url(ns, KINDS[kind].PLURAL, name)
+        version = f"g{run.generation}-a{run.attempt}-{run.id}"
+        try:
+            committed = store.commit(
+                Path(run.workdir) / "artifacts",
+                object_url,
+                version,
+                move=store.local_path(object_url) is not None,
+            )
+            store.prune(object_url, keep=version)
+        except Exception as exc:
+            log.exception("committing %s failed", run.key)
+            self.db.update_run(
+                run.id,
+                phase="failed",
+                exit_code=0,
+                message=f"the job succeeded but storing its artifacts failed: {exc}",
+                finished_at=time.time(),
+            )
+            return
+        result = {
+            "url": committed.url,
+            "files": [f.path for f in committed.manifest.files],
+            "size": committed.manifest.total_size,
+        }
+        self.db.update_run(
+            run.id, phase="succeeded", exit_code=0, finished_at=time.time(), result=result
+        )
+        shutil.rmtree(run.workdir, ignore_errors=True)
+
+    # -- actions --------------------------------------------------------------------------
+
+    def start_job(self, obj: Resource, action: StartJob, obs: Observed) -> None:
+        self.stop_runs(obj.key, roles=("job",))
+        self._launch(obj, "job", action.generation, action.attempt, 0, action.image, obs)
+
+    def ensure_service(self, obj: Resource, action: EnsureService, obs: Observed) -> None:
+        running = self.db.runs(obj.key, role="service", phase="running")
+        for run in running:
+            if (
+                run.generation != action.generation
+                or run.image != action.image
+                or run.replica >= action.replicas
+            ):
+                self._stop(run)
+        live = {r.replica for r in self.db.runs(obj.key, role="service", phase="running")}
+        history = [
+            r for r in self.db.runs(obj.key, role="service") if r.generation == action.generation
+        ]
+        for replica in range(action.replicas):
+            if replica in live:
+                continue
+            past = [r for r in history if r.replica == replica]
+            attempt = 1
+            if past:
+                last = past[-1]
+                failures = sum(1 for r in past if r.phase == "failed")
+                wait = self.ctl.policy.delay(failures) - (time.time() - (last.finished_at or 0))
+                if wait > 0:
+                    self.ctl.enqueue(obj.key, wait)
+                    continue
+                attempt = last.attempt + 1
+            port = self.ctl.ports.allocate()
+            run = self._launch(
+                obj, "service", action.generation, attempt, replica, action.image, obs, port
+            )
+            if run.phase == "running":
+                self._probe_async(run)
+            else:
+                self.ctl.ports.release(port)
+                self.ctl.enqueue(obj.key)
+
+    def _probe_async(self, run: Run) -> None:
+        threading.Thread(
+            target=self._probe, args=(run,), name=f"probe-{run.id}", daemon=True
+        ).start()
+
+    def _probe(self, run: Run) -> None:
+        """Readiness then liveness: GET / on the workload's port must answer 200."""
+        assert run.port is not None
+        failures = 0
+        while True:
+            current = self.db.get_run(run.id)
+            if current is None or current.phase != "running":
+                self._set_ready(run.id, False)
+                return
+            ok = _http_ok(run.port)
+            was = self.is_ready(run.id)
+            failures = 0 if ok else failures + 1
+            if ok and not was:
+                self._set_ready(run.id, True)
+                self.ctl.enqueue(run.key)
+            elif was and failures >= 3:
+                self._set_ready(run.id, False)
+                self.ctl.enqueue(run.key)
+            time.sleep(2.0 if self.is_ready(run.id) else 0.1)
+
+    def start_build(self, obj: Resource, source: str) -> None:
+        label = "build"
+        _, log_file, exit_file = self._run_dir(obj, label)
+        run = self.db.add_run(
+            kind=obj.KIND,
+            namespace=obj.metadata.namespace,
+            name=obj.metadata.name,
+            role="build",
+            generation=obj.metadata.generation or 1,
+            attempt=1,
+            workdir="",
+            log=str(log_file.relative_to(self.paths.home)),
+            exit_file=str(exit_file),
+            started_at=time.time(),
+            result={"source": source},
+        )
+        threading.Thread(
+            target=self._build,
+            args=(obj, run, log_file, source),
+            name=f"build-{run.id}",
+            daemon=True,
+        ).start()
+
+    def _build(self, obj: Resource, run: Run, log_file: Path, source: str) -> None:
+        cache = self.paths.cache / "builds"
+        tag = f"{obj.metadata.namespace}-{obj.PLURAL}-{obj.metadata.name}"
+        engine = self.ctl.engine()
+        try:
+            with open(log_file, "a") as out:
+                if obj.spec.image.git is not None:
+                    built = build_from_git(obj.spec.image.git, cache, engine, out, tag_name=tag)
+                else:
+                    tarball = self._fetch_upload(obj)
+                    built = build_from_upload(tarball, cache, engine, out, tag_name=tag)
+        except (BuildFailed, OSError, ValueError) as exc:
+            self.db.update_run(run.id, phase="failed", message=str(exc), finished_at=time.time())
+        else:
+            result = {
+                "source": source,
+                "ref": built.ref,
+                "kind": built.kind,
+                "root": str(built.root),
+                "python": str(built.python) if built.python else None,
+            }
+            self.db.update_run(run.id, phase="succeeded", finished_at=time.time(), result=result)
+        self.ctl.enqueue(obj.key)
+
+    def _fetch_upload(self, obj: Resource) -> Path:
+        url = self.ctl.upload_url(obj)
+        assert url is not None and obj.spec.image.upload is not None
+        local = self.ctl.uploads.local_path(url)
+        if local is None:
+            local = self.paths.cache / "uploads" / Path(url).name
+            self.ctl.uploads.get_file(url, local)
+        expected = obj.spec.image.upload.md5
+        if expected:
+            actual = hashlib.md5(local.read_bytes()).hexdigest()
+            if actual != expected:
+                raise ValueError(
+                    f"spec.image.upload.md5: the uploaded context has md5 {actual}, "
+                    f"expected {expected}"
+                )
+        return local
+
+    # -- stopping and recovery ------------------------------------------------------------
+
+    def _stop(self, run: Run) -> None:
+        self.db.update_run(run.id, phase="stopped", finished_at=time.time())
+        self._set_ready(run.id, False)
+        if run.pid is not None:
+            processes.terminate_group(run.pid, run.pid_start)
+        self.ctl.gpus.give_back([int(g) for g in run.gpus.split(",") if g])
+        self.ctl.ports.release(run.port)
+
+    def stop_runs(self, key: Key, roles: tuple[str, ...] = ("job", "service", "build")) -> None:
+        for run in self.db.runs(key, phase="running"):
+            if run.role in roles:
+                self._stop(run)
+
+    def recover(self) -> None:
+        """Adopt the workloads that outlived a previous supervisor; settle those that ended."""
+        for run in self.db.runs(phase="running"):
+            if run.role == "build" or run.pid is None:
+                # Builds run inside the supervisor and died with it: build again.
+                self.db.update_run(run.id, phase="stopped", message="interrupted by a restart")
+                continue
+            if run.gpus:
+                self.ctl.gpus.claim([int(g) for g in run.gpus.split(",")])
+            if processes.alive(run.pid, run.pid_start):
+                if run.port is not None:
+                    self.ctl.ports.reserve(run.port)
+                threading.Thread(target=self._wait_foreign, args=(run,), daemon=True).start()
+                if run.role == "service":
+                    self._probe_async(run)
+            else:
+                self._exited(run.id, processes.read_exit_code(Path(run.exit_file)))
+
+    def forget(self, key: Key, plural: str) -> None:
+        """Remove the runs, working directories and logs of a deleted object."""
+        self.stop_runs(key)
+        self.db.delete_runs(key)
+        rel = Path(key[1]) / plural / key[2]
+        for root in (self.paths.runs, self.paths.logs):
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(root / rel)
+
+
+def _http_ok(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()

@@ -1,0 +1,250 @@
+"""What the supervisor's API does: apply, get, list, watch, delete, logs, secrets.
+
+Kept apart from HTTP so the same operations are easy to test and to reason about; the
+HTTP layer in ``httpapi`` only maps requests onto these methods.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from substratus.api.kinds import Resource
+from substratus.api.loading import ValidationFailed, kind_of, parse_object
+from substratus.core.admission import admission_problems
+from substratus.core.graph import Key
+from substratus.runtimes.local import processes
+from substratus.runtimes.local.controller import Controller
+from substratus.runtimes.local.db import StateDB
+
+RETAIN_ANNOTATION = "substratus.ai/retain-artifacts"
+
+
+class NotFound(LookupError):
+    pass
+
+
+class LocalService:
+    def __init__(self, db: StateDB, controller: Controller):
+        self.db = db
+        self.ctl = controller
+
+    # -- objects --------------------------------------------------------------------------
+
+    def _lookup(self, key: Key) -> Resource | None:
+        body = self.db.get(*key)
+        return parse_object(body, "stored object") if body else None
+
+    def apply(self, doc: dict[str, Any], source: str = "<request>") -> tuple[str, dict[str, Any]]:
+        """Create or update an object; returns ("created"|"configured"|"unchanged", object)."""
+        if doc.get("kind") == "Secret" and doc.get("apiVersion") == "v1":
+            return self._apply_secret(doc, source)
+        obj = parse_object(doc, source)
+        problems = admission_problems(obj, self._lookup)
+        if problems:
+            raise ValidationFailed(f"{source}: {obj.KIND}/{obj.metadata.name}", problems)
+        dumped = obj.dump()
+        meta_in = dumped["metadata"]
+        with self.db.tx():
+            existing = self.db.get(*obj.key)
+            body: dict[str, Any] = {
+                "apiVersion": dumped["apiVersion"],
+                "kind": obj.KIND,
+                "metadata": {
+                    "name": meta_in["name"],
+                    "namespace": meta_in["namespace"],
+                    "labels": meta_in.get("labels", {}),
+                    "annotations": meta_in.get("annotations", {}),
+                },
+                "spec": dumped["spec"],
+            }
+            if existing is None:
+                body["metadata"]["generation"] = 1
+                body["status"] = {}
+                stored = self.db.put(body, created=True)
+                action = "created"
+            else:
+                old_meta = existing["metadata"]
+                changed_spec = existing["spec"] != body["spec"]
+                same_meta = (
+                    old_meta.get("labels", {}) == body["metadata"]["labels"]
+                    and old_meta.get("annotations", {}) == body["metadata"]["annotations"]
+                )
+                if not changed_spec and same_meta:
+                    return "unchanged", existing
+                for field in ("uid", "creationTimestamp"):
+                    body["metadata"][field] = old_meta[field]
+                body["metadata"]["generation"] = old_meta["generation"] + int(changed_spec)
+                body["status"] = existing.get("status", {})
+                stored = self.db.put(body, created=False)
+                action = "configured"
+        self.ctl.enqueue(obj.key)
+        self.ctl.enqueue_dependents(obj.key)
+        return action, stored
+
+    def _apply_secret(self, doc: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
+        meta = doc.get("metadata") or {}
+        name, namespace = meta.get("name"), meta.get("namespace", "default")
+        if not isinstance(name, str) or not name:
+            raise ValidationFailed(f"{source}: Secret", [("metadata.name", "required")])
+        data: dict[str, str] = {}
+        for key, value in (doc.get("data") or {}).items():
+            try:
+                data[key] = base64.b64decode(str(value), validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                raise ValidationFailed(
+                    f"{source}: Secret/{name}", [(f"data.{key}", "not valid base64 text")]
+                ) from None
+        data.update({k: str(v) for k, v in (doc.get("stringData") or {}).items()})
+        existed = self.db.get_secret(namespace, name)
+        self.db.put_secret(namespace, name, data)
+        for body in self.db.list(namespace=namespace):
+            self.ctl.enqueue((body["kind"], namespace, body["metadata"]["name"]))
+        action = "unchanged" if existed == data else ("configured" if existed else "created")
+        summary = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace},
+            "keys": sorted(data),
+        }
+        return action, summary
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        cls = kind_of(kind)
+        body = self.db.get(cls.KIND, namespace, name)
+        if body is None:
+            raise NotFound(f'{cls.PLURAL} "{name}" not found in namespace "{namespace}"')
+        return body
+
+    def list(self, kind: str | None, namespace: str | None) -> list[dict[str, Any]]:
+        return self.db.list(kind_of(kind).KIND if kind else None, namespace)
+
+    def delete(self, kind: str, namespace: str, name: str, retain: bool = False) -> dict[str, Any]:
+        cls = kind_of(kind)
+        body = self.get(cls.KIND, namespace, name)
+        key = (cls.KIND, namespace, name)
+        self.ctl.runner.forget(key, cls.PLURAL)
+        self.db.delete(*key)
+        annotations = body["metadata"].get("annotations") or {}
+        retain = retain or annotations.get(RETAIN_ANNOTATION, "").lower() == "true"
+        if cls.HAS_ARTIFACTS and not retain:
+            self.ctl.store.delete(self.ctl.store.object_url(namespace, cls.PLURAL, name))
+        self.ctl.uploads.delete(self.ctl.uploads.object_url(namespace, cls.PLURAL, name))
+        self.ctl.enqueue_dependents(key)
+        return body
+
+    def secrets(self, namespace: str | None) -> list[dict[str, Any]]:
+        return [
+            {"metadata": {"namespace": ns, "name": name}, "keys": keys}
+            for ns, name, keys in self.db.list_secrets(namespace)
+        ]
+
+    def delete_secret(self, namespace: str, name: str) -> None:
+        if not self.db.delete_secret(namespace, name):
+            raise NotFound(f'secrets "{name}" not found in namespace "{namespace}"')
+
+    # -- streams --------------------------------------------------------------------------
+
+    def watch(
+        self,
+        kind: str | None,
+        namespace: str | None,
+        name: str | None,
+        since: int | None,
+        timeout: float,
+    ) -> Iterator[dict[str, Any]]:
+        """Events after resource version ``since``; with None, the current objects first."""
+        want = kind_of(kind).KIND if kind else None
+
+        def match(body: dict[str, Any]) -> bool:
+            meta = body["metadata"]
+            return (
+                (want is None or body["kind"] == want)
+                and (namespace is None or meta["namespace"] == namespace)
+                and (name is None or meta["name"] == name)
+            )
+
+        with self.db.changed:
+            rv = self.db.current_rv()
+            initial = self.db.list(want, namespace) if since is None else []
+        if since is None:
+            for body in initial:
+                if match(body):
+                    yield {"type": "ADDED", "object": body}
+            since = rv
+        deadline = time.monotonic() + timeout
+        while True:
+            for ev_rv, type_, body in self.db.events_since(since):
+                since = ev_rv
+                if match(body):
+                    yield {"type": type_, "object": body}
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            with self.db.changed:
+                if self.db.current_rv() == since:
+                    self.db.changed.wait(min(remaining, 1.0))
+            yield {"type": "BOOKMARK", "resourceVersion": since}
+
+    def log_path(self, kind: str, namespace: str, name: str) -> tuple[Path | None, bool]:
+        """The newest log of an object's workload (or build) and whether it is still growing."""
+        cls = kind_of(kind)
+        self.get(cls.KIND, namespace, name)
+        runs = self.db.runs((cls.KIND, namespace, name))
+        if not runs:
+            return None, False
+        workload = [r for r in runs if r.role != "build"]
+        run = (workload or runs)[-1]
+        if run.role == "service":
+            run = [r for r in workload if r.replica == 0][-1]
+        return self.ctl.paths.home / run.log, run.phase == "running"
+
+    def follow_log(
+        self, kind: str, namespace: str, name: str, follow: bool, tail: int | None
+    ) -> Iterator[bytes]:
+        """Checks the object exists now (so errors come before any output), then streams."""
+        path, running = self.log_path(kind, namespace, name)
+        return self._log_chunks(kind, namespace, name, path, running, follow, tail)
+
+    def _log_chunks(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        path: Path | None,
+        running: bool,
+        follow: bool,
+        tail: int | None,
+    ) -> Iterator[bytes]:
+        if path is None:
+            return
+        if tail is not None:
+            yield (processes.tail(path, lines=tail) + "\n").encode()
+            offset = path.stat().st_size if path.exists() else 0
+        else:
+            offset = 0
+        while True:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+            except FileNotFoundError:
+                chunk = b""
+            if chunk:
+                offset += len(chunk)
+                yield chunk
+            if not follow:
+                return
+            if not running:
+                return
+            time.sleep(0.2)
+            try:
+                path2, running = self.log_path(kind, namespace, name)
+            except NotFound:
+                return
+            if path2 != path:
+                return  # a new attempt started; the client follows it with a new request

@@ -1,0 +1,54 @@
+"""A keyed work queue with delays: each object is reconciled by one worker, never twice at once."""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+
+
+class WorkQueue(Generic[K]):
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._ready: list[K] = []
+        self._queued: set[K] = set()
+        self._delayed: list[tuple[float, int, K]] = []
+        self._seq = 0
+        self._closed = False
+
+    def add(self, key: K, delay: float = 0.0) -> None:
+        with self._cond:
+            if delay > 0:
+                self._seq += 1
+                heapq.heappush(self._delayed, (time.monotonic() + delay, self._seq, key))
+            elif key not in self._queued:
+                self._queued.add(key)
+                self._ready.append(key)
+            self._cond.notify()
+
+    def get(self) -> K | None:
+        """The next key due, or None once closed."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                now = time.monotonic()
+                while self._delayed and self._delayed[0][0] <= now:
+                    _, _, key = heapq.heappop(self._delayed)
+                    if key not in self._queued:
+                        self._queued.add(key)
+                        self._ready.append(key)
+                if self._ready:
+                    key = self._ready.pop(0)
+                    self._queued.discard(key)
+                    return key
+                timeout = self._delayed[0][0] - now if self._delayed else None
+                self._cond.wait(timeout)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
