@@ -67,7 +67,8 @@ def parse_object(doc: Any, source: str = "<object>") -> Resource:
         raise ValidationFailed(source, [("kind", "required field is missing")])
     if kind not in KINDS:
         known = ", ".join(sorted(KINDS))
-        raise ValidationFailed(source, [("kind", f"unknown kind {kind!r}: expected one of {known}")])
+        problem = f"unknown kind {kind!r}: expected one of {known}"
+        raise ValidationFailed(source, [("kind", problem)])
     api_version = doc.get("apiVersion")
     if api_version != API_VERSION:
         raise ValidationFailed(

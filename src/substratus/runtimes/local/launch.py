@@ -9,7 +9,10 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import shutil
+import subprocess
 import sys
+from functools import cache
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,12 +60,29 @@ def image_problem(ref: str, engine: Engine | None) -> str | None:
     return None
 
 
-def prepare_workdir(workdir: Path, obj: Resource, mounts: Mounts, image: ImageInfo) -> None:
+@cache
+def bind_mounts_available() -> bool:
+    """Root can give a workload truly read-only mounts in a private mount namespace; file
+    permissions alone do not stop root. Other users get symlinks to read-only files."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, check=False
+    )
+    return probe.returncode == 0
+
+
+def prepare_workdir(
+    workdir: Path, obj: Resource, mounts: Mounts, image: ImageInfo, bind: bool
+) -> None:
     (workdir / "artifacts").mkdir(parents=True, exist_ok=True)
     (workdir / "params.json").write_text(params_json(obj.spec.params))
     for name, target in (("model", mounts.model), ("data", mounts.data)):
         if target is not None:
-            (workdir / name).symlink_to(target, target_is_directory=True)
+            if bind:
+                (workdir / name).mkdir()
+            else:
+                (workdir / name).symlink_to(target, target_is_directory=True)
     if image.root is not None and image.kind in ("venv", "dir"):
         # The build's sources sit beside the contract's files, as a Dockerfile's COPY puts them.
         for entry in sorted(image.root.iterdir()):
@@ -108,6 +128,26 @@ def workload_env(
     if isinstance(obj, Notebook | Server):
         env.setdefault("HOST", "127.0.0.1")
     return env
+
+
+# Bind-mounts "$1" read-only on "$2" for each pair before the marker, then runs the rest.
+_MOUNT_SCRIPT = (
+    'while [ "$1" != "--" ]; do mount --bind -o ro "$1" "$2" || exit 125; shift 2; done; '
+    'shift; exec "$@"'
+)
+
+
+def with_readonly_mounts(argv: list[str], workdir: Path, mounts: Mounts) -> list[str]:
+    pairs: list[str] = []
+    for name, target in (("model", mounts.model), ("data", mounts.data)):
+        if target is not None:
+            pairs += [str(target), str(workdir / name)]
+    if not pairs:
+        return argv
+    return [
+        "unshare", "--mount", "--propagation", "private",
+        "sh", "-c", _MOUNT_SCRIPT, "mounts", *pairs, "--", *argv,
+    ]  # fmt: skip
 
 
 def workload_argv(obj: Resource, image: ImageInfo) -> list[str]:

@@ -25,7 +25,9 @@ from substratus.runtimes.local.launch import (
     ImageInfo,
     LaunchError,
     Mounts,
+    bind_mounts_available,
     prepare_workdir,
+    with_readonly_mounts,
     workload_argv,
     workload_env,
 )
@@ -149,11 +151,14 @@ class Runner:
         gpus: list[int] = []
         try:
             mounts = self._mounts(obj, obs)
-            prepare_workdir(workdir, obj, mounts, info)
+            bind = info.kind != "container" and bind_mounts_available()
+            prepare_workdir(workdir, obj, mounts, info, bind)
             gpus = self.ctl.gpus.take(obj.spec.resources.gpu_count)
             token = obj.status.token if isinstance(obj.status, NotebookStatus) else None
             env = workload_env(obj, info, self._env_values(obj), port=port, token=token, gpus=gpus)
             argv = self._argv(obj, info, workdir, mounts, env, port, label)
+            if bind:
+                argv = with_readonly_mounts(argv, workdir, mounts)
         except (LaunchError, OSError, RuntimeError) as exc:
             self.ctl.gpus.give_back(gpus)
             log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -257,6 +262,9 @@ class Runner:
                 move=store.local_path(object_url) is not None,
             )
             store.prune(object_url, keep=version)
+            local = store.local_path(committed.url)
+            if local is not None:
+                _make_read_only(local)
         except Exception as exc:
             log.exception("committing %s failed", run.key)
             self.db.update_run(
@@ -449,6 +457,13 @@ class Runner:
         for root in (self.paths.runs, self.paths.logs):
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(root / rel)
+
+
+def _make_read_only(root: Path) -> None:
+    """Committed artifacts are immutable: workloads mounting them must not change them."""
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o444)
 
 
 def _http_ok(port: int) -> bool:

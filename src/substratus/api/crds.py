@@ -1,0 +1,500 @@
+"""CustomResourceDefinitions (apiextensions.k8s.io/v1) generated from the typed models.
+
+The OpenAPI v3 schema of each kind is derived from ``Kind.model_json_schema(by_alias=True)`` and
+rewritten into a *structural* schema, as the Kubernetes API server requires:
+
+* every ``$ref`` is inlined and ``$defs`` dropped;
+* ``X | None`` becomes the schema of ``X`` (no ``nullable``: the server prunes a ``null`` sent for
+  such a field, which is what ``None`` means to the models);
+* unions of several types (``params`` values, ``env`` values) cannot be typed in a structural
+  schema: ``int | str`` becomes ``x-kubernetes-int-or-string``, any other union
+  ``x-kubernetes-preserve-unknown-fields`` (the server takes any value there; the models check
+  those values wherever an object is read);
+* ``additionalProperties: false`` is dropped (the server prunes unknown fields instead), as are
+  pydantic's generated titles; ``const`` becomes a one-value ``enum`` and JSON Schema's numeric
+  ``exclusiveMinimum`` OpenAPI 3.0's boolean form;
+* ``metadata`` only restricts ``name`` (the server allows nothing else there);
+* the object-reference fields that also take a plain name (``SHORTHAND_FIELDS``) keep their
+  properties but lose their type, so that ``model: falcon-7b`` is accepted as the seed writes it.
+
+The checks that the models make in validators are added as CEL ``x-kubernetes-validations`` where
+CEL can express them (see ``_RULES``). Run ``python -m substratus.api.crds --write deploy/crds`` to
+regenerate the committed YAML; ``--check deploy/crds`` fails when it is stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from substratus.api.common import NAME_RE
+from substratus.api.kinds import GROUP, KINDS, VERSION, Resource
+
+JSON = dict[str, Any]
+
+CATEGORIES = ["ai"]
+HEADER = (
+    "# Generated from the models in src/substratus/api by\n"
+    "# `python -m substratus.api.crds --write deploy/crds`. Do not edit by hand.\n"
+)
+
+# What each kind is, for the CRD's description (shown by `kubectl explain`) and the API docs.
+KIND_SUMMARIES = {
+    "Model": (
+        "A Model imports a model (e.g. from the Hugging Face hub) or fine-tunes a base Model on "
+        "a Dataset, as a run-to-completion job; its artifacts are stored at status.url."
+    ),
+    "Dataset": (
+        "A Dataset loads data (from a URL, a hub, anything a loader image does), as a "
+        "run-to-completion job; its artifacts are stored at status.url."
+    ),
+    "Notebook": (
+        "A Notebook is a Jupyter server with a Model and/or Dataset mounted, from a stock or "
+        "user-built image."
+    ),
+    "Server": "A Server serves a Model over HTTP (an OpenAI-compatible API for built-in servers).",
+}
+
+# Keys copied as they are from a pydantic schema node (after the rewrites below).
+_KEEP = {
+    "description",
+    "type",
+    "format",
+    "default",
+    "enum",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "required",
+    "properties",
+    "additionalProperties",
+    "items",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-validations",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+}
+
+
+def _default_of(cls: type[BaseModel], alias: str) -> Any:
+    for name, field in cls.model_fields.items():
+        if (field.alias or name) == alias:
+            return field.default
+    raise KeyError(alias)
+
+
+def _bounds_rule(cls: type[BaseModel]) -> JSON:
+    lo = _default_of(cls, "minReplicas")
+    hi = _default_of(cls, "maxReplicas")
+    return {
+        "rule": (
+            f"(has(self.minReplicas) ? self.minReplicas : {lo!r}) <= "
+            f"(has(self.maxReplicas) ? self.maxReplicas : {hi!r})"
+        ),
+        "message": "minReplicas must not exceed maxReplicas",
+    }
+
+
+# CEL versions of the checks the models make in validators, by model class name (subclasses
+# inherit); a rule is a dict, or a function of the class (to read its defaults). Messages are the
+# models' own, so a user sees the same reason from the cluster and locally. Not expressible: the
+# key and value checks of spec.params and spec.env, because CEL sees no value of a field without
+# a type (the map values there are x-kubernetes-preserve-unknown-fields).
+_RULES: dict[str, list[JSON | Callable[[type[BaseModel]], JSON]]] = {
+    "Image": [
+        {
+            "rule": "!(has(self.git) && has(self.upload))",
+            "message": "set at most one of git and upload",
+        },
+        {
+            "rule": "has(self.name) || has(self.git) || has(self.upload)",
+            "message": "set one of name, git or upload",
+        },
+    ],
+    "GitSource": [
+        {
+            "rule": "self.url.matches(r'\\S')",
+            "message": "must not be empty",
+            "fieldPath": ".url",
+        },
+        {
+            "rule": "!(has(self.branch) && self.branch != '' && has(self.tag) && self.tag != '')",
+            "message": "set branch or tag, not both",
+        },
+        {
+            "rule": (
+                "!has(self.path) || (!self.path.startsWith('/') && "
+                "!self.path.matches('(^|/)[.][.](/|$)'))"
+            ),
+            "message": "path must be relative and stay inside the repository",
+        },
+    ],
+    "Autoscaling": [_bounds_rule],
+}
+
+# Plain OpenAPI keywords for checks that the models make in validators, by (class, JSON name).
+_PROPERTY_EXTRAS: dict[tuple[str, str], JSON] = {
+    ("CommonSpec", "command"): {"minItems": 1},
+}
+
+# Fields whose models also accept a plain name for an object reference (`model: falcon-7b`, as the
+# seed writes it), by (class, JSON name). A structural schema cannot say "string or object", so
+# these fields have no type and keep unknown fields: the server checks the object form's fields
+# and passes a string through; the controller reads both with the same models.
+SHORTHAND_FIELDS: set[tuple[str, str]] = {
+    ("NotebookSpec", "model"),
+    ("NotebookSpec", "dataset"),
+    ("ServerSpec", "model"),
+}
+
+# Lists of objects keyed by a field: merged by key under server-side apply (Kubernetes' own
+# convention for conditions).
+_LIST_MAPS: dict[str, list[str]] = {"conditions": ["type"]}
+
+_ROOT_FIELD_DESCRIPTIONS = {
+    "apiVersion": (
+        "APIVersion defines the versioned schema of this representation of an object. "
+        "Servers should convert recognized schemas to the latest internal value, and may "
+        "reject unrecognized values."
+    ),
+    "kind": (
+        "Kind is a string value representing the REST resource this object represents. "
+        "Servers may infer this from the endpoint the client submits requests to. "
+        "In CamelCase."
+    ),
+}
+
+
+def _lineage(cls: type) -> set[str]:
+    return {c.__name__ for c in cls.__mro__}
+
+
+def cel_rules(cls: type[BaseModel]) -> list[JSON]:
+    """The CEL ``x-kubernetes-validations`` for objects of model class ``cls``."""
+    lineage = _lineage(cls)
+    return [
+        r if isinstance(r, dict) else r(cls)
+        for owner, rs in _RULES.items()
+        if owner in lineage
+        for r in rs
+    ]
+
+
+_ROOT_SECTION_DESCRIPTIONS = {
+    "spec": "What the user wants: set by the user, read by the system.",
+    "status": "What the system observed: set by the system only (the status subresource).",
+}
+
+
+def model_classes(root: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """Every model class reachable from ``root``'s fields, by the name pydantic gives its $def."""
+    found: dict[str, type[BaseModel]] = {}
+
+    def visit(tp: Any) -> None:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            if tp.__name__ in found:
+                return
+            found[tp.__name__] = tp
+            for field in tp.model_fields.values():
+                visit(field.annotation)
+            return
+        for arg in getattr(tp, "__args__", ()):
+            visit(arg)
+
+    visit(root)
+    return found
+
+
+class _Converter:
+    """Rewrites one pydantic JSON schema into a structural OpenAPI v3 schema."""
+
+    def __init__(self, root: type[BaseModel]) -> None:
+        self.schema = root.model_json_schema(by_alias=True, mode="validation")
+        self.defs: dict[str, JSON] = self.schema.get("$defs", {})
+        self.classes = model_classes(root)
+        self.classes[root.__name__] = root
+
+    def _class_of(self, def_name: str | None) -> type[BaseModel] | None:
+        return self.classes.get(def_name) if def_name else None
+
+    def _resolve(self, node: JSON) -> tuple[JSON, str | None]:
+        """Inline a ``$ref`` (keeping the referring node's own keys, e.g. its description)."""
+        ref = node.get("$ref")
+        if ref is None:
+            return node, None
+        prefix = "#/$defs/"
+        if not isinstance(ref, str) or not ref.startswith(prefix):
+            raise ValueError(f"cannot inline $ref {ref!r}")
+        name = ref[len(prefix) :]
+        target = dict(self.defs[name])
+        target.update({k: v for k, v in node.items() if k != "$ref"})
+        return target, name
+
+    def convert(self, node: JSON, def_name: str | None = None, path: str = "") -> JSON:
+        node, ref_name = self._resolve(node)
+        def_name = ref_name or def_name
+        node = dict(node)
+
+        if "anyOf" in node:
+            variants = [v for v in node.pop("anyOf") if v != {"type": "null"}]
+            if node.get("default", 0) is None:
+                del node["default"]
+            if len(variants) == 1:
+                inner, inner_name = self._resolve(variants[0])
+                merged = {**inner, **node}
+                return self.convert(merged, inner_name, path)
+            return self._union(node, variants, path)
+
+        if node.get("default", 0) is None:
+            del node["default"]
+        if "const" in node:
+            node["enum"] = [node.pop("const")]
+        for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+            value = node.get(bound)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                node[limit] = value
+                node[bound] = True
+        if node.get("additionalProperties") is False:
+            del node["additionalProperties"]
+
+        unknown = set(node) - _KEEP - {"title", "$defs"}
+        if unknown:
+            raise ValueError(f"{path or '<root>'}: no structural form for {sorted(unknown)}")
+
+        out: JSON = {k: v for k, v in node.items() if k in _KEEP}
+        cls = self._class_of(def_name)
+        if "properties" in out:
+            out["type"] = "object"
+            props: JSON = {}
+            for name, sub in out["properties"].items():
+                prop = self.convert(sub, None, f"{path}.{name}")
+                if cls is not None:
+                    lineage = _lineage(cls)
+                    for (owner, field), extra in _PROPERTY_EXTRAS.items():
+                        if field == name and owner in lineage:
+                            prop.update(extra)
+                    if any(f == name and c in lineage for c, f in SHORTHAND_FIELDS):
+                        _allow_plain_name(prop)
+                if name in _LIST_MAPS and prop.get("type") == "array":
+                    prop["x-kubernetes-list-type"] = "map"
+                    prop["x-kubernetes-list-map-keys"] = _LIST_MAPS[name]
+                props[name] = prop
+            out["properties"] = props
+        if isinstance(out.get("additionalProperties"), dict):
+            out["additionalProperties"] = self.convert(out["additionalProperties"], None, path)
+        if "items" in out:
+            out["items"] = self.convert(out["items"], None, f"{path}[]")
+        if cls is not None:
+            rules = cel_rules(cls)
+            if rules:
+                out["x-kubernetes-validations"] = rules
+        if "type" not in out and not (
+            out.get("x-kubernetes-preserve-unknown-fields") or out.get("x-kubernetes-int-or-string")
+        ):
+            raise ValueError(f"{path or '<root>'}: no type")
+        return out
+
+    def _union(self, node: JSON, variants: list[JSON], path: str) -> JSON:
+        types = set()
+        for variant in variants:
+            resolved, _ = self._resolve(variant)
+            types.add(resolved.get("type", "object"))
+        out: JSON = {k: v for k, v in node.items() if k in _KEEP and k != "type"}
+        if types == {"integer", "string"}:
+            out["x-kubernetes-int-or-string"] = True
+        else:
+            # e.g. str | int | float | bool, or str | {secretKeyRef: ...}: no structural type.
+            out["x-kubernetes-preserve-unknown-fields"] = True
+        return out
+
+
+def _allow_plain_name(prop: JSON) -> None:
+    prop.pop("type", None)
+    prop["x-kubernetes-preserve-unknown-fields"] = True
+    desc = prop.get("description", "")
+    prop["description"] = f"{desc} A plain name is accepted as a shorthand for {{name: NAME}}."
+    prop["description"] = prop["description"].strip()
+
+
+def _root_schema(cls: type[Resource]) -> JSON:
+    conv = _Converter(cls)
+    schema = conv.convert(conv.schema, cls.__name__)
+    props = schema["properties"]
+    for name, desc in _ROOT_SECTION_DESCRIPTIONS.items():
+        if name in props:
+            props[name].setdefault("description", desc)
+    for name in ("apiVersion", "kind"):
+        props[name] = {"description": _ROOT_FIELD_DESCRIPTIONS[name], "type": "string"}
+    # The server owns metadata's schema; a CRD may only restrict name and generateName.
+    props["metadata"] = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 63, "pattern": NAME_RE.pattern},
+        },
+    }
+    schema["required"] = [r for r in schema.get("required", []) if r not in props or r == "spec"]
+    if not schema["required"]:
+        del schema["required"]
+    schema["description"] = KIND_SUMMARIES.get(cls.KIND, f"A {cls.KIND} of {GROUP}/{VERSION}.")
+    return copy.deepcopy(schema)  # no sub-object shared between places
+
+
+def _field_description(cls: type[BaseModel], alias: str) -> str:
+    for name, field in cls.model_fields.items():
+        if (field.alias or name) == alias:
+            return field.description or ""
+    raise KeyError(alias)
+
+
+def _printer_columns(cls: type[Resource]) -> list[JSON]:
+    status_cls = cls.model_fields["status"].annotation
+    spec_cls = cls.model_fields["spec"].annotation
+    assert isinstance(status_cls, type) and issubclass(status_cls, BaseModel)
+    assert isinstance(spec_cls, type) and issubclass(spec_cls, BaseModel)
+
+    def column(name: str, path: str, typ: str, owner: type[BaseModel], **extra: Any) -> JSON:
+        field = path.rsplit(".", 1)[1]
+        out: JSON = {"name": name, "type": typ, "jsonPath": path}
+        desc = _field_description(owner, field)
+        if desc:
+            out["description"] = desc
+        out.update(extra)
+        return out
+
+    cols = [column("Ready", ".status.ready", "boolean", status_cls)]
+    if cls.HAS_ARTIFACTS:
+        cols.append(column("Size", ".status.diskSize", "string", status_cls))
+        cols.append(column("URL", ".status.url", "string", status_cls, priority=1))
+    if "replicas" in status_cls.model_fields:
+        cols.append(column("Replicas", ".status.replicas", "integer", status_cls))
+    if "suspend" in spec_cls.model_fields:
+        cols.append(column("Suspended", ".spec.suspend", "boolean", spec_cls))
+    cols.append(
+        {
+            "name": "Age",
+            "type": "date",
+            "jsonPath": ".metadata.creationTimestamp",
+        }
+    )
+    return cols
+
+
+def crd_for(cls: type[Resource]) -> JSON:
+    """The CustomResourceDefinition of one kind, as a plain dict."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{cls.PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": cls.KIND,
+                "listKind": f"{cls.KIND}List",
+                "plural": cls.PLURAL,
+                "singular": cls.KIND.lower(),
+                "shortNames": list(cls.SHORT_NAMES),
+                "categories": list(CATEGORIES),
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": _root_schema(cls)},
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": _printer_columns(cls),
+                }
+            ],
+        },
+    }
+
+
+def all_crds() -> list[JSON]:
+    """The CRDs of every kind, in the order of ``KINDS``."""
+    return [crd_for(cls) for cls in KINDS.values()]
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes shared sub-objects out in full instead of as YAML anchors and aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _dump(doc: JSON) -> str:
+    return yaml.dump(
+        doc,
+        Dumper=_Dumper,
+        sort_keys=True,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=10_000,
+    )
+
+
+def crds_yaml() -> str:
+    """Every CRD as one multi-document YAML text, with a header saying it is generated."""
+    return HEADER + "".join(f"---\n{_dump(doc)}" for doc in all_crds())
+
+
+def crd_file_name(cls: type[Resource]) -> str:
+    return f"{GROUP}_{cls.PLURAL}.yaml"
+
+
+def crd_files() -> dict[str, str]:
+    """File name -> text, one file per kind, as committed under deploy/crds."""
+    return {crd_file_name(cls): HEADER + "---\n" + _dump(crd_for(cls)) for cls in KINDS.values()}
+
+
+def _stale(directory: Path) -> Iterator[str]:
+    for name, text in crd_files().items():
+        path = directory / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            yield str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m substratus.api.crds",
+        description=__doc__.split("\n\n")[0] if __doc__ else "",
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--write", metavar="DIR", help="write one YAML file per kind into DIR")
+    group.add_argument("--check", metavar="DIR", help="exit 1 if the files in DIR are stale")
+    args = parser.parse_args(argv)
+    if args.write:
+        directory = Path(args.write)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in crd_files().items():
+            (directory / name).write_text(text, encoding="utf-8")
+            print(directory / name)
+        return 0
+    if args.check:
+        stale = list(_stale(Path(args.check)))
+        for path in stale:
+            print(f"stale: {path} (run python -m substratus.api.crds --write {args.check})")
+        return 1 if stale else 0
+    sys.stdout.write(crds_yaml())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
