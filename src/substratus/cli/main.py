@@ -14,7 +14,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-from substratus.api.loading import ValidationFailed, kind_of
+from substratus.api.loading import ValidationFailed, kind_of, parse_object
 from substratus.core.client import (
     Client,
     ClientError,
@@ -104,6 +104,10 @@ def apply(
 
     def run() -> None:
         docs = read_documents(filename, namespace, recursive)
+        # Validate every document before applying any, so one bad document applies nothing.
+        for doc in docs:
+            if not (doc.body.get("kind") == "Secret" and doc.body.get("apiVersion") == "v1"):
+                parse_object(doc.body, doc.source)
         tarballs = [prepare_upload(doc, upload_dir) for doc in docs]
         c = client()
         applied = []
@@ -387,3 +391,7 @@ def local_stop() -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

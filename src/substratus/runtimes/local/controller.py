@@ -99,6 +99,8 @@ class Controller:
         obj = parse_object(body, "stored object")
         obs = self.observe(obj)
         decision = decide(obj, obs, self.policy)
+        # Act on the decided status: a notebook's token is minted by the decision itself.
+        obj = obj.model_copy(update={"status": decision.status})
         for action in decision.actions:
             self.act(obj, action, obs)
         status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)

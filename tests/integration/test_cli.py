@@ -1,0 +1,157 @@
+"""The `sub` CLI as a user runs it: a real process against a real local supervisor."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import Local
+
+pytestmark = pytest.mark.integration
+
+MODEL = """\
+apiVersion: substratus.ai/v1
+kind: Model
+metadata:
+  name: {name}
+spec:
+  image:
+    name: substratusai/base
+  command: ["sh", "-c", "{script}"]
+"""
+
+
+def sub(*args: str, input: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "substratus.cli.main", *args],
+        input=input, capture_output=True, text=True, timeout=120, cwd=cwd,
+    )
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_apply_get_describe_logs_wait_delete(local: Local, tmp_path: Path) -> None:
+    docs = MODEL.format(name="a", script="echo hi from a; echo 1 > artifacts/x")
+    docs += "---\n" + MODEL.format(name="b", script="echo 2 > artifacts/y")
+    f = write(tmp_path / "models.yaml", docs)
+    r = sub("apply", "-f", str(f))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["model/a created", "model/b created"]
+    assert sub("apply", "-f", str(f)).stdout.splitlines() == ["model/a unchanged", "model/b unchanged"]
+    r = sub("wait", "model/a", "--for=ready", "--timeout=60s")
+    assert r.returncode == 0, r.stderr
+    assert sub("wait", "models", "b", "--timeout", "60s").returncode == 0
+
+    table = sub("get", "models").stdout.splitlines()
+    assert table[0].split() == ["NAME", "READY", "STATUS", "SIZE", "AGE"]
+    assert table[1].split()[:3] == ["a", "true", "Succeeded"]
+    wide = sub("get", "ml", "-o", "wide").stdout
+    assert "file://" in wide and "substratusai/base" in wide
+    one = yaml.safe_load(sub("get", "model/a", "-o", "yaml").stdout)
+    assert one["status"]["files"] == ["x"]
+    listed = json.loads(sub("get", "models", "-o", "json").stdout)
+    assert [o["metadata"]["name"] for o in listed] == ["a", "b"]
+    assert "Conditions:" in sub("describe", "model/a").stdout
+    assert sub("logs", "model/a").stdout == "hi from a\n"
+
+    r = sub("delete", "-f", str(f))
+    assert r.stdout.splitlines() == ["model/a deleted", "model/b deleted"]
+    assert sub("get", "models").stderr.strip() == "No resources found in default namespace."
+
+
+def test_apply_from_stdin_and_directory(local: Local, tmp_path: Path) -> None:
+    r = sub("apply", "-f", "-", input=MODEL.format(name="s", script="true"))
+    assert (r.returncode, r.stdout.strip()) == (0, "model/s created")
+    write(tmp_path / "d" / "1.yaml", MODEL.format(name="d1", script="true"))
+    write(tmp_path / "d" / "2.yml", MODEL.format(name="d2", script="true"))
+    write(tmp_path / "d" / "notes.txt", "ignored")
+    r = sub("apply", "-f", str(tmp_path / "d"), "--wait", "--timeout", "60s")
+    assert r.returncode == 0, r.stderr
+    assert "model/d2 ready" in r.stdout
+
+
+def test_wait_fails_fast_when_the_job_fails(local: Local) -> None:
+    sub("apply", "-f", "-", input=MODEL.format(name="bad", script="echo broken; exit 7"))
+    r = sub("wait", "model/bad", "--timeout", "60s")
+    assert r.returncode == 1
+    assert "JobFailed" in r.stderr and "exit code 7" in r.stderr and "broken" in r.stderr
+
+
+def test_wait_times_out_and_not_found(local: Local) -> None:
+    sub("apply", "-f", "-", input=MODEL.format(name="slow", script="sleep 30"))
+    assert sub("wait", "model/slow", "--timeout", "1s").returncode == 5
+    r = sub("wait", "model/nope", "--timeout", "1s")
+    assert r.returncode == 3 and "not found" in r.stderr
+    assert sub("get", "model/nope").returncode == 3
+
+
+BAD = [
+    ("kind: Model\nmetadata: {name: x\n", "malformed YAML (line"),
+    ("apiVersion: substratus.ai/v1\nkind: Modle\nmetadata: {name: x}\nspec: {}\n", "kind: unknown kind 'Modle'"),
+    ("apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: x}\n"
+     "spec: {image: {name: i}, imag: 1}\n", "spec.imag: unknown field"),
+    ("apiVersion: substratus.ai/v1\nkind: Server\nmetadata: {name: x}\n"
+     "spec: {image: {name: i}, model: m, replicas: many}\n", "spec.replicas:"),
+    ("apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: x}\n"
+     "spec: {image: {name: i}, params: {bad-key: 1}}\n", "params key 'bad-key'"),
+    ("apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: x}\n"
+     "spec: {image: {name: i}, baseModel: {name: x}}\n", "spec.baseModel: an object cannot reference itself"),
+    ("apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: Bad_Name}\nspec: {image: {name: i}}\n",
+     "metadata.name:"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD)
+def test_bad_input_is_rejected_with_field_and_reason(local: Local, text: str, expected: str) -> None:
+    r = sub("apply", "-f", "-", input=text)
+    assert r.returncode == 4, (r.stdout, r.stderr)
+    assert expected in r.stderr
+    assert r.stdout == ""
+
+
+def test_rejected_update_and_cycle_leave_existing_objects_intact(local: Local) -> None:
+    good = MODEL.format(name="keep", script="echo 1 > artifacts/x")
+    sub("apply", "-f", "-", input=good)
+    before = local.wait("Model", "keep")
+    bad = good.replace("command:", "commandd:")
+    assert sub("apply", "-f", "-", input=bad).returncode == 4
+    a = "apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: a}\nspec: {image: {name: substratusai/base}, command: [x], baseModel: {name: b}}\n"
+    b = a.replace("name: a}", "name: b}").replace("{name: b}}", "{name: a}}")
+    assert sub("apply", "-f", "-", input=a).returncode == 0
+    r = sub("apply", "-f", "-", input=b)
+    assert r.returncode == 4 and "reference cycle: Model/b -> Model/a -> Model/b" in r.stderr
+    after = local.get("Model", "keep")
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert after["status"]["url"] == before["status"]["url"]
+    assert Path(after["status"]["url"].removeprefix("file://"), "x").exists()
+
+
+def test_one_bad_document_applies_nothing(local: Local) -> None:
+    docs = MODEL.format(name="first", script="true") + "---\nkind: Nope\n"
+    assert sub("apply", "-f", "-", input=docs).returncode == 4
+    assert local.client.list("Model", None) == []
+
+
+def test_crds_and_help(local: Local) -> None:
+    crds = list(yaml.safe_load_all(sub("crds").stdout))
+    assert {c["spec"]["names"]["kind"] for c in crds} == {"Model", "Dataset", "Notebook", "Server"}
+    help_text = sub("apply", "--help").stdout
+    assert "Examples" in help_text and "sub apply -f" in help_text
+
+
+def test_local_status_and_stop(local: Local) -> None:
+    sub("apply", "-f", "-", input=MODEL.format(name="x", script="true"))
+    r = sub("local", "status")
+    assert r.returncode == 0 and "running" in r.stdout and str(local.paths.home) in r.stdout
+    assert sub("local", "stop").returncode == 0
+    r = sub("local", "status")
+    assert r.returncode == 6 and "not running" in r.stdout
