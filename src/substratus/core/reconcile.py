@@ -29,6 +29,7 @@ from substratus.core.retry import RetryPolicy
 from substratus.core.sizes import human_size
 
 LOG_TAIL_CHARS = 2000
+UPLOAD_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -122,7 +123,8 @@ def decide(
             if not upload.request_id or not obs.upload.received:
                 s.cond(C.BUILT, False, "AwaitingUpload", "upload the build context to uploadUrl")
                 s.ready(False, "AwaitingUpload", "waiting for the build context upload")
-                return s.done()
+                # A bucket sends no event when the client's upload lands: look again soon.
+                return s.done(requeue_after=UPLOAD_POLL_SECONDS if upload.request_id else None)
         build = obs.build
         if build.source != source or build.phase in (Phase.NONE, Phase.RUNNING):
             s.cond(C.BUILT, False, "Building", "building the image")

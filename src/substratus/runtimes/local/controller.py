@@ -15,6 +15,7 @@ from substratus.api.kinds import Resource
 from substratus.api.loading import parse_object
 from substratus.core.actions import Action, EnsureService, StartBuild, StartJob, StopWorkload
 from substratus.core.graph import Key, dependencies, dependents
+from substratus.core.images import builtin_module
 from substratus.core.observed import (
     Artifacts,
     BuildState,
@@ -29,7 +30,7 @@ from substratus.core.reconcile import decide
 from substratus.core.retry import RetryPolicy
 from substratus.runtimes.local import processes
 from substratus.runtimes.local.db import Run, StateDB
-from substratus.runtimes.local.engines import Engine, detect_engine
+from substratus.runtimes.local.engines import Engine, EngineError, detect_engine
 from substratus.runtimes.local.launch import image_problem
 from substratus.runtimes.local.paths import LocalPaths
 from substratus.runtimes.local.ports import PortAllocator
@@ -77,6 +78,7 @@ class Controller:
         self.queue.add(key, delay)
 
     def engine(self) -> Engine | None:
+        """The container engine, if one answers; EngineError when a configured one does not."""
         if not self._engine_checked:
             self._engine = detect_engine()
             self._engine_checked = True
@@ -153,11 +155,14 @@ class Controller:
     def _image_error(self, obj: Resource, build: BuildState) -> str | None:
         if obj.spec.image.has_build:
             return None  # a finished build runs as a process or with the engine that built it
-        assert obj.spec.image.name is not None
         name = obj.spec.image.name
-        from substratus.core.images import builtin_module
-
-        return image_problem(name, None if builtin_module(name) else self.engine())
+        assert name is not None
+        if builtin_module(name):
+            return image_problem(name, None)
+        try:
+            return image_problem(name, self.engine())
+        except EngineError as exc:
+            return f"spec.image.name: {name!r} cannot run: {exc}"
 
     def _latest(self, obj: Resource, role: str) -> Run | None:
         runs = self.db.runs(obj.key, role=role)

@@ -21,6 +21,7 @@ from substratus.core.observed import DepState, Observed
 from substratus.runtimes.local import processes
 from substratus.runtimes.local.builds import BuildFailed, build_from_git, build_from_upload
 from substratus.runtimes.local.db import Run
+from substratus.runtimes.local.engines import EngineError
 from substratus.runtimes.local.launch import (
     ImageInfo,
     LaunchError,
@@ -117,6 +118,7 @@ class Runner:
         if workdir.exists():
             shutil.rmtree(workdir)
         workdir.mkdir(parents=True)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
         return workdir, log_file, log_file.with_suffix(".exit")
 
     def _launch(
@@ -378,15 +380,15 @@ class Runner:
     def _build(self, obj: Resource, run: Run, log_file: Path, source: str) -> None:
         cache = self.paths.cache / "builds"
         tag = f"{obj.metadata.namespace}-{obj.PLURAL}-{obj.metadata.name}"
-        engine = self.ctl.engine()
         try:
+            engine = self.ctl.engine()
             with open(log_file, "a") as out:
                 if obj.spec.image.git is not None:
                     built = build_from_git(obj.spec.image.git, cache, engine, out, tag_name=tag)
                 else:
                     tarball = self._fetch_upload(obj)
                     built = build_from_upload(tarball, cache, engine, out, tag_name=tag)
-        except (BuildFailed, OSError, ValueError) as exc:
+        except (BuildFailed, EngineError, OSError, ValueError) as exc:
             self.db.update_run(run.id, phase="failed", message=str(exc), finished_at=time.time())
         else:
             result = {

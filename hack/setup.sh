@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create .venv and install Substratus into it. With --test, also the test and lint tools
+# (and the storage emulators the tests start). Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "error: Python 3.11 or newer is needed (PYTHON=$PYTHON is $("$PYTHON" --version 2>&1))" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+# Old pips backtrack for many minutes over boto3/botocore; a current one resolves at once.
+.venv/bin/python -m pip install -q -U "pip>=25"
+extras="s3,gcs,azure"
+if [ "${1:-}" = "--test" ]; then
+  extras="$extras,test"
+fi
+.venv/bin/python -m pip install -q -e ".[$extras]"
