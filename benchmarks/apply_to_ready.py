@@ -67,13 +67,14 @@ def bench_cli(runs: int, manifest_dir: Path) -> list[float]:
         path.write_text(
             "apiVersion: substratus.ai/v1\nkind: Model\n"
             f"metadata: {{name: cli-{i}}}\n"
-            "spec: {image: {name: substratusai/base}, command: [\"true\"]}\n"
+            'spec: {image: {name: substratusai/base}, command: ["true"]}\n'
         )
         t0 = time.perf_counter()
         sub = [sys.executable, "-m", "substratus.cli.main"]
         subprocess.run([*sub, "apply", "-f", str(path)], check=True, capture_output=True)
-        subprocess.run([*sub, "wait", f"model/cli-{i}", "--timeout", "60s"], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [*sub, "wait", f"model/cli-{i}", "--timeout", "60s"], check=True, capture_output=True
+        )
         times.append(time.perf_counter() - t0)
     return times
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -42,12 +43,19 @@ class Local:
         return self.client.get(kind, namespace, name)
 
     def wait(
-        self, kind: str, name: str, pred: Any = None, timeout: float = 30, namespace: str = "default"
+        self,
+        kind: str,
+        name: str,
+        pred: Any = None,
+        timeout: float = 30,
+        namespace: str = "default",
     ) -> dict[str, Any]:
         """Until ``pred(obj)`` (default: Ready for the current generation) holds."""
         pred = pred or (
-            lambda o: o["status"].get("ready")
-            and o["status"].get("observedGeneration") == o["metadata"]["generation"]
+            lambda o: (
+                o["status"].get("ready")
+                and o["status"].get("observedGeneration") == o["metadata"]["generation"]
+            )
         )
         deadline = time.monotonic() + timeout
         obj: dict[str, Any] = {}
@@ -73,10 +81,8 @@ class Local:
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
             time.sleep(0.02)
         self.client.close()
 

@@ -26,10 +26,16 @@ spec:
 """
 
 
-def sub(*args: str, input: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def sub(
+    *args: str, input: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "substratus.cli.main", *args],
-        input=input, capture_output=True, text=True, timeout=120, cwd=cwd,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
     )
 
 
@@ -46,7 +52,10 @@ def test_apply_get_describe_logs_wait_delete(local: Local, tmp_path: Path) -> No
     r = sub("apply", "-f", str(f))
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["model/a created", "model/b created"]
-    assert sub("apply", "-f", str(f)).stdout.splitlines() == ["model/a unchanged", "model/b unchanged"]
+    assert sub("apply", "-f", str(f)).stdout.splitlines() == [
+        "model/a unchanged",
+        "model/b unchanged",
+    ]
     r = sub("wait", "model/a", "--for=ready", "--timeout=60s")
     assert r.returncode == 0, r.stderr
     assert sub("wait", "models", "b", "--timeout", "60s").returncode == 0
@@ -96,22 +105,42 @@ def test_wait_times_out_and_not_found(local: Local) -> None:
 
 BAD = [
     ("kind: Model\nmetadata: {name: x\n", "malformed YAML (line"),
-    ("apiVersion: substratus.ai/v1\nkind: Modle\nmetadata: {name: x}\nspec: {}\n", "kind: unknown kind 'Modle'"),
-    ("apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: x}\n"
-     "spec: {image: {name: i}, imag: 1}\n", "spec.imag: unknown field"),
-    ("apiVersion: substratus.ai/v1\nkind: Server\nmetadata: {name: x}\n"
-     "spec: {image: {name: i}, model: m, replicas: many}\n", "spec.replicas:"),
-    ("apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: x}\n"
-     "spec: {image: {name: i}, params: {bad-key: 1}}\n", "params key 'bad-key'"),
-    ("apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: x}\n"
-     "spec: {image: {name: i}, baseModel: {name: x}}\n", "spec.baseModel: an object cannot reference itself"),
-    ("apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: Bad_Name}\nspec: {image: {name: i}}\n",
-     "metadata.name:"),
+    (
+        "apiVersion: substratus.ai/v1\nkind: Modle\nmetadata: {name: x}\nspec: {}\n",
+        "kind: unknown kind 'Modle'",
+    ),
+    (
+        "apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: x}\n"
+        "spec: {image: {name: i}, imag: 1}\n",
+        "spec.imag: unknown field",
+    ),
+    (
+        "apiVersion: substratus.ai/v1\nkind: Server\nmetadata: {name: x}\n"
+        "spec: {image: {name: i}, model: m, replicas: many}\n",
+        "spec.replicas:",
+    ),
+    (
+        "apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: x}\n"
+        "spec: {image: {name: i}, params: {bad-key: 1}}\n",
+        "params key 'bad-key'",
+    ),
+    (
+        "apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: x}\n"
+        "spec: {image: {name: i}, baseModel: {name: x}}\n",
+        "spec.baseModel: an object cannot reference itself",
+    ),
+    (
+        "apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: Bad_Name}\n"
+        "spec: {image: {name: i}}\n",
+        "metadata.name:",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("text", "expected"), BAD)
-def test_bad_input_is_rejected_with_field_and_reason(local: Local, text: str, expected: str) -> None:
+def test_bad_input_is_rejected_with_field_and_reason(
+    local: Local, text: str, expected: str
+) -> None:
     r = sub("apply", "-f", "-", input=text)
     assert r.returncode == 4, (r.stdout, r.stderr)
     assert expected in r.stderr
@@ -124,7 +153,10 @@ def test_rejected_update_and_cycle_leave_existing_objects_intact(local: Local) -
     before = local.wait("Model", "keep")
     bad = good.replace("command:", "commandd:")
     assert sub("apply", "-f", "-", input=bad).returncode == 4
-    a = "apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: a}\nspec: {image: {name: substratusai/base}, command: [x], baseModel: {name: b}}\n"
+    a = (
+        "apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: a}\n"
+        "spec: {image: {name: substratusai/base}, command: [x], baseModel: {name: b}}\n"
+    )
     b = a.replace("name: a}", "name: b}").replace("{name: b}}", "{name: a}}")
     assert sub("apply", "-f", "-", input=a).returncode == 0
     r = sub("apply", "-f", "-", input=b)
@@ -138,7 +170,7 @@ def test_rejected_update_and_cycle_leave_existing_objects_intact(local: Local) -
 def test_one_bad_document_applies_nothing(local: Local) -> None:
     docs = MODEL.format(name="first", script="true") + "---\nkind: Nope\n"
     assert sub("apply", "-f", "-", input=docs).returncode == 4
-    assert local.client.list("Model", None) == []
+    assert local.client.list_objects("Model", None) == []
 
 
 def test_crds_and_help(local: Local) -> None:

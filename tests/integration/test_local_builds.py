@@ -16,9 +16,18 @@ RUN_SH = "#!/bin/sh\necho built-from-source > artifacts/out.txt\nls > artifacts/
 
 
 def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-                        "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        ["git", "-C", str(repo), *args],
+        check=True,
+        capture_output=True,
+        env={
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+            "PATH": "/usr/bin:/bin",
+        },
+    )
 
 
 @pytest.fixture
@@ -33,8 +42,10 @@ def repo(tmp_path: Path) -> Path:
 
 
 def test_model_built_from_git_runs_its_sources(local: Local, repo: Path) -> None:
-    spec = {"image": {"git": {"url": repo.as_uri(), "branch": "main", "path": "trainer"}},
-            "command": ["sh", "run.sh"]}
+    spec = {
+        "image": {"git": {"url": repo.as_uri(), "branch": "main", "path": "trainer"}},
+        "command": ["sh", "run.sh"],
+    }
     local.apply("Model", "m", spec)
     obj = local.wait("Model", "m", timeout=60)
     assert obj["status"]["image"].startswith("dir:")
@@ -54,11 +65,17 @@ def test_git_url_that_cannot_be_cloned_is_a_build_failure(local: Local, tmp_path
 
 
 def sub(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "substratus.cli.main", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "substratus.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-def test_upload_builds_the_local_directory_honouring_dockerignore(local: Local, tmp_path: Path) -> None:
+def test_upload_builds_the_local_directory_honouring_dockerignore(
+    local: Local, tmp_path: Path
+) -> None:
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "run.sh").write_text(RUN_SH)
@@ -90,4 +107,4 @@ def test_upload_dir_that_does_not_exist_is_rejected(local: Local, tmp_path: Path
     r = sub("apply", "-f", str(manifest), "--upload-dir", str(tmp_path / "nope"))
     assert r.returncode == 4
     assert "spec.image.upload" in r.stderr and "nope" in r.stderr
-    assert local.client.list("Notebook", None) == []
+    assert local.client.list_objects("Notebook", None) == []

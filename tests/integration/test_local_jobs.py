@@ -28,14 +28,23 @@ def test_model_job_follows_the_container_contract(local: Local) -> None:
         "env | grep ^PARAM_ | sort > artifacts/env.txt; cp params.json artifacts/; "
         "mkdir -p artifacts/sub; printf 1234567890 > artifacts/sub/w.bin; echo done"
     )
-    local.apply("Model", "m", {"image": BASE, "command": sh(script),
-                               "params": {"name": "tiiuae/falcon-7b", "epochs": 2, "merge": True}})
+    local.apply(
+        "Model",
+        "m",
+        {
+            "image": BASE,
+            "command": sh(script),
+            "params": {"name": "tiiuae/falcon-7b", "epochs": 2, "merge": True},
+        },
+    )
     obj = local.wait("Model", "m")
     status = obj["status"]
     assert sorted(status["files"]) == ["env.txt", "params.json", "sub/w.bin"]
     out = local_dir(status["url"])
     assert (out / "env.txt").read_text().splitlines() == [
-        "PARAM_EPOCHS=2", "PARAM_MERGE=true", "PARAM_NAME=tiiuae/falcon-7b",
+        "PARAM_EPOCHS=2",
+        "PARAM_MERGE=true",
+        "PARAM_NAME=tiiuae/falcon-7b",
     ]
     assert json.loads((out / "params.json").read_text())["epochs"] == 2
     manifest = json.loads((out / MANIFEST_NAME).read_text())
@@ -51,15 +60,28 @@ def test_fine_tune_waits_for_dependencies_and_mounts_them_read_only(local: Local
         "if echo x >> model/w.bin 2>/dev/null; then exit 8; fi; "
         "cat model/w.bin data/rows.jsonl > artifacts/merged.txt"
     )
-    local.apply("Model", "ft", {"image": BASE, "command": sh(check),
-                                "baseModel": {"name": "base"},
-                                "trainingDataset": {"name": "data"}})
-    assert local.reason(local.wait_reason("Model", "ft", "BaseModelNotFound")) == "BaseModelNotFound"
-    local.apply("Model", "base", {"image": BASE, "command": sh("sleep 0.5; echo W > artifacts/w.bin")})
+    local.apply(
+        "Model",
+        "ft",
+        {
+            "image": BASE,
+            "command": sh(check),
+            "baseModel": {"name": "base"},
+            "trainingDataset": {"name": "data"},
+        },
+    )
+    assert (
+        local.reason(local.wait_reason("Model", "ft", "BaseModelNotFound")) == "BaseModelNotFound"
+    )
+    local.apply(
+        "Model", "base", {"image": BASE, "command": sh("sleep 0.5; echo W > artifacts/w.bin")}
+    )
     local.wait_reason("Model", "ft", "BaseModelNotReady")
     local.wait("Model", "base")
     local.wait_reason("Model", "ft", "DatasetNotFound")
-    local.apply("Dataset", "data", {"image": BASE, "command": sh("echo '{}' > artifacts/rows.jsonl")})
+    local.apply(
+        "Dataset", "data", {"image": BASE, "command": sh("echo '{}' > artifacts/rows.jsonl")}
+    )
     ft = local.wait("Model", "ft")
     assert (local_dir(ft["status"]["url"]) / "merged.txt").read_text() == "W\n{}\n"
 
@@ -100,17 +122,26 @@ def test_delete_removes_artifacts_unless_retained(local: Local) -> None:
     local.client.delete("Dataset", "default", "kept", retain=True)
     assert not local_dir(gone["status"]["url"]).exists()
     assert (local_dir(kept["status"]["url"]) / "x").exists()
-    assert local.client.list("Dataset", None) == []
+    assert local.client.list_objects("Dataset", None) == []
 
 
 def test_secret_env_waits_for_the_secret(local: Local) -> None:
-    spec = {"image": BASE, "command": sh("printf %s \"$HF_TOKEN\" > artifacts/t"),
-            "env": {"HF_TOKEN": {"secretKeyRef": {"name": "hf", "key": "token"}}, "PLAIN": "p"}}
+    spec = {
+        "image": BASE,
+        "command": sh('printf %s "$HF_TOKEN" > artifacts/t'),
+        "env": {"HF_TOKEN": {"secretKeyRef": {"name": "hf", "key": "token"}}, "PLAIN": "p"},
+    }
     local.apply("Model", "m", spec)
     obj = local.wait_reason("Model", "m", "SecretNotFound")
     assert "env.HF_TOKEN" in obj["status"]["conditions"][0]["message"]
-    local.client.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf"},
-                        "stringData": {"token": "s3cr3t"}})
+    local.client.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "hf"},
+            "stringData": {"token": "s3cr3t"},
+        }
+    )
     done = local.wait("Model", "m")
     assert (local_dir(done["status"]["url"]) / "t").read_text() == "s3cr3t"
 
@@ -123,8 +154,9 @@ def test_foreign_image_without_engine_is_reported(local: Local) -> None:
 
 
 def test_supervisor_killed_mid_job_adopts_the_job(local: Local) -> None:
-    local.apply("Model", "slow", {"image": BASE,
-                                  "command": sh("sleep 1.5; echo ok > artifacts/ok")})
+    local.apply(
+        "Model", "slow", {"image": BASE, "command": sh("sleep 1.5; echo ok > artifacts/ok")}
+    )
     local.wait_reason("Model", "slow", "JobRunning")
     old = local.supervisor_pid()
     local.kill_supervisor()

@@ -57,12 +57,22 @@ def test_crashed_server_is_restarted(local: Local, model: dict[str, Any]) -> Non
     local.wait("Server", "s")
     [pid] = server_pids(local, "s")
     os.killpg(pid, signal.SIGKILL)
-    obj = local.wait("Server", "s", lambda o: o["status"].get("ready") and server_pids(local, "s")
-                     and server_pids(local, "s") != [pid], timeout=30)
+    obj = local.wait(
+        "Server",
+        "s",
+        lambda o: (
+            o["status"].get("ready")
+            and server_pids(local, "s")
+            and server_pids(local, "s") != [pid]
+        ),
+        timeout=30,
+    )
     assert "Hello" not in get(obj["status"]["url"] + "/")
 
 
-def test_server_that_keeps_crashing_reports_its_exit_code(local: Local, model: dict[str, Any]) -> None:
+def test_server_that_keeps_crashing_reports_its_exit_code(
+    local: Local, model: dict[str, Any]
+) -> None:
     cmd = ["sh", "-c", "echo cannot load weights >&2; exit 4"]
     local.apply("Server", "s", {"image": BASE, "command": cmd, "model": "m"})
     obj = local.wait_reason("Server", "s", "CrashLoopBackOff")
@@ -79,8 +89,11 @@ def test_server_waits_for_its_model(local: Local) -> None:
 
 
 def test_notebook_token_suspend_and_resume(local: Local) -> None:
-    cmd = ["sh", "-c", "printf %s \"$NOTEBOOK_TOKEN\" > token; "
-           "exec python -m http.server $PORT --bind 127.0.0.1"]
+    cmd = [
+        "sh",
+        "-c",
+        'printf %s "$NOTEBOOK_TOKEN" > token; exec python -m http.server $PORT --bind 127.0.0.1',
+    ]
     spec = {"image": BASE, "command": cmd}
     local.apply("Notebook", "nb", spec)
     nb = local.wait("Notebook", "nb")

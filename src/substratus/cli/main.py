@@ -181,7 +181,7 @@ def get(
             obj = c.get(kinds[0], ns or "default", name)
             objs: list[dict[str, Any]] = [obj]
         else:
-            objs = [o for k in kinds for o in c.list(k, ns)]
+            objs = [o for k in kinds for o in c.list_objects(k, ns)]
         if output in ("yaml", "json"):
             out.print(fmt.dump(objs[0] if name else objs, output), markup=False)
             return
@@ -210,7 +210,7 @@ def describe(
         objs = (
             [c.get(kinds[0], namespace, name)]
             if name
-            else [o for k in kinds for o in c.list(k, namespace)]
+            else [o for k in kinds for o in c.list_objects(k, namespace)]
         )
         out.print("\n\n".join(fmt.describe(o) for o in objs), markup=False)
 
@@ -363,7 +363,7 @@ def local_status() -> None:
         out.print(f"supervisor: not running (state in {paths.home})")
         raise typer.Exit(EXIT_UNAVAILABLE)
     health = c.health()
-    objs = c.list(None, None)
+    objs = c.list_objects(None, None)
     ready = sum(1 for o in objs if (o.get("status") or {}).get("ready"))
     out.print(f"supervisor: running (pid {health['pid']})")
     out.print(f"state:      {paths.home}")

@@ -57,7 +57,7 @@ def finish_upload(client: Client, obj: dict[str, Any], tarball: Path, console: C
             status = current.get("status") or {}
             if status.get("observedGeneration") != current["metadata"].get("generation"):
                 continue
-            ready = next(
+            ready: dict[str, Any] = next(
                 (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
             )
             if ready.get("reason") != "AwaitingUpload":

@@ -30,7 +30,9 @@ class WaitTimeout(Exception):
 
 def _ready_reason(obj: dict[str, Any]) -> tuple[bool, str, str]:
     status = obj.get("status") or {}
-    cond = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    cond: dict[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+    )
     current = status.get("observedGeneration") == obj["metadata"].get("generation")
     ready = bool(status.get("ready")) and current
     return ready, cond.get("reason", "Pending") if current else "Pending", cond.get("message", "")
@@ -62,7 +64,7 @@ def wait_for(
                     if time.monotonic() >= deadline:
                         break
                     continue
-                obj = event["object"]
+                obj: dict[str, Any] = event["object"]
                 if event["type"] == "DELETED":
                     if condition == "delete":
                         return obj

@@ -1,1 +1,39 @@
-"""storage"""
+"""Artifact storage: versioned, atomically committed directories of files in a bucket.
+
+Schemes: ``file://`` (or a plain path), ``s3://`` (and S3-compatible servers), ``gs://``,
+``az://``. Cloud packages load on first use; see :mod:`substratus.storage.backends`.
+"""
+
+from substratus.storage.backends import MissingDependency
+from substratus.storage.buildcontext import DockerIgnore, pack_context, unpack_context
+from substratus.storage.manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    build_manifest,
+    human_size,
+)
+from substratus.storage.store import (
+    ArtifactStore,
+    Committed,
+    Progress,
+    StorageError,
+    upload_to_signed_url,
+)
+
+__all__ = [
+    "MANIFEST_NAME",
+    "ArtifactStore",
+    "Committed",
+    "DockerIgnore",
+    "FileEntry",
+    "Manifest",
+    "MissingDependency",
+    "Progress",
+    "StorageError",
+    "build_manifest",
+    "human_size",
+    "pack_context",
+    "unpack_context",
+    "upload_to_signed_url",
+]

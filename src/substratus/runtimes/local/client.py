@@ -80,7 +80,7 @@ class LocalClient:
         out: dict[str, Any] = self._request("GET", f"/objects/{kind}/{namespace}/{name}")
         return out
 
-    def list(self, kind: str | None, namespace: str | None) -> list[dict[str, Any]]:
+    def list_objects(self, kind: str | None, namespace: str | None) -> list[dict[str, Any]]:
         params = {k: v for k, v in (("kind", kind), ("namespace", namespace)) if v}
         out: list[dict[str, Any]] = self._request("GET", "/objects", params=params)["items"]
         return out

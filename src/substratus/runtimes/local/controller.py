@@ -66,7 +66,7 @@ class Controller:
         self.runner.recover()
         self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
         self._thread.start()
-        for body in self.db.list():
+        for body in self.db.list_objects():
             self.enqueue(_key(body))
 
     def stop(self) -> None:
@@ -127,7 +127,7 @@ class Controller:
         self.enqueue_dependents(key)
 
     def enqueue_dependents(self, key: Key) -> None:
-        objs = [parse_object(b, "stored object") for b in self.db.list()]
+        objs = [parse_object(b, "stored object") for b in self.db.list_objects()]
         for obj in dependents(key, objs):
             self.enqueue(obj.key)
 

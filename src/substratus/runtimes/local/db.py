@@ -166,7 +166,9 @@ class StateDB:
             ).fetchone()
         return json.loads(row["body"]) if row else None
 
-    def list(self, kind: str | None = None, namespace: str | None = None) -> list[dict[str, Any]]:
+    def list_objects(
+        self, kind: str | None = None, namespace: str | None = None
+    ) -> list[dict[str, Any]]:
         sql, args = "SELECT body FROM objects WHERE 1=1", []
         if kind:
             sql += " AND kind=?"

@@ -115,7 +115,7 @@ class Handler(BaseHTTPRequestHandler):
                 action, obj = svc.apply(self._body(), q.get("source", "<request>"))
                 self._send(200, {"action": action, "object": obj})
             case "GET", ["objects"]:
-                self._send(200, {"items": svc.list(q.get("kind"), q.get("namespace"))})
+                self._send(200, {"items": svc.list_objects(q.get("kind"), q.get("namespace"))})
             case "GET", ["objects", kind, ns, name]:
                 self._send(200, svc.get(kind, ns, name))
             case "DELETE", ["objects", kind, ns, name]:

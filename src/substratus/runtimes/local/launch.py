@@ -12,8 +12,8 @@ import os
 import shutil
 import subprocess
 import sys
-from functools import cache
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from substratus.api.kinds import Notebook, Resource, Server

@@ -102,7 +102,7 @@ class LocalService:
         data.update({k: str(v) for k, v in (doc.get("stringData") or {}).items()})
         existed = self.db.get_secret(namespace, name)
         self.db.put_secret(namespace, name, data)
-        for body in self.db.list(namespace=namespace):
+        for body in self.db.list_objects(namespace=namespace):
             self.ctl.enqueue((body["kind"], namespace, body["metadata"]["name"]))
         action = "unchanged" if existed == data else ("configured" if existed else "created")
         summary = {
@@ -120,8 +120,8 @@ class LocalService:
             raise NotFound(f'{cls.PLURAL} "{name}" not found in namespace "{namespace}"')
         return body
 
-    def list(self, kind: str | None, namespace: str | None) -> list[dict[str, Any]]:
-        return self.db.list(kind_of(kind).KIND if kind else None, namespace)
+    def list_objects(self, kind: str | None, namespace: str | None) -> list[dict[str, Any]]:
+        return self.db.list_objects(kind_of(kind).KIND if kind else None, namespace)
 
     def delete(self, kind: str, namespace: str, name: str, retain: bool = False) -> dict[str, Any]:
         cls = kind_of(kind)
@@ -170,7 +170,7 @@ class LocalService:
 
         with self.db.changed:
             rv = self.db.current_rv()
-            initial = self.db.list(want, namespace) if since is None else []
+            initial = self.db.list_objects(want, namespace) if since is None else []
         if since is None:
             for body in initial:
                 if match(body):
