@@ -20,7 +20,7 @@ from substratus.api import (
     parse_object,
 )
 from substratus.api.common import EnvFrom, Image, Resources, UploadSource
-from substratus.api.kinds import KINDS, ServerSpec
+from substratus.api.kinds import KINDS
 from substratus.api.loading import kind_of
 
 SEED = Path(__file__).parent / "data" / "seed"
@@ -566,16 +566,6 @@ def test_quantization_default_bits() -> None:
     assert isinstance(obj, Server)
     assert obj.spec.quantization is not None
     assert obj.spec.quantization.bits == 16
-
-
-@pytest.mark.skipif(
-    "autoscaling" not in ServerSpec.model_fields, reason="Server has no autoscaling field"
-)
-def test_autoscaling_min_above_max() -> None:
-    doc = server(autoscaling={"minReplicas": 3, "maxReplicas": 2})
-    assert only_problem(doc) == ("spec.autoscaling", "minReplicas must not exceed maxReplicas")
-    ok = parse_object(server(autoscaling={"minReplicas": 2, "maxReplicas": 2}))
-    assert ok.dump()["spec"]["autoscaling"]["maxReplicas"] == 2
 
 
 def test_error_names_source_kind_and_object() -> None:

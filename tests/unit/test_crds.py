@@ -494,15 +494,6 @@ def test_cel_rule_messages_match_the_models() -> None:
         assert reason({"git": git}) == [("spec.image.git" + git_msgs[message], message)]
 
 
-def test_autoscaling_rule_when_the_model_has_autoscaling() -> None:
-    classes = crds.model_classes(KINDS["Server"])
-    if "Autoscaling" not in classes:
-        pytest.skip("Server has no autoscaling")
-    spec = schema_of(crds.crd_for(KINDS["Server"]))["properties"]["spec"]["properties"]
-    rules = _rules(spec["autoscaling"])
-    assert "minReplicas must not exceed maxReplicas" in rules
-
-
 def test_env_name_pattern_is_the_models() -> None:
     # Documented (CEL cannot see untyped map values); keep the docs' pattern the models' one.
     assert ENV_NAME_RE.pattern == "^[A-Za-z_][A-Za-z0-9_]*$"
@@ -561,19 +552,3 @@ def test_printer_column_descriptions_come_from_the_models() -> None:
     (version,) = crds.crd_for(KINDS["Model"])["spec"]["versions"]
     cols = {c["name"]: c for c in version["additionalPrinterColumns"]}
     assert cols["Size"]["description"] == "Total size of the artifacts, e.g. 27Gi."
-
-
-def test_autoscaling_rule_reads_the_models_defaults() -> None:
-    # The rule is keyed by class name, so it comes back with any model called Autoscaling.
-    from pydantic import Field
-
-    class Autoscaling(BaseModel):
-        min_replicas: int = Field(2, alias="minReplicas")
-        max_replicas: int = Field(5, alias="maxReplicas")
-
-    (rule,) = crds.cel_rules(Autoscaling)
-    assert rule == {
-        "rule": "(has(self.minReplicas) ? self.minReplicas : 2) <= "
-        "(has(self.maxReplicas) ? self.maxReplicas : 5)",
-        "message": "minReplicas must not exceed maxReplicas",
-    }

@@ -93,25 +93,6 @@ _KEEP = {
 }
 
 
-def _default_of(cls: type[BaseModel], alias: str) -> Any:
-    for name, field in cls.model_fields.items():
-        if (field.alias or name) == alias:
-            return field.default
-    raise KeyError(alias)
-
-
-def _bounds_rule(cls: type[BaseModel]) -> JSON:
-    lo = _default_of(cls, "minReplicas")
-    hi = _default_of(cls, "maxReplicas")
-    return {
-        "rule": (
-            f"(has(self.minReplicas) ? self.minReplicas : {lo!r}) <= "
-            f"(has(self.maxReplicas) ? self.maxReplicas : {hi!r})"
-        ),
-        "message": "minReplicas must not exceed maxReplicas",
-    }
-
-
 # CEL versions of the checks the models make in validators, by model class name (subclasses
 # inherit); a rule is a dict, or a function of the class (to read its defaults). Messages are the
 # models' own, so a user sees the same reason from the cluster and locally. Not expressible: the
@@ -146,7 +127,6 @@ _RULES: dict[str, list[JSON | Callable[[type[BaseModel]], JSON]]] = {
             "message": "path must be relative and stay inside the repository",
         },
     ],
-    "Autoscaling": [_bounds_rule],
 }
 
 # Plain OpenAPI keywords for checks that the models make in validators, by (class, JSON name).
