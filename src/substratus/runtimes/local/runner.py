@@ -19,7 +19,7 @@ from substratus.core.graph import Key
 from substratus.core.images import builtin_module
 from substratus.core.observed import DepState, Observed
 from substratus.runtimes.local import processes
-from substratus.runtimes.local.builds import BuildFailed, build_from_git, build_from_upload
+from substratus.runtimes.local.builder import start_build
 from substratus.runtimes.local.db import Run
 from substratus.runtimes.local.engines import EngineError
 from substratus.runtimes.local.launch import (
@@ -111,7 +111,7 @@ class Runner:
             )
         return ImageInfo(ref=image, kind="container")
 
-    def _run_dir(self, obj: Resource, label: str) -> tuple[Path, Path, Path]:
+    def run_dir(self, obj: Resource, label: str) -> tuple[Path, Path, Path]:
         rel = Path(obj.metadata.namespace) / obj.PLURAL / obj.metadata.name
         workdir = self.paths.runs / rel / label
         log_file = self.paths.logs / rel / f"{label}.log"
@@ -133,7 +133,7 @@ class Runner:
         port: int | None = None,
     ) -> Run:
         label = f"g{generation}-a{attempt}" + (f"-r{replica}" if role == "service" else "")
-        workdir, log_file, exit_file = self._run_dir(obj, label)
+        workdir, log_file, exit_file = self.run_dir(obj, label)
         info = self.image_info(obj, image)
         base = {
             "kind": obj.KIND,
@@ -170,6 +170,8 @@ class Runner:
                 **base, phase="failed", message=str(exc), finished_at=time.time()
             )
         popen = processes.spawn(argv, cwd=workdir, env=env, log=log_file, exit_file=exit_file)
+        if info.kind == "container":
+            base["result"] = {"container": container_name(obj, label)}
         run = self.db.add_run(
             **base,
             pid=popen.pid,
@@ -211,11 +213,10 @@ class Runner:
                 keep[k] = env[k]
         if port is not None:
             keep["PORT"] = "8080"
-        name = f"substratus-{obj.metadata.namespace}-{obj.PLURAL}-{obj.metadata.name}-{label}"
         return engine.run_argv(
             info.ref,
             obj.spec.command,
-            name=name,
+            name=container_name(obj, label),
             mounts=vols,
             env=keep,
             ports={port: 8080} if port is not None else {},
@@ -355,68 +356,7 @@ class Runner:
             time.sleep(2.0 if self.is_ready(run.id) else 0.1)
 
     def start_build(self, obj: Resource, source: str) -> None:
-        label = "build"
-        _, log_file, exit_file = self._run_dir(obj, label)
-        run = self.db.add_run(
-            kind=obj.KIND,
-            namespace=obj.metadata.namespace,
-            name=obj.metadata.name,
-            role="build",
-            generation=obj.metadata.generation or 1,
-            attempt=1,
-            workdir="",
-            log=str(log_file.relative_to(self.paths.home)),
-            exit_file=str(exit_file),
-            started_at=time.time(),
-            result={"source": source},
-        )
-        threading.Thread(
-            target=self._build,
-            args=(obj, run, log_file, source),
-            name=f"build-{run.id}",
-            daemon=True,
-        ).start()
-
-    def _build(self, obj: Resource, run: Run, log_file: Path, source: str) -> None:
-        cache = self.paths.cache / "builds"
-        tag = f"{obj.metadata.namespace}-{obj.PLURAL}-{obj.metadata.name}"
-        try:
-            engine = self.ctl.engine()
-            with open(log_file, "a") as out:
-                if obj.spec.image.git is not None:
-                    built = build_from_git(obj.spec.image.git, cache, engine, out, tag_name=tag)
-                else:
-                    tarball = self._fetch_upload(obj)
-                    built = build_from_upload(tarball, cache, engine, out, tag_name=tag)
-        except (BuildFailed, EngineError, OSError, ValueError) as exc:
-            self.db.update_run(run.id, phase="failed", message=str(exc), finished_at=time.time())
-        else:
-            result = {
-                "source": source,
-                "ref": built.ref,
-                "kind": built.kind,
-                "root": str(built.root),
-                "python": str(built.python) if built.python else None,
-            }
-            self.db.update_run(run.id, phase="succeeded", finished_at=time.time(), result=result)
-        self.ctl.enqueue(obj.key)
-
-    def _fetch_upload(self, obj: Resource) -> Path:
-        url = self.ctl.upload_url(obj)
-        assert url is not None and obj.spec.image.upload is not None
-        local = self.ctl.uploads.local_path(url)
-        if local is None:
-            local = self.paths.cache / "uploads" / Path(url).name
-            self.ctl.uploads.get_file(url, local)
-        expected = obj.spec.image.upload.md5
-        if expected:
-            actual = hashlib.md5(local.read_bytes()).hexdigest()
-            if actual != expected:
-                raise ValueError(
-                    f"spec.image.upload.md5: the uploaded context has md5 {actual}, "
-                    f"expected {expected}"
-                )
-        return local
+        start_build(self, obj, source)
 
     # -- stopping and recovery ------------------------------------------------------------
 
@@ -425,6 +365,13 @@ class Runner:
         self._set_ready(run.id, False)
         if run.pid is not None:
             processes.terminate_group(run.pid, run.pid_start)
+        container = (run.result or {}).get("container")
+        if container:
+            # The engine's client may die before its container does: stop that too.
+            with contextlib.suppress(EngineError, OSError):
+                engine = self.ctl.engine()
+                if engine is not None:
+                    engine.stop(container)
         self.ctl.gpus.give_back([int(g) for g in run.gpus.split(",") if g])
         self.ctl.ports.release(run.port)
 
@@ -459,6 +406,10 @@ class Runner:
         for root in (self.paths.runs, self.paths.logs):
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(root / rel)
+
+
+def container_name(obj: Resource, label: str) -> str:
+    return f"substratus-{obj.metadata.namespace}-{obj.PLURAL}-{obj.metadata.name}-{label}"
 
 
 def _make_read_only(root: Path) -> None:

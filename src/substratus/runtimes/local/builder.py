@@ -1,0 +1,84 @@
+"""Image builds for the local runtime: a thread per build, recorded as a run of role "build"."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from substratus.api.kinds import Resource
+from substratus.runtimes.local.builds import BuildFailed, build_from_git, build_from_upload
+from substratus.runtimes.local.db import Run
+from substratus.runtimes.local.engines import EngineError
+
+if TYPE_CHECKING:
+    from substratus.runtimes.local.runner import Runner
+
+
+def start_build(runner: Runner, obj: Resource, source: str) -> None:
+    """Record a build run and build in a thread; the result lands in the runs table."""
+    label = "build"
+    _, log_file, exit_file = runner.run_dir(obj, label)
+    run = runner.db.add_run(
+        kind=obj.KIND,
+        namespace=obj.metadata.namespace,
+        name=obj.metadata.name,
+        role="build",
+        generation=obj.metadata.generation or 1,
+        attempt=1,
+        workdir="",
+        log=str(log_file.relative_to(runner.paths.home)),
+        exit_file=str(exit_file),
+        started_at=time.time(),
+        result={"source": source},
+    )
+    threading.Thread(
+        target=_build,
+        args=(runner, obj, run, log_file, source),
+        name=f"build-{run.id}",
+        daemon=True,
+    ).start()
+
+
+def _build(runner: Runner, obj: Resource, run: Run, log_file: Path, source: str) -> None:
+    cache = runner.paths.cache / "builds"
+    tag = f"{obj.metadata.namespace}-{obj.PLURAL}-{obj.metadata.name}"
+    try:
+        engine = runner.ctl.engine()
+        with open(log_file, "a") as out:
+            if obj.spec.image.git is not None:
+                built = build_from_git(obj.spec.image.git, cache, engine, out, tag_name=tag)
+            else:
+                tarball = _fetch_upload(runner, obj)
+                built = build_from_upload(tarball, cache, engine, out, tag_name=tag)
+    except (BuildFailed, EngineError, OSError, ValueError) as exc:
+        runner.db.update_run(run.id, phase="failed", message=str(exc), finished_at=time.time())
+    else:
+        result = {
+            "source": source,
+            "ref": built.ref,
+            "kind": built.kind,
+            "root": str(built.root),
+            "python": str(built.python) if built.python else None,
+        }
+        runner.db.update_run(run.id, phase="succeeded", finished_at=time.time(), result=result)
+    runner.ctl.enqueue(obj.key)
+
+
+def _fetch_upload(runner: Runner, obj: Resource) -> Path:
+    url = runner.ctl.upload_url(obj)
+    assert url is not None and obj.spec.image.upload is not None
+    local = runner.ctl.uploads.local_path(url)
+    if local is None:
+        local = runner.paths.cache / "uploads" / Path(url).name
+        runner.ctl.uploads.get_file(url, local)
+    expected = obj.spec.image.upload.md5
+    if expected:
+        actual = hashlib.md5(local.read_bytes()).hexdigest()
+        if actual != expected:
+            raise ValueError(
+                f"spec.image.upload.md5: the uploaded context has md5 {actual}, expected {expected}"
+            )
+    return local
