@@ -26,36 +26,19 @@ def set_condition(
 ) -> list[Condition]:
     """Return a new list with ``type_`` set; other conditions are kept in order."""
     text = "Unknown" if status is None else ("True" if status else "False")
-    out: list[Condition] = []
-    found = False
-    for c in conditions:
-        if c.type != type_:
-            out.append(c)
-            continue
-        found = True
-        when = c.last_transition_time if c.status == text else now_iso()
-        out.append(
-            Condition(
-                type=type_,
-                status=text,
-                reason=reason,
-                message=message,
-                lastTransitionTime=when,
-                observedGeneration=generation,
-            )
-        )
-    if not found:
-        out.append(
-            Condition(
-                type=type_,
-                status=text,
-                reason=reason,
-                message=message,
-                lastTransitionTime=now_iso(),
-                observedGeneration=generation,
-            )
-        )
-    return out
+    previous = get_condition(conditions, type_)
+    kept = previous is not None and previous.status == text
+    new = Condition(
+        type=type_,
+        status=text,
+        reason=reason,
+        message=message,
+        lastTransitionTime=previous.last_transition_time if kept and previous else now_iso(),
+        observedGeneration=generation,
+    )
+    if previous is None:
+        return [*conditions, new]
+    return [new if c.type == type_ else c for c in conditions]
 
 
 def get_condition(conditions: list[Condition], type_: str) -> Condition | None:

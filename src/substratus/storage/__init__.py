@@ -4,6 +4,7 @@ Schemes: ``file://`` (or a plain path), ``s3://`` (and S3-compatible servers), `
 ``az://``. Cloud packages load on first use; see :mod:`substratus.storage.backends`.
 """
 
+from substratus.core.sizes import human_size
 from substratus.storage.backends import MissingDependency
 from substratus.storage.buildcontext import DockerIgnore, pack_context, unpack_context
 from substratus.storage.manifest import (
@@ -11,7 +12,6 @@ from substratus.storage.manifest import (
     FileEntry,
     Manifest,
     build_manifest,
-    human_size,
 )
 from substratus.storage.store import (
     ArtifactStore,
