@@ -240,3 +240,32 @@ def test_condition_transition_time_is_kept_while_status_is_unchanged() -> None:
     t1 = [c.last_transition_time for c in first.status.conditions]
     t2 = [c.last_transition_time for c in second.status.conditions]
     assert t1 == t2
+
+
+@pytest.mark.parametrize(
+    ("gpu_type", "name", "match"),
+    [
+        ("nvidia-l4", "NVIDIA L4", True),
+        ("nvidia-a100", "NVIDIA A100-SXM4-40GB", True),
+        ("nvidia-tesla-t4", "Tesla T4", True),
+        ("nvidia-h100-80gb", "NVIDIA H100 80GB HBM3", True),
+        ("nvidia-l4", "NVIDIA L40S", False),
+        ("nvidia-a100", "NVIDIA H100 PCIe", False),
+    ],
+)
+def test_gpu_type_matches_device_names(gpu_type: str, name: str, match: bool) -> None:
+    from substratus.core.reconcile import gpu_type_matches
+
+    assert gpu_type_matches(gpu_type, name) is match
+
+
+def test_gpu_of_another_type_is_not_enough() -> None:
+    obj = make("Model", {**BASE, "resources": {"gpu": {"count": 1, "type": "nvidia-a100"}}})
+    cap = Capacity(gpus=2, memory_gb=16, disk_gb=50, gpu_models=("NVIDIA L4", "NVIDIA L4"))
+    ready, reason, message = ready_reason(decide(obj, Observed(now=0, capacity=cap)))
+    assert (ready, reason) == (False, "InsufficientGPU")
+    assert "nvidia-a100" in message and "NVIDIA L4" in message
+    fits = make("Model", {**BASE, "resources": {"gpu": {"count": 2, "type": "nvidia-l4"}}})
+    assert decide(fits, Observed(now=0, capacity=cap)).actions == [
+        StartJob(1, 1, "substratusai/base")
+    ]

@@ -9,15 +9,9 @@ from rich.console import Console
 
 from substratus.core.client import Client
 
-# Reasons after which waiting for Ready is pointless until the spec changes.
-TERMINAL_REASONS = {
-    "JobFailed",
-    "BuildFailed",
-    "ImageUnavailable",
-    "InsufficientGPU",
-    "InsufficientMemory",
-    "InsufficientDisk",
-}
+# Reasons after which waiting for Ready is pointless until the spec changes. (Capacity
+# reasons such as InsufficientGPU are not: another workload may free what is needed.)
+TERMINAL_REASONS = {"JobFailed", "BuildFailed", "ImageUnavailable"}
 
 
 class WaitFailed(Exception):

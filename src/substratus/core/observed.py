@@ -69,9 +69,10 @@ class ServiceState:
 class Capacity:
     """What one machine can give a workload; requests beyond it can never be met there."""
 
-    gpus: int
+    gpus: int  # free GPUs
     memory_gb: float
     disk_gb: float
+    gpu_models: tuple[str, ...] = ()  # names of the free GPUs, e.g. "NVIDIA L4"
 
 
 @dataclass(frozen=True)

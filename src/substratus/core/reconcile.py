@@ -30,6 +30,7 @@ from substratus.core.sizes import human_size
 
 LOG_TAIL_CHARS = 2000
 UPLOAD_POLL_SECONDS = 1.0
+CAPACITY_POLL_SECONDS = 5.0  # GPUs, memory or disk may be freed by other workloads
 
 
 @dataclass
@@ -112,7 +113,7 @@ def decide(
     problem = _capacity_problem(obj, obs) if not started else None
     if problem:
         s.ready(False, problem[0], problem[1])
-        return s.done(requeue_after=30.0)
+        return s.done(requeue_after=CAPACITY_POLL_SECONDS)
 
     image = obj.spec.image.name
     source = build_source(obj)
@@ -152,16 +153,28 @@ def decide(
     return _decide_service(s, obs.service, image, replicas)
 
 
+def gpu_type_matches(gpu_type: str, model_name: str) -> bool:
+    """Whether a device named like nvidia-smi's "NVIDIA A100-SXM4-40GB" is a ``gpu_type`` such
+    as the cloud labels name them (nvidia-a100, nvidia-tesla-t4, nvidia-h100-80gb, nvidia-l4)."""
+    family = gpu_type.lower().removeprefix("nvidia-").removeprefix("tesla-").split("-")[0]
+    words = model_name.lower().replace("-", " ").split()
+    return bool(family) and family in words
+
+
 def _capacity_problem(obj: Resource, obs: Observed) -> tuple[str, str] | None:
     cap, res = obs.capacity, obj.spec.resources
     if cap is None:
         return None
-    if res.gpu_count > cap.gpus:
-        gpu_type = res.gpu.type if res.gpu else "GPU"
-        return (
-            "InsufficientGPU",
-            f"spec.resources.gpu.count: {res.gpu_count} {gpu_type} requested, {cap.gpus} available",
-        )
+    if res.gpu is not None and res.gpu.count:
+        matching = sum(1 for name in cap.gpu_models if gpu_type_matches(res.gpu.type, name))
+        have = matching if cap.gpu_models else cap.gpus
+        if res.gpu.count > have:
+            found = ", ".join(sorted(set(cap.gpu_models))) or "none"
+            return (
+                "InsufficientGPU",
+                f"spec.resources.gpu: {res.gpu.count} {res.gpu.type} requested, {have} free "
+                f"(free GPUs: {found})",
+            )
     if res.memory is not None and res.memory > cap.memory_gb:
         return (
             "InsufficientMemory",

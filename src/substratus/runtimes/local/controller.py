@@ -34,7 +34,7 @@ from substratus.runtimes.local.engines import Engine, EngineError, detect_engine
 from substratus.runtimes.local.launch import image_problem
 from substratus.runtimes.local.paths import LocalPaths
 from substratus.runtimes.local.ports import PortAllocator
-from substratus.runtimes.local.resources import GpuPool, capacity, gpu_indices
+from substratus.runtimes.local.resources import GpuPool, capacity, detect_gpus
 from substratus.runtimes.local.runner import Runner
 from substratus.storage import ArtifactStore
 
@@ -54,7 +54,7 @@ class Controller:
         self.uploads = ArtifactStore(self.store.base_url.rstrip("/") + "/.uploads")
         self.queue: WorkQueue[Key] = WorkQueue()
         self.ports = PortAllocator()
-        self.gpus = GpuPool(gpu_indices())
+        self.gpus = GpuPool(detect_gpus())
         self._engine: Engine | None = None
         self._engine_checked = False
         self.runner = Runner(self)

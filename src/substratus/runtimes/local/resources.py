@@ -10,19 +10,27 @@ from functools import cache
 from pathlib import Path
 
 from substratus.core.observed import Capacity
+from substratus.core.reconcile import gpu_type_matches
 
 
 @cache
-def gpu_indices() -> tuple[int, ...]:
-    """NVIDIA GPUs visible to the supervisor (none when nvidia-smi is absent or fails)."""
+def detect_gpus() -> dict[int, str]:
+    """NVIDIA GPUs visible to the supervisor by index, with their model names (none when
+    nvidia-smi is absent or fails)."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return ()
+        return {}
     try:
         out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
-        return ()
-    return tuple(i for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU "))
+        return {}
+    # "GPU 0: NVIDIA L4 (UUID: GPU-...)"
+    found = {}
+    for line in out.stdout.splitlines():
+        head, sep, rest = line.partition(": ")
+        if sep and head.startswith("GPU ") and head[4:].isdigit():
+            found[int(head[4:])] = rest.split(" (UUID", 1)[0]
+    return found
 
 
 def total_memory_gb() -> float:
@@ -30,15 +38,22 @@ def total_memory_gb() -> float:
 
 
 class GpuPool:
-    def __init__(self, indices: tuple[int, ...]):
-        self._free = list(indices)
+    def __init__(self, gpus: dict[int, str]):
+        self._names = dict(gpus)
+        self._free = sorted(gpus)
         self._lock = threading.Lock()
 
-    def take(self, count: int) -> list[int]:
+    def take(self, count: int, gpu_type: str | None = None) -> list[int]:
         with self._lock:
-            if count > len(self._free):
-                raise RuntimeError(f"{count} GPUs requested, {len(self._free)} free")
-            taken, self._free = self._free[:count], self._free[count:]
+            fits = [
+                i
+                for i in self._free
+                if gpu_type is None or gpu_type_matches(gpu_type, self._names[i])
+            ]
+            if count > len(fits):
+                raise RuntimeError(f"{count} {gpu_type or 'GPU'} requested, {len(fits)} free")
+            taken = fits[:count]
+            self._free = [i for i in self._free if i not in taken]
             return taken
 
     def claim(self, indices: list[int]) -> None:
@@ -54,10 +69,15 @@ class GpuPool:
         with self._lock:
             return len(self._free)
 
+    def free_models(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self._names[i] for i in self._free)
+
 
 def capacity(pool: GpuPool, home: Path) -> Capacity:
     return Capacity(
         gpus=pool.free(),
+        gpu_models=pool.free_models(),
         memory_gb=total_memory_gb(),
         disk_gb=shutil.disk_usage(home).free / 1e9,
     )

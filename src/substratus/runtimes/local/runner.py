@@ -155,7 +155,8 @@ class Runner:
             mounts = self._mounts(obj, obs)
             bind = info.kind != "container" and bind_mounts_available()
             prepare_workdir(workdir, obj, mounts, info, bind)
-            gpus = self.ctl.gpus.take(obj.spec.resources.gpu_count)
+            gpu = obj.spec.resources.gpu
+            gpus = self.ctl.gpus.take(gpu.count, gpu.type) if gpu and gpu.count else []
             token = obj.status.token if isinstance(obj.status, NotebookStatus) else None
             env = workload_env(obj, info, self._env_values(obj), port=port, token=token, gpus=gpus)
             argv = self._argv(obj, info, workdir, mounts, env, port, label)
