@@ -108,3 +108,21 @@ def test_upload_dir_that_does_not_exist_is_rejected(local: Local, tmp_path: Path
     assert r.returncode == 4
     assert "spec.image.upload" in r.stderr and "nope" in r.stderr
     assert local.client.list_objects("Notebook", None) == []
+
+
+def test_upload_is_sent_while_the_base_model_is_still_pending(local: Local, tmp_path: Path) -> None:
+    (tmp_path / "run.sh").write_text("cat model/w > artifacts/copy\n")
+    (tmp_path / "ft.yaml").write_text(
+        "apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: ft}\n"
+        "spec: {image: {upload: {}}, command: [sh, run.sh], baseModel: {name: later}}\n"
+    )
+    r = sub("apply", "-f", str(tmp_path / "ft.yaml"))
+    assert r.returncode == 0, r.stderr
+    local.wait_reason("Model", "ft", "BaseModelNotFound")
+    local.apply(
+        "Model",
+        "later",
+        {"image": {"name": "substratusai/base"}, "command": ["sh", "-c", "echo w > artifacts/w"]},
+    )
+    obj = local.wait("Model", "ft")
+    assert (Path(obj["status"]["url"].removeprefix("file://")) / "copy").read_text() == "w\n"

@@ -269,3 +269,36 @@ def test_gpu_of_another_type_is_not_enough() -> None:
     assert decide(fits, Observed(now=0, capacity=cap)).actions == [
         StartJob(1, 1, "substratusai/base")
     ]
+
+
+def test_upload_url_is_published_even_while_dependencies_are_pending() -> None:
+    obj = make(
+        "Model",
+        {
+            "image": {"upload": {"requestId": "r", "md5": "m"}},
+            "command": ["x"],
+            "baseModel": {"name": "b"},
+        },
+    )
+    d = decide(obj, Observed(now=0, upload=UploadState(url="https://signed")))
+    assert ready_reason(d)[1] == "AwaitingUpload"
+    assert d.status.upload_url == "https://signed"
+    built = BuildState("upload:r:m", Phase.SUCCEEDED, image="dir:1")
+    d = decide(obj, Observed(now=0, upload=UploadState(url="u", received=True), build=built))
+    assert ready_reason(d)[1] == "BaseModelNotFound"
+
+
+def test_retry_is_gated_again_on_its_dependencies() -> None:
+    failed = JobState(1, Phase.FAILED, attempts=1, exit_code=1, finished_at=0)
+    d = decide(make("Model", FT), Observed(now=100, job=failed, deps={}))
+    assert ready_reason(d)[1] == "BaseModelNotFound" and d.actions == []
+
+
+def test_running_server_keeps_serving_when_its_model_is_deleted() -> None:
+    obj = make("Server", {**BASE, "model": "m"})
+    svc = ServiceState(1, "substratusai/base", replicas=1, ready_replicas=1, url="http://h")
+    d = decide(obj, Observed(now=0, deps={"model": DepState(False)}, service=svc))
+    assert d.status.ready is True and d.actions == [EnsureService(1, "substratusai/base", 1)]
+    crashed = ServiceState(1, "substratusai/base", replicas=0, restarts=1, last_exit_code=1)
+    d = decide(obj, Observed(now=0, deps={"model": DepState(False)}, service=crashed))
+    assert ready_reason(d)[1] == "ModelNotFound" and d.actions == []

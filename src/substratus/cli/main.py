@@ -23,7 +23,14 @@ from substratus.core.client import (
     UnavailableError,
 )
 
-EXIT_FAILED, EXIT_NOT_FOUND, EXIT_INVALID, EXIT_TIMEOUT, EXIT_UNAVAILABLE = 1, 3, 4, 5, 6
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INVALID, EXIT_TIMEOUT, EXIT_UNAVAILABLE = (
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+)
 
 app = typer.Typer(
     help="Substratus: import, fine-tune and serve models, and run notebooks, from manifests.",
@@ -54,10 +61,14 @@ def client() -> Client:
 
 def guarded(fn: Callable[[], T]) -> T:
     """Run ``fn``, turning client errors into messages and the documented exit codes."""
+    from substratus.cli.targets import UsageError
     from substratus.cli.waiting import WaitFailed, WaitTimeout
+    from substratus.storage import StorageError
 
     try:
         return fn()
+    except UsageError as exc:
+        fail(str(exc), EXIT_USAGE)
     except ValidationFailed as exc:
         fail(str(exc), EXIT_INVALID)
     except InvalidError as exc:
@@ -68,7 +79,7 @@ def guarded(fn: Callable[[], T]) -> T:
         fail(str(exc), EXIT_UNAVAILABLE)
     except WaitTimeout as exc:
         fail(str(exc), EXIT_TIMEOUT)
-    except (WaitFailed, ClientError) as exc:
+    except (WaitFailed, ClientError, StorageError) as exc:
         fail(str(exc), EXIT_FAILED)
     except (ValueError, OSError) as exc:
         fail(str(exc), EXIT_INVALID)
@@ -165,7 +176,7 @@ def get(
     from substratus.cli.targets import parse_target
 
     if output not in (None, "wide", "yaml", "json"):
-        fail(f"--output: {output!r} is not one of wide, yaml, json", EXIT_INVALID)
+        fail(f"--output: {output!r} is not one of wide, yaml, json", EXIT_USAGE)
 
     def run() -> None:
         args = list(target or [])
@@ -228,13 +239,11 @@ def logs(
 
     Example: `sub logs model/falcon-7b -f`
     """
-    from substratus.cli.targets import parse_target
+    from substratus.cli.targets import parse_named
 
     def run() -> None:
-        kinds, name = parse_target(target)
-        if not name:
-            raise ValueError("logs needs KIND/NAME")
-        for chunk in client().logs(kinds[0], namespace, name, follow=follow, tail=tail):
+        kind, name = parse_named(target, "logs")
+        for chunk in client().logs(kind, namespace, name, follow=follow, tail=tail):
             sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
 
@@ -242,9 +251,11 @@ def logs(
 
 
 def parse_duration(text: str) -> float:
+    from substratus.cli.targets import UsageError
+
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())
     if not m:
-        raise ValueError(f"--timeout: {text!r} is not a duration like 30s, 5m or 1h")
+        raise UsageError(f"--timeout: {text!r} is not a duration like 30s, 5m or 1h")
     scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
     return float(m.group(1)) * scale
 
@@ -260,35 +271,33 @@ def wait(
 
     Example: `sub wait model/falcon-7b --for=ready --timeout=10m`
     """
-    from substratus.cli.targets import parse_target
+    from substratus.cli.targets import parse_named
     from substratus.cli.waiting import wait_for
 
     condition = for_.lower().removeprefix("condition=")
     if condition not in ("ready", "delete"):
-        fail(f"--for: {for_!r} is not one of ready, delete", EXIT_INVALID)
+        fail(f"--for: {for_!r} is not one of ready, delete", EXIT_USAGE)
 
     def run() -> None:
-        kinds, name = parse_target(target)
-        if not name:
-            raise ValueError("wait needs KIND/NAME")
+        kind, name = parse_named(target, "wait")
         c = client()
         try:
-            c.get(kinds[0], namespace, name)
+            c.get(kind, namespace, name)
         except NotFoundError:
             if condition != "delete":
                 raise
-            out.print(f"{kinds[0].lower()}/{name} deleted")
+            out.print(f"{kind.lower()}/{name} deleted")
             return
         wait_for(
             c,
-            kinds[0],
+            kind,
             namespace,
             name,
             condition,
             parse_duration(timeout),
             err if err.is_terminal else None,
         )
-        out.print(f"{kinds[0].lower()}/{name} condition met")
+        out.print(f"{kind.lower()}/{name} condition met")
 
     guarded(run)
 
@@ -308,7 +317,7 @@ def delete(
     Examples: `sub delete model/falcon-7b`, `sub delete -f examples/local/`
     """
     from substratus.cli.manifests import read_documents
-    from substratus.cli.targets import parse_target
+    from substratus.cli.targets import parse_named
 
     def run() -> None:
         refs: list[tuple[str, str, str]] = []
@@ -323,18 +332,15 @@ def delete(
                     )
                 )
         else:
-            kinds, name = parse_target(list(target or []))
-            if not name:
-                raise ValueError("delete needs KIND/NAME or -f FILE")
-            refs.append((kinds[0], namespace, name))
+            kind, name = parse_named(list(target or []), "delete")
+            refs.append((kind, namespace, name))
         c = client()
         for kind, ns, name in refs:
-            if kind == "Secret":
-                c.delete_secret(ns, name)
-                out.print(f"secret/{name} deleted")
-                continue
             try:
-                c.delete(kind_of(kind).KIND, ns, name, retain=retain_artifacts)
+                if kind == "Secret":
+                    c.delete_secret(ns, name)
+                else:
+                    c.delete(kind_of(kind).KIND, ns, name, retain=retain_artifacts)
             except NotFoundError:
                 if not ignore_not_found:
                     raise
@@ -362,8 +368,8 @@ def local_status() -> None:
     if not supervisor_running(paths):
         out.print(f"supervisor: not running (state in {paths.home})")
         raise typer.Exit(EXIT_UNAVAILABLE)
-    health = c.health()
-    objs = c.list_objects(None, None)
+    health = guarded(c.health)
+    objs = guarded(lambda: c.list_objects(None, None))
     ready = sum(1 for o in objs if (o.get("status") or {}).get("ready"))
     out.print(f"supervisor: running (pid {health['pid']})")
     out.print(f"state:      {paths.home}")
@@ -382,10 +388,12 @@ def local_stop() -> None:
     if not supervisor_running(c.paths):
         out.print("supervisor: not running")
         return
-    c.shutdown()
-    deadline = time.monotonic() + 30
+    guarded(c.shutdown)
+    deadline = time.monotonic() + 60
     while supervisor_running(c.paths) and time.monotonic() < deadline:
         time.sleep(0.1)
+    if supervisor_running(c.paths):
+        fail(f"the supervisor still runs after 60s; see {c.paths.supervisor_log}")
     out.print("supervisor: stopped")
 
 

@@ -8,6 +8,10 @@ from substratus.api.loading import kind_of
 CATEGORY = "ai"
 
 
+class UsageError(ValueError):
+    """The command line itself is wrong (exit code 2, as for other usage errors)."""
+
+
 def parse_target(args: list[str]) -> tuple[list[str], str | None]:
     """([kinds], name) from the CLI's positional arguments; [] kinds means all kinds."""
     if not args:
@@ -17,12 +21,23 @@ def parse_target(args: list[str]) -> tuple[list[str], str | None]:
     if kind_text.lower() in (CATEGORY, "all"):
         kinds: list[str] = []
     else:
-        kinds = [kind_of(k).KIND for k in kind_text.split(",")]
+        try:
+            kinds = [kind_of(k).KIND for k in kind_text.split(",")]
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if not name and rest:
         name = rest[0]
         rest = rest[1:]
     if rest:
-        raise ValueError(f"unexpected arguments: {' '.join(rest)}")
+        raise UsageError(f"unexpected arguments: {' '.join(rest)}")
     if name and len(kinds) != 1:
-        raise ValueError("a name needs exactly one kind, e.g. model/NAME")
+        raise UsageError("a name needs exactly one kind, e.g. model/NAME")
     return kinds or list(KINDS), name or None
+
+
+def parse_named(args: list[str], verb: str) -> tuple[str, str]:
+    """(kind, name) for verbs that act on one object."""
+    kinds, name = parse_target(args)
+    if not name or len(kinds) != 1:
+        raise UsageError(f"{verb} needs KIND/NAME, e.g. model/falcon-7b")
+    return kinds[0], name

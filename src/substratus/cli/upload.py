@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 
 from substratus.cli.manifests import Document
+from substratus.cli.waiting import WaitTimeout
 from substratus.core.client import Client
 from substratus.storage import pack_context, upload_to_signed_url
 
@@ -67,4 +68,4 @@ def finish_upload(client: Client, obj: dict[str, Any], tarball: Path, console: C
                 console.print(f"uploading build context ({size / 1e6:.1f} MB)")
                 upload_to_signed_url(status["uploadUrl"], tarball)
                 return
-    raise TimeoutError(f"{kind.lower()}/{meta['name']}: no status.uploadUrl after {SIGN_TIMEOUT}s")
+    raise WaitTimeout(f"{kind.lower()}/{meta['name']}: no status.uploadUrl after {SIGN_TIMEOUT}s")

@@ -88,33 +88,8 @@ def decide(
             s.status.url = None
         return s.done(StopWorkload())
 
-    # Gate on dependencies only before this generation's workload starts: a finished
-    # fine-tune stays Ready when its base model is later deleted.
-    started = (obs.job is not None and obs.job.generation == s.gen) or (
-        obs.service is not None and obs.service.generation == s.gen
-    )
-    for dep in [] if started else dependencies(obj):
-        state = obs.deps.get(dep.field)
-        kind, ns, name = dep.key
-        if state is None or not state.found:
-            s.ready(
-                False, f"{dep.label}NotFound", f"spec.{dep.field}: {kind} {ns}/{name} not found"
-            )
-            return s.done()
-        if not state.ready:
-            s.ready(False, f"{dep.label}NotReady", f"waiting for {kind} {ns}/{name} to be ready")
-            return s.done()
-
-    if obs.missing_secrets and not started:
-        missing = ", ".join(obs.missing_secrets)
-        s.ready(False, "SecretNotFound", f"spec.env: {missing}")
-        return s.done()
-
-    problem = _capacity_problem(obj, obs) if not started else None
-    if problem:
-        s.ready(False, problem[0], problem[1])
-        return s.done(requeue_after=CAPACITY_POLL_SECONDS)
-
+    # The image is built (and its upload awaited) first: it can happen while dependencies
+    # are still on their way, and a client must learn uploadUrl whatever else is pending.
     image = obj.spec.image.name
     source = build_source(obj)
     if source is not None:
@@ -139,6 +114,37 @@ def decide(
         image = build.image
         s.status.image = image
         s.cond(C.BUILT, True, "Built", f"built {image}")
+    # Gate only what is about to start: a finished fine-tune stays Ready, and a running
+    # server keeps serving, when the model they used is later deleted. A retry or a restart
+    # is gated again, since it mounts its dependencies anew.
+    job, svc = obs.job, obs.service
+    started = (
+        job is not None
+        and job.generation == s.gen
+        and job.phase in (Phase.RUNNING, Phase.SUCCEEDED)
+    ) or (svc is not None and svc.generation == s.gen and svc.replicas > 0)
+    for dep in [] if started else dependencies(obj):
+        state = obs.deps.get(dep.field)
+        kind, ns, name = dep.key
+        if state is None or not state.found:
+            s.ready(
+                False, f"{dep.label}NotFound", f"spec.{dep.field}: {kind} {ns}/{name} not found"
+            )
+            return s.done()
+        if not state.ready:
+            s.ready(False, f"{dep.label}NotReady", f"waiting for {kind} {ns}/{name} to be ready")
+            return s.done()
+
+    if obs.missing_secrets and not started:
+        missing = ", ".join(obs.missing_secrets)
+        s.ready(False, "SecretNotFound", f"spec.env: {missing}")
+        return s.done()
+
+    problem = _capacity_problem(obj, obs) if not started else None
+    if problem:
+        s.ready(False, problem[0], problem[1])
+        return s.done(requeue_after=CAPACITY_POLL_SECONDS)
+
     if image is None:  # pragma: no cover - the API requires a name or a build source
         raise ValueError("spec.image: no image name and no build source")
     if obs.image_error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ from substratus.runtimes.local.engines import EngineError
 
 if TYPE_CHECKING:
     from substratus.runtimes.local.runner import Runner
+
+log = logging.getLogger("substratus.supervisor")
 
 
 def start_build(runner: Runner, obj: Resource, source: str) -> None:
@@ -54,7 +57,10 @@ def _build(runner: Runner, obj: Resource, run: Run, log_file: Path, source: str)
                 tarball = _fetch_upload(runner, obj)
                 built = build_from_upload(tarball, cache, engine, out, tag_name=tag)
     except (BuildFailed, EngineError, OSError, ValueError) as exc:
-        runner.db.update_run(run.id, phase="failed", message=str(exc), finished_at=time.time())
+        _failed(runner, run, str(exc))
+    except Exception as exc:  # never leave the object "Building" forever
+        log.exception("building %s failed", obj.key)
+        _failed(runner, run, f"{type(exc).__name__}: {exc}")
     else:
         result = {
             "source": source,
@@ -63,8 +69,21 @@ def _build(runner: Runner, obj: Resource, run: Run, log_file: Path, source: str)
             "root": str(built.root),
             "python": str(built.python) if built.python else None,
         }
-        runner.db.update_run(run.id, phase="succeeded", finished_at=time.time(), result=result)
-    runner.ctl.enqueue(obj.key)
+        runner.db.update_run(
+            run.id,
+            only_if_phase="running",
+            phase="succeeded",
+            finished_at=time.time(),
+            result=result,
+        )
+    finally:
+        runner.ctl.enqueue(obj.key)
+
+
+def _failed(runner: Runner, run: Run, message: str) -> None:
+    runner.db.update_run(
+        run.id, only_if_phase="running", phase="failed", message=message, finished_at=time.time()
+    )
 
 
 def _fetch_upload(runner: Runner, obj: Resource) -> Path:

@@ -40,7 +40,13 @@ from substratus.storage import ArtifactStore
 
 log = logging.getLogger("substratus.supervisor")
 
-_PHASES = {"running": Phase.RUNNING, "succeeded": Phase.SUCCEEDED, "failed": Phase.FAILED}
+# A "stopped" run (by a restart or a spec change) maps to NONE: nothing in progress.
+_PHASES = {
+    "running": Phase.RUNNING,
+    "committing": Phase.RUNNING,
+    "succeeded": Phase.SUCCEEDED,
+    "failed": Phase.FAILED,
+}
 
 
 class Controller:
@@ -58,6 +64,7 @@ class Controller:
         self._engine: Engine | None = None
         self._engine_checked = False
         self.runner = Runner(self)
+        self.acting = threading.RLock()
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -69,10 +76,16 @@ class Controller:
         for body in self.db.list_objects():
             self.enqueue(_key(body))
 
-    def stop(self) -> None:
+    def stop(self, stop_workloads: bool = False) -> None:
+        """Stop reconciling (and then every workload, if asked): in that order, so nothing
+        starts after the workloads were stopped."""
         self.queue.close()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=30)
+        if stop_workloads:
+            with self.acting:
+                for run in self.db.runs(phase="running"):
+                    self.runner.stop_runs(run.key)
 
     def enqueue(self, key: Key, delay: float = 0.0) -> None:
         self.queue.add(key, delay)
@@ -95,6 +108,11 @@ class Controller:
     # -- reconcile ------------------------------------------------------------------------
 
     def reconcile(self, key: Key) -> None:
+        # Deletion and shutdown take the same lock: nothing starts for an object being deleted.
+        with self.acting:
+            self._reconcile(key)
+
+    def _reconcile(self, key: Key) -> None:
         body = self.db.get(*key)
         if body is None:
             return
@@ -108,7 +126,7 @@ class Controller:
         status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
         if status != body.get("status"):
             self._write_status(key, body, status)
-        if any(not isinstance(a, EnsureService) for a in decision.actions):
+        if any(isinstance(a, StartJob | StartBuild) for a in decision.actions):
             self.enqueue(key)  # the action changed what there is to observe
         if decision.requeue_after is not None:
             self.enqueue(key, decision.requeue_after)
@@ -183,7 +201,8 @@ class Controller:
         upload = obj.spec.image.upload
         if upload is None:
             return None
-        ident = upload.request_id or "pending"
+        # Keyed by content too: a reused requestId with new contents is a new upload.
+        ident = "-".join(p for p in (upload.request_id or "pending", upload.md5) if p)
         base = self.uploads.object_url(obj.metadata.namespace, obj.PLURAL, obj.metadata.name)
         return f"{base}{ident}.tar.gz"
 

@@ -263,12 +263,18 @@ class StateDB:
         assert run is not None
         return run
 
-    def update_run(self, run_id: int, **fields: Any) -> None:
+    def update_run(self, run_id: int, *, only_if_phase: str | None = None, **fields: Any) -> bool:
+        """Update a run; with ``only_if_phase``, only while it is in that phase (a compare-and-
+        set, so of two threads finishing the same run exactly one wins). True if it changed."""
         if "result" in fields:
             fields["result"] = json.dumps(fields["result"])
         sets = ", ".join(f"{k}=?" for k in fields)
+        sql, args = f"UPDATE runs SET {sets} WHERE id=?", [*fields.values(), run_id]
+        if only_if_phase is not None:
+            sql += " AND phase=?"
+            args.append(only_if_phase)
         with self.tx() as c:
-            c.execute(f"UPDATE runs SET {sets} WHERE id=?", [*fields.values(), run_id])
+            return c.execute(sql, args).rowcount > 0
 
     def get_run(self, run_id: int) -> Run | None:
         with self._lock:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
+import socket
 import socketserver
 import threading
 from collections.abc import Callable, Iterator
@@ -100,12 +102,25 @@ class Handler(BaseHTTPRequestHandler):
             log.exception("%s %s failed", method, self.path)
             self._error(500, "InternalError", f"{type(exc).__name__}: {exc}")
 
-    def _body(self) -> Any:
+    def _client_open(self) -> bool:
+        """The request was read whole, so a readable socket means the client hung up."""
+        readable, _, _ = select.select([self.connection], [], [], 0)
+        if not readable:
+            return True
+        try:
+            return bool(self.connection.recv(1, socket.MSG_PEEK) != b"")
+        except OSError:
+            return False
+
+    def _body(self) -> dict[str, Any]:
         length = int(self.headers.get("Content-Length") or 0)
         try:
-            return json.loads(self.rfile.read(length) or b"null")
+            body = json.loads(self.rfile.read(length) or b"null")
         except json.JSONDecodeError as exc:
             raise ValueError(f"request body is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ValueError("request body must be a JSON object")
+        return body
 
     def _route(self, method: str, parts: list[str], q: dict[str, str], svc: LocalService) -> None:
         match method, parts:
@@ -136,7 +151,12 @@ class Handler(BaseHTTPRequestHandler):
             case "GET", ["logs", kind, ns, name]:
                 tail = q.get("tailLines")
                 chunks = svc.follow_log(
-                    kind, ns, name, q.get("follow", "") == "true", int(tail) if tail else None
+                    kind,
+                    ns,
+                    name,
+                    q.get("follow", "") == "true",
+                    int(tail) if tail else None,
+                    self._client_open,
                 )
                 self._stream("text/plain; charset=utf-8", chunks)
             case "GET", ["secrets"]:

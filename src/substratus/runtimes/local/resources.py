@@ -51,7 +51,9 @@ class GpuPool:
                 if gpu_type is None or gpu_type_matches(gpu_type, self._names[i])
             ]
             if count > len(fits):
-                raise RuntimeError(f"{count} {gpu_type or 'GPU'} requested, {len(fits)} free")
+                raise RuntimeError(
+                    f"spec.resources.gpu: {count} {gpu_type or 'GPU'} requested, {len(fits)} free"
+                )
             taken = fits[:count]
             self._free = [i for i in self._free if i not in taken]
             return taken

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from substratus.api.common import EnvFrom
-from substratus.api.kinds import NotebookStatus, Resource
+from substratus.api.kinds import KINDS, NotebookStatus, Resource
 from substratus.core.actions import EnsureService, StartJob
 from substratus.core.graph import Key
 from substratus.core.images import builtin_module
 from substratus.core.observed import DepState, Observed
 from substratus.runtimes.local import processes
 from substratus.runtimes.local.builder import start_build
+from substratus.runtimes.local.commits import commit_artifacts
 from substratus.runtimes.local.db import Run
 from substratus.runtimes.local.engines import EngineError
 from substratus.runtimes.local.launch import (
@@ -171,8 +172,11 @@ class Runner:
                 **base, phase="failed", message=str(exc), finished_at=time.time()
             )
         popen = processes.spawn(argv, cwd=workdir, env=env, log=log_file, exit_file=exit_file)
+        # Recorded so that pruning keeps the artifact versions this run has mounted.
+        result: dict[str, object] = {"mounts": [d.url for d in obs.deps.values() if d.url]}
         if info.kind == "container":
-            base["result"] = {"container": container_name(obj, label)}
+            result["container"] = container_name(obj, label)
+        base["result"] = result
         run = self.db.add_run(
             **base,
             pid=popen.pid,
@@ -236,39 +240,52 @@ class Runner:
 
     def _exited(self, run_id: int, code: int | None) -> None:
         run = self.db.get_run(run_id)
-        if run is None or run.phase != "running":
-            return  # stopped on purpose
-        self.ctl.gpus.give_back([int(g) for g in run.gpus.split(",") if g])
-        self._set_ready(run_id, False)
+        if run is None:
+            return
+        now = time.time()
         if run.role == "job" and code == 0:
-            self._commit(run)
+            # "committing" claims the run: a concurrent stop no longer touches it.
+            if not self.db.update_run(run_id, only_if_phase="running", phase="committing"):
+                return  # stopped on purpose
+            self._release(run)
+            self.commit(run)
         else:
             message = "" if code is not None else "the process ended; its exit code is unknown"
-            self.db.update_run(
-                run_id, phase="failed", exit_code=code, message=message, finished_at=time.time()
-            )
-            if run.role == "service":
-                self.ctl.ports.release(run.port)
+            if not self.db.update_run(
+                run_id,
+                only_if_phase="running",
+                phase="failed",
+                exit_code=code,
+                message=message,
+                finished_at=now,
+            ):
+                return  # stopped on purpose
+            self._release(run)
         self.ctl.enqueue(run.key)
 
-    def _commit(self, run: Run) -> None:
+    def _release(self, run: Run) -> None:
+        self._set_ready(run.id, False)
+        self.ctl.gpus.give_back([int(g) for g in run.gpus.split(",") if g])
+        self.ctl.ports.release(run.port)
+
+    def commit(self, run: Run) -> None:
+        """Persist a succeeded job's artifacts; the run ends succeeded, or failed if that fails."""
         store = self.ctl.store
         kind, ns, name = run.key
-        from substratus.api.kinds import KINDS
-
         object_url = store.object_url(ns, KINDS[kind].PLURAL, name)
-        version = f"g{run.generation}-a{run.attempt}-{run.id}"
+        in_use = {
+            url
+            for other in self.db.runs(phase="running")
+            for url in (other.result or {}).get("mounts", [])
+        }
         try:
-            committed = store.commit(
-                Path(run.workdir) / "artifacts",
+            result = commit_artifacts(
+                store,
                 object_url,
-                version,
-                move=store.local_path(object_url) is not None,
+                f"g{run.generation}-a{run.attempt}-{run.id}",
+                Path(run.workdir) / "artifacts",
+                in_use,
             )
-            store.prune(object_url, keep=version)
-            local = store.local_path(committed.url)
-            if local is not None:
-                _make_read_only(local)
         except Exception as exc:
             log.exception("committing %s failed", run.key)
             self.db.update_run(
@@ -279,11 +296,6 @@ class Runner:
                 finished_at=time.time(),
             )
             return
-        result = {
-            "url": committed.url,
-            "files": [f.path for f in committed.manifest.files],
-            "size": committed.manifest.total_size,
-        }
         self.db.update_run(
             run.id, phase="succeeded", exit_code=0, finished_at=time.time(), result=result
         )
@@ -362,7 +374,10 @@ class Runner:
     # -- stopping and recovery ------------------------------------------------------------
 
     def _stop(self, run: Run) -> None:
-        self.db.update_run(run.id, phase="stopped", finished_at=time.time())
+        if not self.db.update_run(
+            run.id, only_if_phase="running", phase="stopped", finished_at=time.time()
+        ):
+            return  # it ended by itself meanwhile; its waiter settles it
         self._set_ready(run.id, False)
         if run.pid is not None:
             processes.terminate_group(run.pid, run.pid_start)
@@ -373,8 +388,7 @@ class Runner:
                 engine = self.ctl.engine()
                 if engine is not None:
                     engine.stop(container)
-        self.ctl.gpus.give_back([int(g) for g in run.gpus.split(",") if g])
-        self.ctl.ports.release(run.port)
+        self._release(run)
 
     def stop_runs(self, key: Key, roles: tuple[str, ...] = ("job", "service", "build")) -> None:
         for run in self.db.runs(key, phase="running"):
@@ -382,7 +396,12 @@ class Runner:
                 self._stop(run)
 
     def recover(self) -> None:
-        """Adopt the workloads that outlived a previous supervisor; settle those that ended."""
+        """Adopt the workloads that outlived a previous supervisor; settle those that ended.
+
+        Settling (which may commit artifacts to a bucket) happens in threads, so the
+        supervisor answers its clients at once."""
+        for run in self.db.runs(phase="committing"):
+            threading.Thread(target=self._settle_commit, args=(run,), daemon=True).start()
         for run in self.db.runs(phase="running"):
             if run.role == "build" or run.pid is None:
                 # Builds run inside the supervisor and died with it: build again.
@@ -397,7 +416,12 @@ class Runner:
                 if run.role == "service":
                     self._probe_async(run)
             else:
-                self._exited(run.id, processes.read_exit_code(Path(run.exit_file)))
+                code = processes.read_exit_code(Path(run.exit_file))
+                threading.Thread(target=self._exited, args=(run.id, code), daemon=True).start()
+
+    def _settle_commit(self, run: Run) -> None:
+        self.commit(run)
+        self.ctl.enqueue(run.key)
 
     def forget(self, key: Key, plural: str) -> None:
         """Remove the runs, working directories and logs of a deleted object."""
@@ -411,13 +435,6 @@ class Runner:
 
 def container_name(obj: Resource, label: str) -> str:
     return f"substratus-{obj.metadata.namespace}-{obj.PLURAL}-{obj.metadata.name}-{label}"
-
-
-def _make_read_only(root: Path) -> None:
-    """Committed artifacts are immutable: workloads mounting them must not change them."""
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            path.chmod(0o444)
 
 
 def _http_ok(port: int) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +88,16 @@ class LocalService:
 
     def _apply_secret(self, doc: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
         meta = doc.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise ValidationFailed(f"{source}: Secret", [("metadata", "must be a mapping")])
         name, namespace = meta.get("name"), meta.get("namespace", "default")
         if not isinstance(name, str) or not name:
             raise ValidationFailed(f"{source}: Secret", [("metadata.name", "required")])
+        for field in ("data", "stringData"):
+            if not isinstance(doc.get(field) or {}, dict):
+                raise ValidationFailed(
+                    f"{source}: Secret/{name}", [(field, "must be a mapping of key to value")]
+                )
         data: dict[str, str] = {}
         for key, value in (doc.get("data") or {}).items():
             try:
@@ -125,10 +132,14 @@ class LocalService:
 
     def delete(self, kind: str, namespace: str, name: str, retain: bool = False) -> dict[str, Any]:
         cls = kind_of(kind)
-        body = self.get(cls.KIND, namespace, name)
         key = (cls.KIND, namespace, name)
-        self.ctl.runner.forget(key, cls.PLURAL)
-        self.db.delete(*key)
+        # Under the reconcile lock, and the object gone before its runs are stopped: a
+        # reconcile can neither be half-way through starting something nor start it again.
+        with self.ctl.acting:
+            body = self.db.delete(*key)
+            if body is None:
+                raise NotFound(f'{cls.PLURAL} "{name}" not found in namespace "{namespace}"')
+            self.ctl.runner.forget(key, cls.PLURAL)
         annotations = body["metadata"].get("annotations") or {}
         retain = retain or annotations.get(RETAIN_ANNOTATION, "").lower() == "true"
         if cls.HAS_ARTIFACTS and not retain:
@@ -157,9 +168,22 @@ class LocalService:
         since: int | None,
         timeout: float,
     ) -> Iterator[dict[str, Any]]:
-        """Events after resource version ``since``; with None, the current objects first."""
-        want = kind_of(kind).KIND if kind else None
+        """Events after resource version ``since``; with None, the current objects first.
 
+        Bad arguments raise here, before the caller starts a streamed response."""
+        want = kind_of(kind).KIND if kind else None
+        if since is not None:
+            self.db.events_since(since)  # raises Gone for a version older than the history
+        return self._watch(want, namespace, name, since, timeout)
+
+    def _watch(
+        self,
+        want: str | None,
+        namespace: str | None,
+        name: str | None,
+        since: int | None,
+        timeout: float,
+    ) -> Iterator[dict[str, Any]]:
         def match(body: dict[str, Any]) -> bool:
             meta = body["metadata"]
             return (
@@ -204,11 +228,18 @@ class LocalService:
         return self.ctl.paths.home / run.log, run.phase == "running"
 
     def follow_log(
-        self, kind: str, namespace: str, name: str, follow: bool, tail: int | None
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        follow: bool,
+        tail: int | None,
+        client_open: Callable[[], bool] = lambda: True,
     ) -> Iterator[bytes]:
-        """Checks the object exists now (so errors come before any output), then streams."""
+        """Checks the object exists now (so errors come before any output), then streams
+        until the run ends or ``client_open()`` says the client went away."""
         path, running = self.log_path(kind, namespace, name)
-        return self._log_chunks(kind, namespace, name, path, running, follow, tail)
+        return self._log_chunks(kind, namespace, name, path, running, follow, tail, client_open)
 
     def _log_chunks(
         self,
@@ -219,6 +250,7 @@ class LocalService:
         running: bool,
         follow: bool,
         tail: int | None,
+        client_open: Callable[[], bool],
     ) -> Iterator[bytes]:
         if path is None:
             return
@@ -237,9 +269,7 @@ class LocalService:
             if chunk:
                 offset += len(chunk)
                 yield chunk
-            if not follow:
-                return
-            if not running:
+            if not follow or not running or not client_open():
                 return
             time.sleep(0.2)
             try:

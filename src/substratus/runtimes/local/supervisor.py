@@ -52,9 +52,7 @@ def main() -> int:
             return
         stopping.set()
         logging.getLogger("substratus.supervisor").info("stopping workloads and exiting")
-        for run in db.runs(phase="running"):
-            ctl.runner.stop_runs(run.key)
-        ctl.stop()
+        ctl.stop(stop_workloads=True)
         server.shutdown()
 
     server = UnixHTTPServer(paths.socket, LocalService(db, ctl), shutdown)

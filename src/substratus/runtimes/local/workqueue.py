@@ -16,14 +16,19 @@ class WorkQueue(Generic[K]):
         self._ready: list[K] = []
         self._queued: set[K] = set()
         self._delayed: list[tuple[float, int, K]] = []
+        self._due: dict[K, float] = {}  # the earliest pending delay per key; others are stale
         self._seq = 0
         self._closed = False
 
     def add(self, key: K, delay: float = 0.0) -> None:
         with self._cond:
             if delay > 0:
+                due = time.monotonic() + delay
+                if self._due.get(key, float("inf")) <= due:
+                    return  # an earlier wake-up is already pending
+                self._due[key] = due
                 self._seq += 1
-                heapq.heappush(self._delayed, (time.monotonic() + delay, self._seq, key))
+                heapq.heappush(self._delayed, (due, self._seq, key))
             elif key not in self._queued:
                 self._queued.add(key)
                 self._ready.append(key)
@@ -37,7 +42,10 @@ class WorkQueue(Generic[K]):
                     return None
                 now = time.monotonic()
                 while self._delayed and self._delayed[0][0] <= now:
-                    _, _, key = heapq.heappop(self._delayed)
+                    due, _, key = heapq.heappop(self._delayed)
+                    if self._due.get(key) != due:
+                        continue  # superseded by an earlier wake-up
+                    del self._due[key]
                     if key not in self._queued:
                         self._queued.add(key)
                         self._ready.append(key)
