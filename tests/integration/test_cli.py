@@ -187,3 +187,39 @@ def test_local_status_and_stop(local: Local) -> None:
     assert sub("local", "stop").returncode == 0
     r = sub("local", "status")
     assert r.returncode == 6 and "not running" in r.stdout
+
+
+def test_apply_from_a_url_and_follow_logs(local: Local, tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    write(
+        tmp_path / "web" / "m.yaml",
+        MODEL.format(name="web", script="sleep 1; for i in 1 2 3; do echo line $i; sleep 0.5; done"),
+    )
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "web")
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/m.yaml"
+        missing = sub("apply", "-f", url.replace("m.yaml", "nope.yaml"))
+        assert missing.returncode == 4 and "cannot fetch manifest" in missing.stderr
+        r = sub("apply", "-f", url)
+        assert (r.returncode, r.stdout.strip()) == (0, "model/web created"), r.stderr
+    finally:
+        server.shutdown()
+    local.wait_reason("Model", "web", "JobRunning")
+    r = sub("logs", "model/web", "-f")
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == ["line 1", "line 2", "line 3"]
+    assert sub("logs", "model/web", "--tail", "1").stdout == "line 3\n"
+
+
+def test_usage_errors_exit_2(local: Local) -> None:
+    assert sub("get", "models", "-o", "xml").returncode == 2
+    assert sub("logs", "models").returncode == 2
+    r = sub("get", "gizmos")
+    assert r.returncode == 2 and "unknown kind 'gizmos'" in r.stderr
