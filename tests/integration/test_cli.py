@@ -194,10 +194,8 @@ def test_apply_from_a_url_and_follow_logs(local: Local, tmp_path: Path) -> None:
     import http.server
     import threading
 
-    write(
-        tmp_path / "web" / "m.yaml",
-        MODEL.format(name="web", script="sleep 1; for i in 1 2 3; do echo line $i; sleep 0.5; done"),
-    )
+    script = "sleep 1; for i in 1 2 3; do echo line $i; sleep 0.5; done"
+    write(tmp_path / "web" / "m.yaml", MODEL.format(name="web", script=script))
     handler = functools.partial(
         http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "web")
     )

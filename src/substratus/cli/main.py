@@ -91,8 +91,12 @@ def apply(
         list[str],
         typer.Option("--filename", "-f", help="File, directory, URL or - (stdin). Repeatable."),
     ],
-    namespace: Annotated[str | None, typer.Option("--namespace", "-n")] = None,
-    recursive: Annotated[bool, typer.Option("--recursive", "-R")] = False,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="Namespace for objects without one.")
+    ] = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-R", help="Read directories recursively.")
+    ] = False,
     upload_dir: Annotated[
         str | None,
         typer.Option(help="Build context for objects with image.upload (default: the file's dir)."),
@@ -156,8 +160,12 @@ def get(
     target: Annotated[
         list[str] | None, typer.Argument(help="KIND, KIND/NAME or KIND NAME.")
     ] = None,
-    namespace: Annotated[str | None, typer.Option("--namespace", "-n")] = None,
-    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="Namespace (default: default).")
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="List objects of every namespace.")
+    ] = False,
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="wide, yaml or json.")
     ] = None,
@@ -310,7 +318,9 @@ def delete(
     retain_artifacts: Annotated[
         bool, typer.Option(help="Keep the object's artifacts in the bucket.")
     ] = False,
-    ignore_not_found: Annotated[bool, typer.Option()] = False,
+    ignore_not_found: Annotated[
+        bool, typer.Option(help="Exit 0 when an object does not exist.")
+    ] = False,
 ) -> None:
     """Delete objects, their workloads and (unless retained) their artifacts.
 
