@@ -9,36 +9,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Local
+from tests.integration.build_fixtures import make_repo
 
 pytestmark = pytest.mark.integration
 
 RUN_SH = "#!/bin/sh\necho built-from-source > artifacts/out.txt\nls > artifacts/listing.txt\n"
 
 
-def git(repo: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-C", str(repo), *args],
-        check=True,
-        capture_output=True,
-        env={
-            "GIT_AUTHOR_NAME": "t",
-            "GIT_AUTHOR_EMAIL": "t@t",
-            "GIT_COMMITTER_NAME": "t",
-            "GIT_COMMITTER_EMAIL": "t@t",
-            "PATH": "/usr/bin:/bin",
-        },
-    )
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "repo"
-    (repo / "trainer").mkdir(parents=True)
-    (repo / "trainer" / "run.sh").write_text(RUN_SH)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", ".")
-    git(repo, "commit", "-q", "-m", "init")
-    return repo
+    make_repo(tmp_path / "repo", {"trainer/run.sh": RUN_SH})
+    return tmp_path / "repo"
 
 
 def test_model_built_from_git_runs_its_sources(local: Local, repo: Path) -> None:
