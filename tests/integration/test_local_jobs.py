@@ -165,3 +165,14 @@ def test_supervisor_killed_mid_job_adopts_the_job(local: Local) -> None:
     assert (local_dir(obj["status"]["url"]) / "ok").read_text() == "ok\n"
     runs = [r for r in (local.paths.home / "logs").rglob("*.log")]
     assert len(runs) == 1  # adopted, not started again
+
+
+def test_a_retry_resumes_from_the_previous_attempts_artifacts(local: Local) -> None:
+    script = (
+        "if [ -f artifacts/checkpoint ]; then echo resumed > artifacts/out; "
+        "rm artifacts/checkpoint; else echo step-1 > artifacts/checkpoint; exit 1; fi"
+    )
+    local.apply("Model", "r", {"image": BASE, "command": sh(script)})
+    obj = local.wait("Model", "r")
+    assert obj["status"]["files"] == ["out"]
+    assert (local_dir(obj["status"]["url"]) / "out").read_text() == "resumed\n"

@@ -92,7 +92,8 @@ def test_notebook_token_suspend_and_resume(local: Local) -> None:
     cmd = [
         "sh",
         "-c",
-        'printf %s "$NOTEBOOK_TOKEN" > token; exec python -m http.server $PORT --bind 127.0.0.1',
+        'printf %s "$NOTEBOOK_TOKEN" > token; echo ok > api; '
+        "exec python -m http.server $PORT --bind 127.0.0.1",
     ]
     spec = {"image": BASE, "command": cmd}
     local.apply("Notebook", "nb", spec)

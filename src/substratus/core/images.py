@@ -6,6 +6,14 @@ from __future__ import annotations
 # The cluster runs the same module from the image built by images/<name>/Dockerfile.
 BUILTIN_IMAGES: dict[str, str] = {
     "substratusai/base": "substratus.workloads.base",
+    "substratusai/model-loader-huggingface": "substratus.workloads.model_loader",
+    "substratusai/dataset-loader": "substratus.workloads.dataset_loader",
+    "substratusai/model-trainer-huggingface": "substratus.workloads.trainer",
+    "substratusai/model-server": "substratus.workloads.server",
+    # The seed's example server image; ours speaks the same OpenAI-style API.
+    "substratusai/basaran": "substratus.workloads.server",
+    "substratusai/notebook": "substratus.workloads.notebook",
+    "substratusai/notebook-gpu": "substratus.workloads.notebook",
 }
 
 # The generic base image runs `spec.command` directly in the platform's Python environment.

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("substratus.supervisor")
 CONTAINER_WORKDIR = "/content"
+# Readiness: servers answer 200 on / (the contract); Jupyter answers 200 on /api unauthenticated.
+PROBE_PATHS = {"Notebook": "/api"}
 
 
 class Runner:
@@ -112,13 +114,24 @@ class Runner:
             )
         return ImageInfo(ref=image, kind="container")
 
-    def run_dir(self, obj: Resource, label: str) -> tuple[Path, Path, Path]:
+    def run_dir(
+        self, obj: Resource, label: str, keep_artifacts_of: str | None = None
+    ) -> tuple[Path, Path, Path]:
+        """Working directory, log and exit file of a run. Jobs pass ``keep_artifacts_of``
+        (their generation's directory): artifacts/ then survives a retry, as a volume
+        would, so a trainer resumes from its checkpoints; everything else is made anew."""
         rel = Path(obj.metadata.namespace) / obj.PLURAL / obj.metadata.name
-        workdir = self.paths.runs / rel / label
+        workdir = self.paths.runs / rel / (keep_artifacts_of or label)
         log_file = self.paths.logs / rel / f"{label}.log"
         if workdir.exists():
-            shutil.rmtree(workdir)
-        workdir.mkdir(parents=True)
+            for entry in workdir.iterdir():
+                if keep_artifacts_of and entry.name == "artifacts":
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        workdir.mkdir(parents=True, exist_ok=True)
         log_file.parent.mkdir(parents=True, exist_ok=True)
         return workdir, log_file, log_file.with_suffix(".exit")
 
@@ -134,7 +147,8 @@ class Runner:
         port: int | None = None,
     ) -> Run:
         label = f"g{generation}-a{attempt}" + (f"-r{replica}" if role == "service" else "")
-        workdir, log_file, exit_file = self.run_dir(obj, label)
+        keep = f"g{generation}" if role == "job" else None
+        workdir, log_file, exit_file = self.run_dir(obj, label, keep_artifacts_of=keep)
         info = self.image_info(obj, image)
         base = {
             "kind": obj.KIND,
@@ -305,6 +319,11 @@ class Runner:
 
     def start_job(self, obj: Resource, action: StartJob, obs: Observed) -> None:
         self.stop_runs(obj.key, roles=("job",))
+        # Partial output of older generations is never resumed: drop it.
+        runs_root = self.paths.runs / obj.metadata.namespace / obj.PLURAL / obj.metadata.name
+        for old in runs_root.glob("g*"):
+            if old.name != f"g{action.generation}":
+                shutil.rmtree(old, ignore_errors=True)
         self._launch(obj, "job", action.generation, action.attempt, 0, action.image, obs)
 
     def ensure_service(self, obj: Resource, action: EnsureService, obs: Observed) -> None:
@@ -357,7 +376,7 @@ class Runner:
             if current is None or current.phase != "running":
                 self._set_ready(run.id, False)
                 return
-            ok = _http_ok(run.port)
+            ok = _http_ok(run.port, PROBE_PATHS.get(run.kind, "/"))
             was = self.is_ready(run.id)
             failures = 0 if ok else failures + 1
             if ok and not was:
@@ -437,10 +456,10 @@ def container_name(obj: Resource, label: str) -> str:
     return f"substratus-{obj.metadata.namespace}-{obj.PLURAL}-{obj.metadata.name}-{label}"
 
 
-def _http_ok(port: int) -> bool:
+def _http_ok(port: int, path: str) -> bool:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     try:
-        conn.request("GET", "/")
+        conn.request("GET", path)
         return conn.getresponse().status == 200
     except OSError:
         return False
