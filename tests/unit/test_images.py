@@ -1,0 +1,181 @@
+"""images/: one Dockerfile per built-in image, each running exactly the catalog's module.
+
+The images cannot be built here (no registry for base images), so their Dockerfiles are read:
+the catalog (src/substratus/core/images.py) and images/ must not drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from substratus.core.images import BUILTIN_IMAGES
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = ROOT / "images"
+LABEL = "ai.substratus.images"
+SERVER_PORTS = {"substratus.workloads.server": "8080", "substratus.workloads.notebook": "8888"}
+
+
+@dataclass
+class Dockerfile:
+    path: Path
+    instructions: list[tuple[str, str]]  # (INSTRUCTION, arguments), continuations joined
+
+    @classmethod
+    def read(cls, path: Path) -> Dockerfile:
+        instructions: list[tuple[str, str]] = []
+        pending = ""
+        for raw in path.read_text().splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue  # comments may sit inside a continued instruction too
+            if line.endswith("\\"):
+                pending += line[:-1].strip() + " "
+                continue
+            text = pending + line
+            pending = ""
+            word, _, rest = text.partition(" ")
+            instructions.append((word.upper(), rest.strip()))
+        assert not pending, f"{path}: dangling line continuation"
+        return cls(path, instructions)
+
+    def all(self, name: str) -> list[str]:
+        return [args for word, args in self.instructions if word == name]
+
+    def last(self, name: str) -> str | None:
+        found = self.all(name)
+        return found[-1] if found else None
+
+    def exec_form(self, name: str) -> list[str] | None:
+        args = self.last(name)
+        if args is None:
+            return None
+        value = json.loads(args)  # exec (JSON) form only: signals reach the process
+        assert isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return value
+
+    def base_image(self) -> str:
+        """The final FROM, with ARG defaults declared before the first FROM substituted."""
+        defaults: dict[str, str] = {}
+        for word, args in self.instructions:
+            if word == "FROM":
+                break
+            if word == "ARG" and "=" in args:
+                key, _, value = args.partition("=")
+                defaults[key.strip()] = value.strip()
+        image = self.all("FROM")[-1].split()[0]
+        return re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m.group(1), m.group(0)), image)
+
+    def images(self) -> list[str]:
+        for args in self.all("LABEL"):
+            for token in shlex.split(args):
+                key, _, value = token.partition("=")
+                if key == LABEL:
+                    return value.split()
+        return []
+
+
+def dockerfiles() -> list[Dockerfile]:
+    return [Dockerfile.read(p) for p in sorted(IMAGES.glob("*/Dockerfile"))]
+
+
+def by_image() -> dict[str, Dockerfile]:
+    found: dict[str, Dockerfile] = {}
+    for df in dockerfiles():
+        for name in df.images():
+            assert name not in found, f"{name} is built by {found[name].path} and {df.path}"
+            found[name] = df
+    return found
+
+
+def test_every_catalog_image_has_a_dockerfile_running_its_module() -> None:
+    built = by_image()
+    for name, module in BUILTIN_IMAGES.items():
+        assert name in built, f"{name}: no images/*/Dockerfile with {LABEL} naming it"
+        df = built[name]
+        entrypoint = df.exec_form("ENTRYPOINT")
+        assert entrypoint == ["python", "-m", module], f"{df.path}: ENTRYPOINT {entrypoint}"
+
+
+def test_no_stale_dockerfiles() -> None:
+    subdirs = sorted(p.name for p in IMAGES.iterdir() if p.is_dir())
+    with_dockerfile = sorted(df.path.parent.name for df in dockerfiles())
+    assert subdirs == with_dockerfile, "a directory under images/ without a Dockerfile"
+    for df in dockerfiles():
+        names = df.images()
+        assert names, f"{df.path}: no LABEL {LABEL}=... naming the catalog image(s) it builds"
+        stale = [n for n in names if n not in BUILTIN_IMAGES]
+        assert not stale, f"{df.path}: builds {stale}, which src/substratus/core/images.py lacks"
+        # The directory is named after the first image it builds.
+        assert df.path.parent.name == names[0].rsplit("/", 1)[-1], df.path
+
+
+def test_catalog_modules_exist() -> None:
+    for name, module in BUILTIN_IMAGES.items():
+        rel = Path("src", *module.split("."))
+        assert (ROOT / rel.with_suffix(".py")).exists() or (ROOT / rel / "__main__.py").exists(), (
+            f"{name}: module {module} not found under src/"
+        )
+
+
+@pytest.mark.parametrize("df", dockerfiles(), ids=lambda df: df.path.parent.name)
+def test_dockerfile_follows_the_contract(df: Dockerfile) -> None:
+    where = df.path.relative_to(ROOT)
+    base = df.base_image()
+    if df.path.parent.name.endswith("-gpu"):
+        assert re.fullmatch(r"nvidia/cuda:[\w.]+-runtime-[\w.]+", base), f"{where}: FROM {base}"
+    else:
+        assert base == "python:3.11-slim", f"{where}: FROM {base}"
+
+    # The project itself, from the repository root as the build context.
+    copied = " ".join(df.all("COPY"))
+    assert "pyproject.toml" in copied and "README.md" in copied and "src/" in copied, where
+    runs = " ".join(df.all("RUN"))
+    assert 'pip install ".[s3,gcs,azure]"' in runs, f"{where}: does not install the project"
+    ignore = df.path.with_name("Dockerfile.dockerignore").read_text().split()
+    assert "*" in ignore and "!src" in ignore and "!pyproject.toml" in ignore, where
+
+    assert df.last("WORKDIR") == "/content", where
+    user = df.last("USER")
+    assert user is not None and user.split(":")[0].isdigit() and user.split(":")[0] != "0", (
+        f"{where}: USER must be a numeric non-root UID, got {user!r}"
+    )
+    # USER comes after every RUN that needs root (apt, chown).
+    last_user = max(i for i, (w, _) in enumerate(df.instructions) if w == "USER")
+    assert all(
+        "chown" not in a and "apt-get" not in a
+        for w, a in df.instructions[last_user:]
+        if w == "RUN"
+    ), where
+
+    entrypoint = df.exec_form("ENTRYPOINT")
+    assert entrypoint is not None and entrypoint[:2] == ["python", "-m"], where
+    port = SERVER_PORTS.get(entrypoint[2])
+    exposed = " ".join(df.all("EXPOSE")).split()
+    if port is None:
+        assert exposed == [], f"{where}: a job exposes no port"
+    else:
+        assert exposed == [port], f"{where}: EXPOSE {exposed}, want {port}"
+        healthcheck = df.last("HEALTHCHECK")
+        assert healthcheck is not None and port in healthcheck, where
+        probe = "/api" if port == "8888" else "/'"
+        assert probe in healthcheck, f"{where}: HEALTHCHECK does not probe {probe}"
+
+
+def test_readme_has_a_build_command_per_image() -> None:
+    readme = (IMAGES / "README.md").read_text()
+    assert "repository root" in readme
+    for name, df in by_image().items():
+        rel = df.path.relative_to(ROOT)
+        commands = [line for line in readme.splitlines() if f"-f {rel}" in line]
+        assert commands, f"images/README.md: no build command for {rel}"
+        assert any(re.search(rf"-t {re.escape(name)}(\s|$)", c) for c in commands), (
+            f"images/README.md: no build command tags {name}"
+        )
+        assert commands[0].rstrip().endswith(" ."), "build context must be the repository root"
