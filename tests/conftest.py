@@ -8,12 +8,13 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from substratus.runtimes.local.client import LocalClient
 from substratus.runtimes.local.paths import LocalPaths
+from tests.integration.servers import Azurite, FakeGCS, SeaweedS3, ServerUnavailable
 
 FAST_ENV = {
     "SUBSTRATUS_BACKOFF_SECONDS": "0.2",
@@ -126,3 +127,38 @@ def _kill_leftovers(home: Path) -> None:
                 os.kill(int(proc.name), signal.SIGKILL)
         except (OSError, ProcessLookupError):
             continue
+
+
+# -- real storage servers, session-wide (see tests/integration/servers.py) ----------
+
+S = TypeVar("S", SeaweedS3, FakeGCS, Azurite)
+
+
+def _serve(server: S) -> Iterator[S]:
+    """Start ``server``, skip if it cannot run here, and always stop it."""
+    try:
+        try:
+            server.start()
+        except ServerUnavailable as e:
+            pytest.skip(str(e))
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedS3]:
+    """SeaweedFS with its S3 API on 127.0.0.1; ``.env`` holds the client settings."""
+    yield from _serve(SeaweedS3())
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[FakeGCS]:
+    """fake-gcs-server on 127.0.0.1; ``.env`` holds STORAGE_EMULATOR_HOST and credentials."""
+    yield from _serve(FakeGCS())
+
+
+@pytest.fixture(scope="session")
+def azurite_server() -> Iterator[Azurite]:
+    """Azurite's blob service on 127.0.0.1; ``.env`` holds the connection string."""
+    yield from _serve(Azurite())
