@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Builds, once, the pinned Kubernetes control plane that the tests under tests/kube/ start:
+#   core: etcd, kube-apiserver                          (a real API server to test against)
+#   full: core + kube-controller-manager, kube-scheduler, kwok
+#         (Jobs, scheduling, simulated nodes with nvidia.com/gpu capacity)
+# from Go modules (hack/control-plane/*/go.mod; versions in hack/control-plane/versions.env)
+# into ${SUBSTRATUS_KUBE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/substratus-test/kube}/<kubernetes version>/.
+#
+# Binaries already there (with a matching version stamp) are reused: a second run does
+# nothing. Each build goes to a temp dir and is moved into place when complete, so an
+# interrupted run leaves nothing half-built. If KUBEBUILDER_ASSETS holds envtest's
+# kube-apiserver and etcd, those are used and not built.
+#
+# usage: hack/control-plane.sh [core|full] [--check] [--print-dir]
+#   --check      build nothing; exit 1 (listing them) if binaries are missing
+#   --print-dir  print the cache directory and exit
+# Go build settings pass through the environment (GOFLAGS=-p=1 to use one core).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+src="$here/control-plane"
+# shellcheck source=control-plane/versions.env
+. "$src/versions.env"
+
+set_name=full check=0 print_dir=0
+for arg in "$@"; do
+  case "$arg" in
+    core | full) set_name=$arg ;;
+    --check) check=1 ;;
+    --print-dir) print_dir=1 ;;
+    -h | --help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "control-plane.sh: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+cache_root="${SUBSTRATUS_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/substratus-test/kube}"
+dest="$cache_root/$KUBERNETES_VERSION"
+if [ "$print_dir" = 1 ]; then
+  echo "$dest"
+  exit 0
+fi
+
+# binary -> "module dir|package|version"
+declare -A spec=(
+  [etcd]="etcd|go.etcd.io/etcd/server/v3|$ETCD_VERSION"
+  [kube-apiserver]="kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|$KUBERNETES_VERSION"
+  [kube-controller-manager]="kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager|$KUBERNETES_VERSION"
+  [kube-scheduler]="kubernetes|k8s.io/kubernetes/cmd/kube-scheduler|$KUBERNETES_VERSION"
+  [kwok]="kwok|sigs.k8s.io/kwok/cmd/kwok|$KWOK_VERSION"
+)
+wanted=(etcd kube-apiserver)
+[ "$set_name" = full ] && wanted+=(kube-controller-manager kube-scheduler kwok)
+
+assets="${KUBEBUILDER_ASSETS:-}"
+from_assets() { [ -n "$assets" ] && [ -x "$assets/$1" ]; }
+present() { # binary in the cache with the expected version stamp
+  local v="${spec[$1]##*|}"
+  [ -x "$dest/$1" ] && [ "$(cat "$dest/.$1.version" 2>/dev/null)" = "$v" ]
+}
+
+missing=()
+for b in "${wanted[@]}"; do
+  if { [ "$b" = etcd ] || [ "$b" = kube-apiserver ]; } && from_assets "$b"; then
+    echo "$b: using KUBEBUILDER_ASSETS ($assets/$b)"
+  elif present "$b"; then
+    echo "$b: cached ($dest/$b)"
+  else
+    missing+=("$b")
+  fi
+done
+if [ "${#missing[@]}" = 0 ]; then
+  exit 0
+fi
+if [ "$check" = 1 ]; then
+  echo "missing: ${missing[*]} (run hack/control-plane.sh $set_name)" >&2
+  exit 1
+fi
+
+go_bin="$(command -v go || true)"
+[ -z "$go_bin" ] && [ -x /usr/local/go/bin/go ] && go_bin=/usr/local/go/bin/go
+if [ -z "$go_bin" ]; then
+  echo "control-plane.sh: Go is needed to build ${missing[*]} (https://go.dev/doc/install)" >&2
+  exit 3
+fi
+
+# The go.mod files must pin what versions.env says.
+check_pin() {
+  if ! grep -qE "^[[:space:]]*(require[[:space:]]+)?$2 $3( |$)" "$src/$1/go.mod"; then
+    echo "control-plane.sh: $src/$1/go.mod does not pin $2 $3 (versions.env)" >&2
+    exit 2
+  fi
+}
+check_pin kubernetes k8s.io/kubernetes "$KUBERNETES_VERSION"
+check_pin etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+check_pin kwok sigs.k8s.io/kwok "$KWOK_VERSION"
+
+mkdir -p "$dest"
+tmp="$(mktemp -d "$cache_root/.build.XXXXXX")" # same filesystem as $dest: mv is a rename
+trap 'rm -rf "$tmp"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# One builder at a time per cache (a concurrent second run waits, then finds them cached).
+if command -v flock >/dev/null; then
+  exec 9>"$cache_root/.lock"
+  flock 9
+  still=()
+  for b in "${missing[@]}"; do
+    present "$b" || still+=("$b")
+  done
+  [ "${#still[@]}" = 0 ] && exit 0
+  missing=("${still[@]}")
+fi
+
+kv="$KUBERNETES_VERSION" minor="${KUBERNETES_VERSION#v*.}"
+minor="${minor%%.*}" major="${KUBERNETES_VERSION#v}"
+major="${major%%.*}"
+kube_x=""
+for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  kube_x+=" -X $p.gitVersion=$kv -X $p.gitMajor=$major -X $p.gitMinor=$minor"
+  kube_x+=" -X $p.gitTreeState=clean"
+done
+
+export CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+export GOTMPDIR="$tmp" # go's work files go with the temp dir, also when interrupted
+export GOFLAGS="${GOFLAGS:-} -mod=readonly -trimpath"
+# A private build cache (about 4.5 GB for the full set), kept while a build is unfinished so
+# a rerun resumes, removed once everything is built. An explicit GOCACHE is used and kept.
+own_gocache=0
+if [ -z "${GOCACHE:-}" ]; then
+  export GOCACHE="$cache_root/.gocache"
+  own_gocache=1
+fi
+
+for mod in etcd kubernetes kwok; do
+  bins=() pkgs=()
+  for b in "${missing[@]}"; do
+    IFS='|' read -r m pkg _ <<<"${spec[$b]}"
+    [ "$m" = "$mod" ] && bins+=("$b") && pkgs+=("$pkg")
+  done
+  [ "${#bins[@]}" = 0 ] && continue
+  ldflags="-s -w"
+  [ "$mod" = kubernetes ] && ldflags+="$kube_x"
+  echo "building ${bins[*]} ($mod module, $("$go_bin" env GOVERSION))..."
+  t0=$(date +%s)
+  if [ "${#bins[@]}" = 1 ]; then
+    out="$tmp/${bins[0]}"
+  else
+    out="$tmp/"
+  fi
+  (cd "$src/$mod" && "$go_bin" build -ldflags "$ldflags" -o "$out" "${pkgs[@]}")
+  # Each built binary moves into place, then its stamp: no stamp, no reuse.
+  for b in "${bins[@]}"; do
+    mv -f "$tmp/$b" "$dest/$b"
+    echo "${spec[$b]##*|}" >"$tmp/.$b.version"
+    mv -f "$tmp/.$b.version" "$dest/.$b.version"
+  done
+  echo "built ${bins[*]} in $(($(date +%s) - t0))s"
+done
+if [ "$own_gocache" = 1 ]; then
+  rm -rf "$GOCACHE"
+fi
+du -sh "$dest"

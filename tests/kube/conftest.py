@@ -1,0 +1,106 @@
+"""Fixtures: a real Kubernetes control plane for the tests (see cluster.py).
+
+- ``kube_control_plane`` (session): etcd + kube-apiserver on loopback.
+- ``kube_cluster`` (session): the same plus kube-controller-manager, kube-scheduler and kwok, with
+  a simulated node ``GPU_NODE`` that has ``nvidia.com/gpu: 8``.
+- ``kube_client``: a lightkube client as the admin; ``kube_namespace``: a fresh namespace per test;
+  ``substratus_crds``: deploy/crds applied and Established.
+
+Missing binaries skip these tests with the command that builds them (hack/control-plane.sh).
+Everything started is killed at the end of the session, also when a test fails or the run is
+interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.error
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.kube.cluster import REPO, ControlPlane, ControlPlaneUnavailable
+
+CRD_DIR = REPO / "deploy" / "crds"
+_TIMINGS = pytest.StashKey[dict[str, float]]()
+
+
+@pytest.fixture(scope="session")
+def kube_control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    """etcd + kube-apiserver, started once per session and always torn down."""
+    plane = ControlPlane()
+    try:
+        try:
+            plane.start()
+        except ControlPlaneUnavailable as e:
+            pytest.skip(str(e))
+        request.config.stash.setdefault(_TIMINGS, {})["kube-apiserver ready"] = plane.startup_s
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(kube_control_plane: ControlPlane, request: pytest.FixtureRequest) -> ControlPlane:
+    """The control plane plus controller-manager, scheduler and kwok's simulated GPU node."""
+    try:
+        kube_control_plane.start_nodes()
+    except ControlPlaneUnavailable as e:
+        pytest.skip(str(e))
+    timings = request.config.stash.setdefault(_TIMINGS, {})
+    timings["controllers + kwok node ready"] = kube_control_plane.nodes_startup_s
+    return kube_control_plane
+
+
+@pytest.fixture(scope="session")
+def kube_client(kube_control_plane: ControlPlane) -> Iterator[Any]:
+    """A lightkube Client (admin) for the control plane."""
+    pytest.importorskip("lightkube", reason="pip install lightkube")
+    client = kube_control_plane.client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def substratus_crds(kube_control_plane: ControlPlane) -> list[str]:
+    """Apply deploy/crds with kubectl; return the CRD names once all are Established."""
+    try:
+        kube_control_plane.kubectl("apply", "-f", str(CRD_DIR))
+    except ControlPlaneUnavailable as e:
+        pytest.skip(str(e))
+    names = sorted(
+        f"{p.name.split('_', 1)[1].removesuffix('.yaml')}.{p.name.split('_', 1)[0]}"
+        for p in CRD_DIR.glob("*.yaml")
+    )
+    kube_control_plane.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names]
+    )
+    return names
+
+
+@pytest.fixture
+def kube_namespace(kube_control_plane: ControlPlane) -> Iterator[str]:
+    """A namespace of its own for one test, deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    kube_control_plane.api(
+        "POST",
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+    )
+    try:
+        yield name
+    finally:
+        # The control plane may already be gone.
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            kube_control_plane.api("DELETE", f"/api/v1/namespaces/{name}")
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    timings = config.stash.get(_TIMINGS, {})
+    if timings:
+        parts = ", ".join(f"{k} in {v:.1f}s" for k, v in timings.items())
+        terminalreporter.write_line(f"kube control plane: {parts}")
