@@ -1,0 +1,163 @@
+"""The trainer's params, read and checked before anything heavy is imported."""
+
+from __future__ import annotations
+
+import string
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from substratus.workloads.contract import ParamError, Params
+
+METHODS = ("lora", "full", "qlora")
+DEFAULT_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
+
+
+class TrainError(Exception):
+    """A user-facing failure: the message names the file or param and the reason."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "lora"
+    epochs: float = 1.0
+    learning_rate: float = 2e-4
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_steps: int = -1
+    max_length: int = 512
+    text_field: str = "text"
+    text_field_set: bool = False
+    prompt_template: str | None = None
+    target_modules: tuple[str, ...] = ()
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    merge: bool = True
+    save_steps: int = 100
+    keep_checkpoints: bool = False
+    seed: int = 42
+    logging_steps: int = 0  # 0: chosen from the number of steps
+    warmup_steps: int = 0
+    gradient_checkpointing: bool = False
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.method in ("lora", "qlora")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint depends on: a retry with other values must not resume from it.
+
+        Lengths (epochs, max_steps), save cadence and output choices are left out: changing
+        them does not make a checkpoint's weights or optimizer state wrong.
+        """
+        keep = {
+            "method",
+            "learning_rate",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "max_length",
+            "text_field",
+            "prompt_template",
+            "target_modules",
+            "lora_r",
+            "lora_alpha",
+            "lora_dropout",
+            "seed",
+            "warmup_steps",
+        }
+        values = asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if k in keep}
+
+    def public(self) -> dict[str, Any]:
+        values = asdict(self)
+        values.pop("text_field_set")
+        values["target_modules"] = ",".join(self.target_modules) or None
+        return values
+
+
+def _positive(name: str, value: int | float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "greater than zero"
+        raise ParamError(f"params.{name}: {value!r} must be {bound}")
+
+
+def check_template(template: str) -> list[str]:
+    """The field names a prompt template uses; a malformed template is a ParamError."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ParamError(
+            f"params.prompt_template: not a valid format string ({exc}): {template!r}"
+        ) from None
+    fields: list[str] = []
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        if name == "" or name.isdigit():
+            raise ParamError(
+                "params.prompt_template: use named fields such as {question}, not '{}' or "
+                f"positional ones: {template!r} (write '{{{{' and '}}}}' for literal braces)"
+            )
+        root = name.split(".", 1)[0].split("[", 1)[0]
+        if root not in fields:
+            fields.append(root)
+    if not fields:
+        raise ParamError(
+            f"params.prompt_template: names no field of the rows (e.g. {{question}}): {template!r}"
+        )
+    return fields
+
+
+def load_config(params: Params) -> TrainConfig:
+    method = (params.text("method", "lora") or "lora").strip().lower()
+    if method not in METHODS:
+        raise ParamError(f"params.method: {method!r} is not one of {', '.join(METHODS)}")
+    learning_rate = params.number("learning_rate", DEFAULT_LEARNING_RATE[method])
+    text_field = params.text("text_field")
+    template = params.text("prompt_template") or None
+    if template is not None:
+        check_template(template)
+    if template is not None and text_field:
+        raise ParamError("params.text_field and params.prompt_template: set one, not both")
+    config = TrainConfig(
+        method=method,
+        epochs=params.number("epochs", 1.0),
+        learning_rate=learning_rate,
+        batch_size=params.integer("batch_size", 4),
+        gradient_accumulation_steps=params.integer("gradient_accumulation_steps", 1),
+        max_steps=params.integer("max_steps", -1),
+        max_length=params.integer("max_length", 512),
+        text_field=text_field or "text",
+        text_field_set=bool(text_field),
+        prompt_template=template,
+        target_modules=tuple(params.items("target_modules")),
+        lora_r=params.integer("lora_r", 8),
+        lora_alpha=params.integer("lora_alpha", 16),
+        lora_dropout=params.number("lora_dropout", 0.05),
+        merge=params.flag("merge", True),
+        save_steps=params.integer("save_steps", 100),
+        keep_checkpoints=params.flag("keep_checkpoints", False),
+        seed=params.integer("seed", 42),
+        logging_steps=params.integer("logging_steps", 0),
+        warmup_steps=params.integer("warmup_steps", 0),
+        gradient_checkpointing=params.flag("gradient_checkpointing", method == "qlora"),
+    )
+    _positive("learning_rate", config.learning_rate)
+    _positive("batch_size", config.batch_size)
+    _positive("gradient_accumulation_steps", config.gradient_accumulation_steps)
+    _positive("save_steps", config.save_steps)
+    _positive("lora_r", config.lora_r)
+    _positive("lora_alpha", config.lora_alpha)
+    _positive("logging_steps", config.logging_steps, allow_zero=True)
+    _positive("warmup_steps", config.warmup_steps, allow_zero=True)
+    if config.max_length < 2:
+        raise ParamError(f"params.max_length: {config.max_length} must be at least 2 tokens")
+    if not 0 <= config.lora_dropout < 1:
+        raise ParamError(f"params.lora_dropout: {config.lora_dropout} must be in [0, 1)")
+    if config.max_steps == 0 or config.max_steps < -1:
+        raise ParamError(
+            f"params.max_steps: {config.max_steps} must be greater than zero, or -1 for epochs"
+        )
+    if config.max_steps == -1:
+        _positive("epochs", config.epochs)
+    return config
