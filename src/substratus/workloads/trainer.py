@@ -93,13 +93,13 @@ def run() -> int:
 
     import transformers
 
-    from substratus.workloads.training import checkpoints, loop, outputs
+    from substratus.workloads.training import checkpoints, loop, outputs, tokens
 
     transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    tokenizer = loop.load_tokenizer(info)
+    tokenizer = tokens.load_tokenizer(info)
     if plan.kind == "messages":
         texts = render_texts(rows, plan, config, chat=_chat_renderer(tokenizer))
-    encoded = loop.encode(tokenizer, texts, config.max_length, chat=plan.kind == "messages")
+    encoded = tokens.encode(tokenizer, texts, config.max_length, chat=plan.kind == "messages")
     lengths = [len(r["input_ids"]) for r in encoded.rows]
     mean = encoded.tokens / len(lengths)
     say(
