@@ -21,7 +21,7 @@ from typing import Any
 from substratus.workloads.server.batching import Scheduler, Sequence, Sink, run_sequence
 from substratus.workloads.server.config import ServerConfig, default_threads
 from substratus.workloads.server.engines.base import Chunk, Engine, SamplingParams, StartupError
-from substratus.workloads.server.protocol import APIError
+from substratus.workloads.server.engines.hf_tokenizer import HFTokenizer
 
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx")
@@ -186,7 +186,7 @@ def _has_params(model: Any) -> bool:
     return any(True for _ in model.parameters())
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(HFTokenizer, Engine):
     name = "transformers"
 
     def __init__(self, config: ServerConfig, quantization: str | None, gpu: bool) -> None:
@@ -281,34 +281,6 @@ class TransformersEngine(Engine):
         return frozenset(ids)
 
     # --- tokens -----------------------------------------------------------------------
-
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=True)
-        return ids
-
-    def decode(self, ids: list[int]) -> str:
-        text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return text
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        template = self.config.chat_template or getattr(self.tokenizer, "chat_template", None)
-        if not template:
-            raise APIError(
-                400,
-                f"model {self.config.served_model_name!r} has no chat template: use "
-                "/v1/completions, or give the server one in params.chat_template",
-                param="messages",
-            )
-        try:
-            text = self.tokenizer.apply_chat_template(
-                messages, chat_template=template, add_generation_prompt=True, tokenize=False
-            )
-        except Exception as exc:  # jinja2 errors, raise_exception() in templates
-            raise APIError(
-                400, f"messages: the chat template rejected them: {exc}", param="messages"
-            ) from None
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
-        return ids
 
     # --- generation -------------------------------------------------------------------
 

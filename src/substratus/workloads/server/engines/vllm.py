@@ -13,10 +13,10 @@ from typing import Any
 
 from substratus.workloads.server.config import ServerConfig
 from substratus.workloads.server.engines.base import Chunk, Engine, SamplingParams, StartupError
-from substratus.workloads.server.protocol import APIError
+from substratus.workloads.server.engines.hf_tokenizer import HFTokenizer
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(HFTokenizer, Engine):
     name = "vllm"
     embeds = False
 
@@ -59,34 +59,6 @@ class VLLMEngine(Engine):
             f"vLLM on GPU{', ' + self.quantization if self.quantization else ''}, "
             f"context {self.context_length}, up to {self.config.max_batch_size} sequences"
         )
-
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=True)
-        return ids
-
-    def decode(self, ids: list[int]) -> str:
-        text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return text
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        template = self.config.chat_template or getattr(self.tokenizer, "chat_template", None)
-        if not template:
-            raise APIError(
-                400,
-                f"model {self.config.served_model_name!r} has no chat template: use "
-                "/v1/completions, or give the server one in params.chat_template",
-                param="messages",
-            )
-        try:
-            text = self.tokenizer.apply_chat_template(
-                messages, chat_template=template, add_generation_prompt=True, tokenize=False
-            )
-        except Exception as exc:
-            raise APIError(
-                400, f"messages: the chat template rejected them: {exc}", param="messages"
-            ) from None
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
-        return ids
 
     async def generate(
         self, prompt_ids: list[int], params: SamplingParams, stream: bool
