@@ -9,10 +9,14 @@ also ``PARAM_{UPPER(key)}`` variables. Servers listen on ``$PORT``; notebooks ho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +99,20 @@ def model_dir() -> Path:
     if SEED_MODEL_PATH.is_dir() and any(SEED_MODEL_PATH.iterdir()):
         return SEED_MODEL_PATH
     return content_dir() / "model"
+
+
+@contextlib.contextmanager
+def scratch_dir(owner: str, what: str) -> Iterator[Path]:
+    """A scratch directory beside artifacts/ (same disk, so results move in by rename, and
+    big enough for model files), else in the temp dir; removed afterwards."""
+    try:
+        path = Path(tempfile.mkdtemp(prefix=f".{owner}-{what}-", dir=content_dir()))
+    except OSError:
+        path = Path(tempfile.mkdtemp(prefix=f"{owner}-{what}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def data_dir() -> Path:

@@ -37,7 +37,6 @@ import importlib
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -51,8 +50,8 @@ from substratus.workloads.contract import (
     Params,
     Progress,
     artifacts_dir,
-    content_dir,
     fail,
+    scratch_dir,
 )
 from substratus.workloads.gguf_convert import ConversionError
 
@@ -324,7 +323,7 @@ def hub_download(req: Request, sha: str, files: list[SourceFile], dest: Path) ->
     hf_utils: Any = importlib.import_module("huggingface_hub.utils")
     hf_utils.disable_progress_bars()
     dest.mkdir(parents=True, exist_ok=True)
-    with _scratch("hf-cache") as cache:
+    with scratch_dir("model-loader", "hf-cache") as cache:
         try:
             snapshot_download(
                 req.name,
@@ -426,19 +425,6 @@ def url_download(req: Request, src: UrlSource, files: list[SourceFile], dest: Pa
 # --- the run -----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _scratch(what: str) -> Iterator[Path]:
-    """A scratch directory beside artifacts/ (same disk, big enough), removed afterwards."""
-    try:
-        path = Path(tempfile.mkdtemp(prefix=f".model-loader-{what}-", dir=content_dir()))
-    except OSError:
-        path = Path(tempfile.mkdtemp(prefix=f"model-loader-{what}-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def fetch(
     req: Request,
     files: list[SourceFile],
@@ -483,7 +469,7 @@ def run(req: Request, out: Path) -> Summary:
     if req.convert == "safetensors":
         from substratus.workloads.gguf_convert import convert_gguf
 
-        with _scratch("gguf") as staging:
+        with scratch_dir("model-loader", "gguf") as staging:
             fetch(req, files, staging, download)
             convert_gguf(staging / files[0].path, out)
         return _summary_of(out, started)
