@@ -238,7 +238,10 @@ def test_kubectl_get_ai_lists_every_kind(
     ("image", "field", "reason"),
     [
         (
-            {"git": {"url": "https://example.com/r.git"}, "upload": {"md5": "x"}},
+            {
+                "git": {"url": "https://example.com/r.git"},
+                "upload": {"md5": "d41d8cd98f00b204e9800998ecf8427e"},
+            },
             "spec.image",
             "set at most one of git and upload",
         ),

@@ -98,7 +98,7 @@ def test_rows_appear_in_the_kinds_section(kind: type[Resource]) -> None:
 
 def test_types_defaults_and_descriptions() -> None:
     rows = {row.path: row for row in docs.kind_doc(KINDS["Server"]).rows}
-    assert rows["spec.replicas"].type == "integer (>= 0)"
+    assert rows["spec.replicas"].type == "integer (>= 0, <= 1024)"
     assert rows["spec.replicas"].default == "`1`"
     assert rows["spec.quantization.bits"].type == "one of `4`, `8`, `16`"
     assert rows["spec.quantization.bits"].default == "`16`"
@@ -109,7 +109,7 @@ def test_types_defaults_and_descriptions() -> None:
     assert rows["spec.params"].default == "`{}`"
     assert rows["spec.env"].type == "map of string to (string or object)"
     assert rows["spec.env.<key>.secretKeyRef.name"].default == "required"
-    assert rows["spec.resources.gpu.count"].type == "integer (>= 0)"
+    assert rows["spec.resources.gpu.count"].type == "integer (>= 0, <= 64)"
     assert rows["metadata.name"].type == "string"
     assert "DNS label" in rows["metadata.name"].description
     assert rows["status.conditions[].status"].type == 'one of `"True"`, `"False"`, `"Unknown"`'

@@ -38,6 +38,7 @@ def make(kind: str, spec: dict[str, Any], generation: int = 1, status: Any = Non
 
 BASE = {"image": {"name": "substratusai/base"}, "command": ["true"]}
 FT = {**BASE, "baseModel": {"name": "base"}, "trainingDataset": {"name": "data"}}
+EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"  # a valid spec.image.upload.md5
 
 
 def ready_reason(d: Any) -> tuple[bool, str, str]:
@@ -164,11 +165,11 @@ def test_upload_waits_for_the_context() -> None:
     d = decide(obj, Observed(now=0, upload=UploadState(url="file:///up/pending.tar.gz")))
     assert ready_reason(d)[1] == "AwaitingUpload"
     assert d.status.upload_url == "file:///up/pending.tar.gz"
-    obj = make("Notebook", {"image": {"upload": {"requestId": "r1", "md5": "m"}}})
+    obj = make("Notebook", {"image": {"upload": {"requestId": "r1", "md5": EMPTY_MD5}}})
     d = decide(obj, Observed(now=0, upload=UploadState(url="u", received=False)))
     assert ready_reason(d)[1] == "AwaitingUpload" and d.actions == []
     d = decide(obj, Observed(now=0, upload=UploadState(url="u", received=True)))
-    assert d.actions == [StartBuild("upload:r1:m")]
+    assert d.actions == [StartBuild(f"upload:r1:{EMPTY_MD5}")]
 
 
 def test_server_waits_for_model_then_serves() -> None:
@@ -275,7 +276,7 @@ def test_upload_url_is_published_even_while_dependencies_are_pending() -> None:
     obj = make(
         "Model",
         {
-            "image": {"upload": {"requestId": "r", "md5": "m"}},
+            "image": {"upload": {"requestId": "r", "md5": EMPTY_MD5}},
             "command": ["x"],
             "baseModel": {"name": "b"},
         },
@@ -283,7 +284,7 @@ def test_upload_url_is_published_even_while_dependencies_are_pending() -> None:
     d = decide(obj, Observed(now=0, upload=UploadState(url="https://signed")))
     assert ready_reason(d)[1] == "AwaitingUpload"
     assert d.status.upload_url == "https://signed"
-    built = BuildState("upload:r:m", Phase.SUCCEEDED, image="dir:1")
+    built = BuildState(f"upload:r:{EMPTY_MD5}", Phase.SUCCEEDED, image="dir:1")
     d = decide(obj, Observed(now=0, upload=UploadState(url="u", received=True), build=built))
     assert ready_reason(d)[1] == "BaseModelNotFound"
 

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# RFC 1123 DNS label, as Kubernetes requires for object names we turn into Jobs and Services.
-NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+from substratus.api.limits import (
+    MAX_ANNOTATIONS_BYTES,
+    MAX_CPU,
+    MAX_DISK_GB,
+    MAX_GPUS,
+    MAX_MEMORY_GB,
+)
+from substratus.api.names import ENV_NAME_RE as ENV_NAME_RE  # re-exported
+from substratus.api.names import NAME_RE as NAME_RE  # re-exported
+from substratus.api.names import (
+    dns_label_problem,
+    env_name_problem,
+    label_value_problem,
+    qualified_name_problem,
+)
+
+# Upload identifiers become file and directory names: a safe token, and an MD5 hex digest.
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 class Strict(BaseModel):
@@ -35,10 +51,31 @@ class ObjectMeta(Strict):
     @field_validator("name", "namespace")
     @classmethod
     def _dns_label(cls, v: str) -> str:
-        if len(v) > 63 or not NAME_RE.match(v):
+        problem = dns_label_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            problem = qualified_name_problem(key) or label_value_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return v
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            problem = qualified_name_problem(key)
+            if problem:
+                raise ValueError(problem)
+        size = sum(len(k.encode()) + len(x.encode()) for k, x in v.items())
+        if size > MAX_ANNOTATIONS_BYTES:
             raise ValueError(
-                f"{v!r} is not a valid name: use at most 63 lowercase letters, digits and '-', "
-                "starting and ending with a letter or digit"
+                f"annotations total {size} bytes, more than the limit of {MAX_ANNOTATIONS_BYTES}"
             )
         return v
 
@@ -66,10 +103,36 @@ class GitSource(Strict):
 
 
 class UploadSource(Strict):
-    md5: str | None = Field(None, description="MD5 of the uploaded tarball, set by the client.")
-    request_id: str | None = Field(
-        None, alias="requestId", description="Identifies one upload; a new one triggers a rebuild."
+    md5: str | None = Field(
+        None,
+        description="MD5 of the uploaded tarball, set by the client.",
+        json_schema_extra={"pattern": MD5_RE.pattern},
     )
+    request_id: str | None = Field(
+        None,
+        alias="requestId",
+        description="Identifies one upload; a new one triggers a rebuild.",
+        json_schema_extra={"pattern": REQUEST_ID_RE.pattern},
+    )
+
+    # Validators rather than Field(pattern=...) for messages a user can act on; the schema
+    # carries the same patterns for the CRDs.
+    @field_validator("md5")
+    @classmethod
+    def _md5(cls, v: str | None) -> str | None:
+        if v is not None and not MD5_RE.fullmatch(v):
+            raise ValueError(f"{v!r} is not an MD5 digest: use 32 lowercase hex digits")
+        return v
+
+    @field_validator("request_id")
+    @classmethod
+    def _request_id(cls, v: str | None) -> str | None:
+        if v is not None and not REQUEST_ID_RE.fullmatch(v):
+            raise ValueError(
+                f"{v!r} is not a valid request id: use 1 to 63 letters, digits, '.', '_' "
+                "or '-', starting with a letter or digit"
+            )
+        return v
 
 
 class Image(Strict):
@@ -98,14 +161,18 @@ class GPU(Strict):
     type: str = Field(
         "nvidia-l4", description="GPU type, e.g. nvidia-l4, nvidia-a100, nvidia-h100."
     )
-    count: int = Field(0, ge=0, description="Number of GPUs.")
+    count: int = Field(0, ge=0, le=MAX_GPUS, description="Number of GPUs.")
 
 
 class Resources(Strict):
     # Unset means "no request": the workload gets what the machine or node has.
-    cpu: Annotated[float, Field(gt=0)] | None = Field(None, description="CPU cores.")
-    memory: Annotated[float, Field(gt=0)] | None = Field(None, description="Memory in gigabytes.")
-    disk: Annotated[float, Field(gt=0)] | None = Field(
+    cpu: Annotated[float, Field(gt=0, le=MAX_CPU, allow_inf_nan=False)] | None = Field(
+        None, description="CPU cores."
+    )
+    memory: Annotated[float, Field(gt=0, le=MAX_MEMORY_GB, allow_inf_nan=False)] | None = Field(
+        None, description="Memory in gigabytes."
+    )
+    disk: Annotated[float, Field(gt=0, le=MAX_DISK_GB, allow_inf_nan=False)] | None = Field(
         None, description="Scratch disk in gigabytes."
     )
     gpu: GPU | None = Field(None, description="GPUs to attach.")
@@ -146,10 +213,8 @@ class Condition(BaseModel):
     observed_generation: int | None = Field(None, alias="observedGeneration")
 
 
-def check_env_names(values: dict[str, object], what: str) -> None:
+def check_env_names(values: dict[Any, object], what: str) -> None:
     for key in values:
-        if not ENV_NAME_RE.match(key):
-            raise ValueError(
-                f"{what} key {key!r} cannot become an environment variable: "
-                "use letters, digits and '_', not starting with a digit"
-            )
+        problem = env_name_problem(key) if isinstance(key, str) else f"key {key!r} is not text"
+        if problem:
+            raise ValueError(f"{what} {problem}")

@@ -35,6 +35,15 @@ _NOTES: dict[tuple[str, str], str] = {
         "letter or digit."
     ),
     ("ObjectMeta", "namespace"): "A DNS label, like `name`.",
+    ("ObjectMeta", "labels"): (
+        "As in Kubernetes: a key is `name` or `prefix/name` (at most 63 letters, digits, '-', "
+        "'_' or '.', starting and ending with a letter or digit; the prefix a DNS subdomain); "
+        "a value is empty or at most 63 such characters."
+    ),
+    ("ObjectMeta", "annotations"): (
+        "Keys as for labels; keys and values together at most 256 KiB. A whole object is at "
+        "most 1.5 MiB as JSON."
+    ),
     ("CommonSpec", "params"): (
         "Keys must be valid environment variable names (`^[A-Za-z_][A-Za-z0-9_]*$`); values "
         "are strings, numbers or booleans."

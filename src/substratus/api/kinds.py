@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -17,6 +18,7 @@ from substratus.api.common import (
     Strict,
     check_env_names,
 )
+from substratus.api.limits import MAX_REPLICAS
 
 GROUP = "substratus.ai"
 VERSION = "v1"
@@ -47,6 +49,8 @@ class CommonSpec(Strict):
                         f"params key {key!r}: value must be a string, number or boolean, "
                         f"not {type(value).__name__}"
                     )
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"params key {key!r}: value must be a finite number")
         return v
 
     @field_validator("env", mode="before")
@@ -131,7 +135,9 @@ class Quantization(Strict):
 
 class ServerSpec(CommonSpec):
     model: ObjectRef = Field(description="Model to serve; mounted at /model/saved and model/.")
-    replicas: int = Field(1, ge=0, description="Number of server processes or pods.")
+    replicas: int = Field(
+        1, ge=0, le=MAX_REPLICAS, description="Number of server processes or pods."
+    )
     quantization: Quantization | None = Field(
         None, description="Load weights quantized (passed to the server as QUANTIZATION_BITS)."
     )

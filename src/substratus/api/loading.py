@@ -9,6 +9,8 @@ import yaml
 from pydantic import ValidationError
 
 from substratus.api.kinds import API_VERSION, KINDS, Resource
+from substratus.api.limits import size_problem, tree_problem
+from substratus.api.yamlload import YAMLLimitError, load_all
 
 
 class ValidationFailed(ValueError):
@@ -37,6 +39,10 @@ def _reason(err: dict[str, Any]) -> str:
         return "unknown field"
     if err["type"] == "missing":
         return "required field is missing"
+    if err["type"] == "finite_number":
+        return "must be a finite number"
+    if err["type"] == "int_parsing_size":
+        return "the number is too large"
     return msg.removeprefix("Value error, ")
 
 
@@ -62,6 +68,7 @@ def parse_object(doc: Any, source: str = "<object>") -> Resource:
     """Validate one decoded document as a Substratus object."""
     if not isinstance(doc, dict):
         raise ValidationFailed(source, [("", "expected a mapping with apiVersion, kind, metadata")])
+    check_document(doc, source)
     kind = doc.get("kind")
     if not isinstance(kind, str) or not kind:
         raise ValidationFailed(source, [("kind", "required field is missing")])
@@ -83,16 +90,31 @@ def parse_object(doc: Any, source: str = "<object>") -> Resource:
         raise ValidationFailed(f"{source}: {kind}/{name}", problems) from None
 
 
+def check_document(doc: dict[str, Any], source: str) -> None:
+    """Refuse a document that is too deep, not JSON data, or too large for one object."""
+    problem = tree_problem(doc)
+    if problem is None:
+        reason = size_problem(doc)
+        problem = ("", reason) if reason else None
+    if problem is not None:
+        meta = doc.get("metadata")
+        name = meta.get("name") if isinstance(meta, dict) else None
+        where = f"{source}: {doc.get('kind')}/{name}" if isinstance(name, str) else source
+        raise ValidationFailed(where, [problem])
+
+
 def load_yaml_documents(text: str, source: str) -> list[Any]:
+    """The non-empty documents of a YAML (or JSON) text, within the bounds of ``limits``."""
     try:
-        return [d for d in yaml.safe_load_all(text) if d is not None]
+        return [d for d in load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
         if mark is not None:
             where = f" (line {mark.line + 1}, column {mark.column + 1})"
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ValidationFailed(source, [("", f"malformed YAML{where}: {problem}")]) from None
+        what = "YAML" if isinstance(exc, YAMLLimitError) else "malformed YAML"
+        raise ValidationFailed(source, [("", f"{what}{where}: {problem}")]) from None
 
 
 def parse_documents(text: str, source: str = "<stdin>") -> list[Resource]:

@@ -9,7 +9,9 @@ from typing import Any
 
 import httpx
 
-from substratus.api.loading import ValidationFailed, load_yaml_documents
+from substratus.api.limits import MAX_MANIFEST_BYTES
+from substratus.api.loading import ValidationFailed, check_document, load_yaml_documents
+from substratus.core.client import NotFoundError
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -21,26 +23,49 @@ class Document:
     directory: Path | None  # where a relative build context (image.upload) is found
 
 
+def _too_large(source: str) -> ValidationFailed:
+    return ValidationFailed(source, [("", f"larger than the limit of {MAX_MANIFEST_BYTES} bytes")])
+
+
+def _fetch(url: str) -> str:
+    try:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=30) as resp:
+            resp.raise_for_status()
+            body = bytearray()
+            for chunk in resp.iter_bytes():
+                body += chunk
+                if len(body) > MAX_MANIFEST_BYTES:
+                    raise _too_large(url)
+            return body.decode(resp.encoding or "utf-8", errors="replace")
+    except httpx.HTTPError as exc:
+        raise ValidationFailed(url, [("", f"cannot fetch manifest: {exc}")]) from None
+
+
+def _read_file(path: Path) -> str:
+    # Checked before reading: a huge file is refused without loading it.
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise _too_large(str(path))
+    return path.read_text()
+
+
 def _read_source(source: str, recursive: bool) -> list[tuple[str, str, Path | None]]:
     if source == "-":
-        return [(sys.stdin.read(), "<stdin>", None)]
+        text = sys.stdin.read(MAX_MANIFEST_BYTES + 1)
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise _too_large("<stdin>")
+        return [(text, "<stdin>", None)]
     if source.startswith(("http://", "https://")):
-        try:
-            resp = httpx.get(source, follow_redirects=True, timeout=30)
-            resp.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise ValidationFailed(source, [("", f"cannot fetch manifest: {exc}")]) from None
-        return [(resp.text, source, None)]
+        return [(_fetch(source), source, None)]
     path = Path(source.removeprefix("file://")).expanduser()
     if path.is_dir():
         pattern = "**/*" if recursive else "*"
         files = sorted(p for p in path.glob(pattern) if p.suffix in SUFFIXES and p.is_file())
         if not files:
             raise ValidationFailed(source, [("", "directory holds no .yaml, .yml or .json files")])
-        return [(f.read_text(), str(f), f.parent) for f in files]
+        return [(_read_file(f), str(f), f.parent) for f in files]
     if not path.exists():
-        raise ValidationFailed(source, [("", "no such file or directory")])
-    return [(path.read_text(), str(path), path.parent)]
+        raise NotFoundError(f"{source}: no such file or directory")
+    return [(_read_file(path), str(path), path.parent)]
 
 
 def read_documents(
@@ -50,7 +75,11 @@ def read_documents(
     docs: list[Document] = []
     for source in sources:
         for text, where, directory in _read_source(source, recursive):
-            for body in load_yaml_documents(text, where):
+            bodies = load_yaml_documents(text, where)
+            if not bodies:
+                # An empty file is almost always a mistake (a wrong path, a failed redirect).
+                raise ValidationFailed(where, [("", "holds no objects")])
+            for body in bodies:
                 if not isinstance(body, dict):
                     raise ValidationFailed(where, [("", "each document must be a mapping")])
                 if body.get("kind") == "List" and isinstance(body.get("items"), list):
@@ -61,6 +90,7 @@ def read_documents(
                     meta = item.setdefault("metadata", {}) if isinstance(item, dict) else None
                     if not isinstance(meta, dict):
                         raise ValidationFailed(where, [("metadata", "must be a mapping")])
+                    check_document(item, where)
                     if namespace:
                         if meta.get("namespace", namespace) != namespace:
                             raise ValidationFailed(
