@@ -176,3 +176,28 @@ def test_a_retry_resumes_from_the_previous_attempts_artifacts(local: Local) -> N
     obj = local.wait("Model", "r")
     assert obj["status"]["files"] == ["out"]
     assert (local_dir(obj["status"]["url"]) / "out").read_text() == "resumed\n"
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"command": ["echo", "a\0b"]}, "spec.command[1]: contains a NUL byte"),
+        ({"command": ["true"], "env": {"BAD": "x\0y"}}, "spec.env.BAD: contains a NUL byte"),
+        ({"command": ["echo", "x" * (130 * 1024)]}, "spec.command[1]: 133120 bytes"),
+    ],
+)
+def test_command_that_cannot_be_executed_fails_with_the_field(
+    local: Local, spec: dict[str, object], field: str
+) -> None:
+    local.apply("Model", "m", {"image": BASE, **spec})
+    obj = local.wait_reason("Model", "m", "JobFailed")
+    assert field in obj["status"]["conditions"][0]["message"]
+    log = local.paths.supervisor_log.read_text() if local.paths.supervisor_log.exists() else ""
+    assert "Traceback" not in log
+
+
+def test_missing_program_is_named_in_the_log_tail(local: Local) -> None:
+    local.apply("Model", "m", {"image": BASE, "command": ["no-such-program", "--flag"]})
+    obj = local.wait_reason("Model", "m", "JobFailed")
+    message = obj["status"]["conditions"][0]["message"]
+    assert "no-such-program" in message and ".exit" not in message, message

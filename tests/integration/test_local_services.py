@@ -133,3 +133,47 @@ def test_server_survives_a_supervisor_kill(local: Local, model: dict[str, Any]) 
     obj = local.wait("Server", "s")
     assert obj["status"]["url"] == url
     assert server_pids(local, "s") == [pid]  # adopted, not restarted
+
+
+SHOW_HOST = [
+    "sh",
+    "-c",
+    'printf %s "$HOST" > host.txt; echo ok > api; exec python -m http.server $PORT --bind "$HOST"',
+]
+
+
+def test_ambient_host_does_not_open_servers_to_the_network(
+    local: Local, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Set before the first call, which starts the supervisor with this environment.
+    monkeypatch.setenv("HOST", "0.0.0.0")
+    monkeypatch.delenv("SUBSTRATUS_BIND_ADDRESS", raising=False)
+    local.apply("Notebook", "nb", {"image": BASE, "command": SHOW_HOST})
+    url = local.wait("Notebook", "nb", lambda o: o["status"].get("url"))["status"]["url"]
+    assert url.startswith("http://127.0.0.1:")
+    assert get(url + "/host.txt") == "127.0.0.1"
+
+
+def test_bind_address_setting_is_used_and_reported(
+    local: Local, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUBSTRATUS_BIND_ADDRESS", "127.0.0.2")  # any loopback address works
+    local.apply("Notebook", "nb", {"image": BASE, "command": SHOW_HOST})
+    url = local.wait("Notebook", "nb", lambda o: o["status"].get("url"))["status"]["url"]
+    assert url.startswith("http://127.0.0.2:")
+    assert get(url + "/host.txt") == "127.0.0.2"
+
+
+def test_notebook_tokens_are_random(local: Local) -> None:
+    cmd = ["sh", "-c", "echo ok > api; exec python -m http.server $PORT --bind 127.0.0.1"]
+    local.apply("Notebook", "one", {"image": BASE, "command": cmd})
+    local.apply("Notebook", "two", {"image": BASE, "command": cmd})
+    one = local.wait("Notebook", "one")["status"]["token"]
+    two = local.wait("Notebook", "two")["status"]["token"]
+    local.client.delete("Notebook", "default", "one")
+    local.apply("Notebook", "one", {"image": BASE, "command": cmd})
+    again = local.wait("Notebook", "one")["status"]["token"]
+    tokens = {one, two, again}
+    assert len(tokens) == 3, "every notebook, and a re-created one, gets its own token"
+    for token in tokens:
+        assert len(token) >= 32 and len(set(token)) >= 12, token  # >= 192 bits, not a pattern

@@ -490,33 +490,50 @@ def test_run_argv_shape() -> None:
         mounts=[(Path("/data/in"), "/content/data", True), (Path("/data/out"), "/out", False)],
         env={"PARAM_EPOCHS": "1", "A": "b=c"},
         ports={18080: 8080},
-        gpus=1,
+        gpus=[1],
+        memory_bytes=2_000_000_000,
+        cpus=1.5,
     )
     assert argv == [
         "/usr/bin/podman", "run", "--rm", "--name", "sub-model-x", "-w", "/content",
         "-v", "/data/in:/content/data:ro", "-v", "/data/out:/out",
         "-e", "PARAM_EPOCHS=1", "-e", "A=b=c",
         "-p", "127.0.0.1:18080:8080",
-        "--device", "nvidia.com/gpu=all",
+        "--memory", "2000000000", "--cpus", "1.5",
+        "--device", "nvidia.com/gpu=1",
         "substratus.local/x:abc", "python", "train.py",
     ]  # fmt: skip
     docker = Engine("docker", "/usr/bin/docker")
-    argv = docker.run_argv("img", None, name="n", mounts=[], env={}, ports={}, workdir="/w", gpus=2)
+    argv = docker.run_argv(
+        "img", None, name="n", mounts=[], env={}, ports={8081: 8080}, workdir="/w", bind="::1"
+    )
     assert argv == [
-        "/usr/bin/docker",
-        "run",
-        "--rm",
-        "--name",
-        "n",
-        "-w",
-        "/w",
-        "--gpus",
-        "2",
-        "img",
-    ]
+        "/usr/bin/docker", "run", "--rm", "--name", "n", "-w", "/w",
+        "-p", "[::1]:8081:8080", "img",
+    ]  # fmt: skip
     with_init = Engine("podman", "/usr/bin/podman", init=True)
     argv = with_init.run_argv("img", ["true"], name="n", mounts=[], env={}, ports={})
     assert argv[5:9] == ["-w", "/content", "--init", "img"]
+
+
+# No GPU exists on the machines that run these tests: what is checked is the argv that hands
+# the engine exactly the allocated devices (two one-GPU containers must not share GPU 0).
+def test_containers_get_exactly_the_allocated_gpus() -> None:
+    docker = Engine("docker", "/usr/bin/docker")
+    argv = docker.run_argv("img", None, name="n", mounts=[], env={}, ports={}, gpus=[0, 2])
+    assert argv[argv.index("--gpus") + 1] == '"device=0,2"'
+    assert docker.run_argv("img", None, name="n", mounts=[], env={}, ports={}, gpus=[3])[-3:] == [
+        "--gpus",
+        '"device=3"',
+        "img",
+    ]
+    podman = Engine("podman", "/usr/bin/podman")
+    argv = podman.run_argv("img", None, name="n", mounts=[], env={}, ports={}, gpus=[1, 3])
+    devices = [argv[i + 1] for i, a in enumerate(argv) if a == "--device"]
+    assert devices == ["nvidia.com/gpu=1", "nvidia.com/gpu=3"]
+    for engine in (docker, podman):
+        argv = engine.run_argv("img", None, name="n", mounts=[], env={}, ports={}, gpus=[])
+        assert "--gpus" not in argv and "--device" not in argv
 
 
 def test_stop_ignores_a_container_that_does_not_exist(tmp_path: Path) -> None:

@@ -140,13 +140,17 @@ class Engine:
         env: dict[str, str],
         ports: dict[int, int],
         workdir: str = "/content",
-        gpus: int = 0,
+        gpus: Sequence[int] = (),
+        memory_bytes: int | None = None,
+        cpus: float | None = None,
+        bind: str = "127.0.0.1",
     ) -> list[str]:
         """The argv that runs `image` in the foreground as container `name`, removed on exit.
 
         mounts: (host path, container path, read_only). ports: {host port: container port},
-        published on 127.0.0.1 only. `--init` when the engine has an init binary. gpus > 0
-        passes the host's NVIDIA GPUs (docker `--gpus`, podman through CDI, which exposes them all).
+        published on `bind` only. `--init` when the engine has an init binary. gpus: the host
+        indices of exactly the NVIDIA GPUs this container gets (docker `--gpus "device=..."`,
+        podman one CDI `--device nvidia.com/gpu=N` each).
         """
         argv = [self.binary, "run", "--rm", "--name", name, "-w", workdir]
         if self.init:
@@ -155,13 +159,20 @@ class Engine:
             argv += ["-v", f"{Path(host).absolute()}:{ctr}" + (":ro" if read_only else "")]
         for key, value in env.items():
             argv += ["-e", f"{key}={value}"]
+        host_ip = f"[{bind}]" if ":" in bind else bind
         for host_port, ctr_port in ports.items():
-            argv += ["-p", f"127.0.0.1:{host_port}:{ctr_port}"]
-        if gpus > 0:
+            argv += ["-p", f"{host_ip}:{host_port}:{ctr_port}"]
+        if memory_bytes is not None:
+            argv += ["--memory", str(memory_bytes)]
+        if cpus is not None:
+            argv += ["--cpus", f"{cpus:g}"]
+        if gpus:
             if self.name == "docker":
-                argv += ["--gpus", str(gpus)]
+                # The quotes are part of the value: docker splits --gpus on commas otherwise.
+                argv += ["--gpus", '"device=' + ",".join(str(g) for g in gpus) + '"']
             else:
-                argv += ["--device", "nvidia.com/gpu=all"]
+                for g in gpus:
+                    argv += ["--device", f"nvidia.com/gpu={g}"]
         argv.append(image)
         if command:
             argv += command

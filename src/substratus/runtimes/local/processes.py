@@ -13,12 +13,24 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-# "$0" is the exit file; the workload's argv follows. Written to a temp name then renamed,
-# so a reader never sees a half-written code.
-_WRAPPER = '"$@"; rc=$?; echo "$rc" > "$0.tmp" && mv "$0.tmp" "$0"; exit "$rc"'
+# "$1" is the exit file, then the cgroup.procs files to join up to "--", then the workload's
+# argv. $0 names the wrapper, so a program that cannot be found is reported as
+# "substratus-run: N: PROGRAM: not found". The code is written to a temp name then renamed,
+# so a reader never sees a half-written one.
+_WRAPPER = """x=$1; shift; rc=0
+while [ "$1" != "--" ]; do
+  if [ "$rc" = 0 ] && ! (echo $$ >"$1"); then
+    echo "substratus-run: cannot join the cgroup $1: the limits would not hold" >&2; rc=125
+  fi
+  shift
+done
+shift
+if [ "$rc" = 0 ]; then "$@"; rc=$?; fi
+echo "$rc" >"$x.tmp" && mv "$x.tmp" "$x"; exit "$rc"
+"""
 
 
 def start_time(pid: int) -> str | None:
@@ -38,13 +50,17 @@ def spawn(
     env: Mapping[str, str],
     log: Path,
     exit_file: Path,
+    cgroups: Iterable[Path] = (),
 ) -> subprocess.Popen[bytes]:
+    """Start ``argv`` under the wrapper, in the given cgroups (their directories). Raises
+    OSError or ValueError (e.g. a NUL byte) when it cannot be started."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         exit_file.unlink()
+    procs = [str(Path(c) / "cgroup.procs") for c in cgroups]
     with open(log, "ab", buffering=0) as out:
         return subprocess.Popen(
-            ["/bin/sh", "-c", _WRAPPER, str(exit_file), *argv],
+            ["/bin/sh", "-c", _WRAPPER, "substratus-run", str(exit_file), *procs, "--", *argv],
             cwd=cwd,
             env=dict(env),
             stdin=subprocess.DEVNULL,
