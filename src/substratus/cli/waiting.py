@@ -10,8 +10,15 @@ from rich.console import Console
 from substratus.core.client import Client
 
 # Reasons after which waiting for Ready is pointless until the spec changes. (Capacity
-# reasons such as InsufficientGPU are not: another workload may free what is needed.)
-TERMINAL_REASONS = {"JobFailed", "BuildFailed", "ImageUnavailable"}
+# reasons such as InsufficientGPU are not: another workload may free what is needed.) A
+# crash-looping service may recover, but a user waiting on it wants to see why now.
+TERMINAL_REASONS = {
+    "JobFailed",
+    "BuildFailed",
+    "ImageUnavailable",
+    "CrashLoopBackOff",
+    "StartFailed",
+}
 
 
 class WaitFailed(Exception):
@@ -45,14 +52,16 @@ def wait_for(
     deadline = time.monotonic() + timeout
     label = f"{kind.lower()}/{name}"
     last: dict[str, Any] | None = None
-    status_line = console.status(f"{label}: waiting") if console else None
+    # A terminal gets a spinner; a log (CI, a pipe) gets one line per change of state.
+    status_line = console.status(f"{label}: waiting") if console and console.is_terminal else None
+    shown = ""
     if status_line:
         status_line.start()
     try:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise WaitTimeout(f"timed out waiting for {label} to be {condition}")
+                raise WaitTimeout(_timeout_message(label, condition, last))
             for event in client.watch(kind, namespace, name, timeout=remaining):
                 if event["type"] == "BOOKMARK":
                     if time.monotonic() >= deadline:
@@ -69,9 +78,12 @@ def wait_for(
                 ready, reason, message = _ready_reason(obj)
                 if ready:
                     return obj
+                line = f"{label}: {reason} {_progress(message)}".rstrip()
                 if status_line:
-                    first = message.splitlines()[0] if message else ""
-                    status_line.update(f"{label}: {reason} {first}")
+                    status_line.update(line)
+                elif console is not None and line != shown and reason not in TERMINAL_REASONS:
+                    console.print(line, markup=False, highlight=False)
+                shown = line
                 if reason in TERMINAL_REASONS:
                     raise WaitFailed(f"{label}: {reason}: {message}")
             if condition == "delete" and last is None:
@@ -79,3 +91,20 @@ def wait_for(
     finally:
         if status_line:
             status_line.stop()
+
+
+def _progress(message: str) -> str:
+    """One line for the spinner: the message's first line, and the newest log line under it
+    (a long job's progress), never a dangling "log tail:"."""
+    head, _, tail = message.partition("\n")
+    head = head.removesuffix("; log tail:").removesuffix("log tail:")
+    newest = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
+    return f"{head} | {newest.strip()[:120]}" if newest else head
+
+
+def _timeout_message(label: str, condition: str, last: dict[str, Any] | None) -> str:
+    text = f"timed out waiting for {label} to be {condition}"
+    if last is None or condition != "ready":
+        return text
+    _, reason, message = _ready_reason(last)
+    return f"{text}; last state: {reason}: {message}" if message else f"{text}; last: {reason}"

@@ -31,6 +31,14 @@ class ApplyResult:
     object: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class DeleteResult:
+    object: dict[str, Any]
+    # Objects whose running workloads still mount the deleted object's artifacts; those
+    # artifacts are deleted once they stop.
+    in_use_by: list[str]
+
+
 class Client(Protocol):
     def apply(self, doc: dict[str, Any], source: str = "<request>") -> ApplyResult: ...
 
@@ -40,7 +48,7 @@ class Client(Protocol):
 
     def delete(
         self, kind: str, namespace: str, name: str, retain: bool = False
-    ) -> dict[str, Any]: ...
+    ) -> DeleteResult: ...
 
     def watch(
         self,

@@ -18,6 +18,8 @@ BUILTIN_IMAGES: dict[str, str] = {
 
 # The generic base image runs `spec.command` directly in the platform's Python environment.
 BASE_IMAGE = "substratusai/base"
+# What a Notebook built without a container engine and without a command runs.
+NOTEBOOK_IMAGE = "substratusai/notebook"
 
 
 def image_repository(ref: str) -> str:

@@ -63,6 +63,9 @@ class ServiceState:
     last_exit_code: int | None = None
     log_tail: str = ""
     url: str | None = None
+    # Why the newest replica could not even be started (a spec the runtime cannot run, such
+    # as a build with no command); restarting cannot help until the spec changes.
+    start_error: str = ""
 
 
 @dataclass(frozen=True)

@@ -261,6 +261,10 @@ def _decide_service(s: _Status, svc: ServiceState | None, image: str, replicas: 
         _set_endpoint(st, svc.url, svc.ready_replicas)
         return s.done(ensure)
     _set_endpoint(st, None, 0)
+    if svc.start_error:
+        s.cond(C.SERVING, False, "StartFailed", svc.start_error)
+        s.ready(False, "StartFailed", svc.start_error)
+        return s.done(ensure)
     if svc.restarts > 0:
         msg = f"exited with code {svc.last_exit_code}, restarted {svc.restarts} times"
         if svc.log_tail:

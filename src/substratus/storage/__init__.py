@@ -6,7 +6,12 @@ Schemes: ``file://`` (or a plain path), ``s3://`` (and S3-compatible servers), `
 
 from substratus.core.sizes import human_size
 from substratus.storage.backends import MissingDependency
-from substratus.storage.buildcontext import DockerIgnore, pack_context, unpack_context
+from substratus.storage.buildcontext import (
+    ContextTooLarge,
+    DockerIgnore,
+    pack_context,
+    unpack_context,
+)
 from substratus.storage.manifest import (
     MANIFEST_NAME,
     FileEntry,
@@ -25,6 +30,7 @@ __all__ = [
     "MANIFEST_NAME",
     "ArtifactStore",
     "Committed",
+    "ContextTooLarge",
     "DockerIgnore",
     "FileEntry",
     "Manifest",

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["DockerIgnore", "pack_context", "unpack_context"]
+__all__ = ["ContextTooLarge", "DockerIgnore", "pack_context", "unpack_context"]
 
 DOCKERIGNORE = ".dockerignore"
 
@@ -238,10 +238,48 @@ def _strict_data_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo |
     return tarfile.data_filter(member, dest)
 
 
-def unpack_context(tarball: Path, dest: Path) -> None:
+# An upload may unpack to at most this many times its own size (source trees compress 3-10x;
+# a file of zeros, 1000x), and never past MAX_UNPACKED_BYTES, whatever its ratio. Contexts
+# under UNPACKED_FLOOR pass the ratio check: a tiny archive of text can compress very well.
+MAX_UNPACK_RATIO = 100
+UNPACKED_FLOOR = 64 * 2**20
+MAX_UNPACKED_BYTES = 20 * 2**30
+MAX_MEMBERS = 200_000
+
+
+class ContextTooLarge(ValueError):
+    """A build context would unpack to more files or bytes than allowed."""
+
+
+def unpack_limit(packed_size: int) -> int:
+    return min(MAX_UNPACKED_BYTES, max(UNPACKED_FLOOR, MAX_UNPACK_RATIO * packed_size))
+
+
+def unpack_context(tarball: Path, dest: Path, *, max_bytes: int | None = None) -> None:
     """Extract a build context into ``dest``, refusing absolute paths, ``..``, links that
-    escape ``dest`` and device files (``tarfile.FilterError``; tarfile's ``data`` filter)."""
+    escape ``dest`` and device files (``tarfile.FilterError``; tarfile's ``data`` filter), and
+    archives that unpack past ``max_bytes`` (default :func:`unpack_limit` of the archive's
+    size) or MAX_MEMBERS entries (:class:`ContextTooLarge`). Checked from the headers before
+    each member is written, so an archive bomb never reaches the disk."""
     dest = Path(dest)
+    limit = unpack_limit(Path(tarball).stat().st_size) if max_bytes is None else max_bytes
+    total, count = 0, 0
+
+    def bounded(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        nonlocal total, count
+        count += 1
+        total += member.size
+        if member.issparse():
+            raise ContextTooLarge(f"{member.name}: sparse files are not accepted")
+        if count > MAX_MEMBERS:
+            raise ContextTooLarge(f"the archive holds more than {MAX_MEMBERS} entries")
+        if total > limit:
+            raise ContextTooLarge(
+                f"the archive unpacks to more than {limit / 2**20:.0f} MiB "
+                f"({Path(tarball).stat().st_size / 2**20:.1f} MiB packed)"
+            )
+        return _strict_data_filter(member, path)
+
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tarball, "r:*") as tar:
-        tar.extractall(dest, filter=_strict_data_filter)
+        tar.extractall(dest, filter=bounded)

@@ -19,7 +19,7 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -458,16 +458,25 @@ class ArtifactStore:
     def prune(self, object_url: str, keep: str) -> None:
         """Remove every version under ``object_url`` but ``keep`` (which must be committed),
         leftovers of interrupted commits included."""
-        _segment(keep, "version")
-        loc = self._parse(object_url)
         if self.read_manifest(self.version_url(object_url, keep)) is None:
             raise StorageError(
                 f"refusing to prune {object_url}: the version to keep, {keep!r}, is not committed"
             )
+        self.retain_only(object_url, {keep})
+
+    def retain_only(self, object_url: str, keep: Collection[str]) -> None:
+        """Remove everything under ``object_url`` but the versions named in ``keep``."""
+        for name in keep:
+            _segment(name, "version")
+        loc = self._parse(object_url)
         with _errors("prune", object_url):
             fs = self._fs(loc)
-            names = {e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(loc.path, detail=False)}
-            for name in sorted(names - {keep, ""}):
+            try:
+                entries = fs.ls(loc.path, detail=False)
+            except FileNotFoundError:
+                return
+            names = {e.rstrip("/").rsplit("/", 1)[-1] for e in entries}
+            for name in sorted(names - {*keep, ""}):
                 self._rm(fs, loc.child(name))
 
     # -- single files and signed URLs -------------------------------------------------------

@@ -46,7 +46,7 @@ def start_build(runner: Runner, obj: Resource, source: str) -> None:
 
 
 def _build(runner: Runner, obj: Resource, run: Run, log_file: Path, source: str) -> None:
-    cache = runner.paths.cache / "builds"
+    cache = runner.paths.build_cache
     tag = f"{obj.metadata.namespace}-{obj.PLURAL}-{obj.metadata.name}"
     try:
         engine = runner.ctl.engine()

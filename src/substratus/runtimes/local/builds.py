@@ -36,6 +36,7 @@ from typing import Literal, TextIO
 
 from substratus.api.common import GitSource
 from substratus.runtimes.local.engines import BuildFailed, Engine, stream_command
+from substratus.storage import unpack_context
 
 __all__ = [
     "BuildFailed",
@@ -313,9 +314,8 @@ def build_from_upload(
             log.write(f"unpacking upload {md5}\n")
             log.flush()
             try:
-                with tarfile.open(tarball, mode="r:*") as archive:
-                    archive.extractall(unpacked, filter="data")
-            except (tarfile.TarError, OSError, EOFError) as exc:
+                unpack_context(Path(tarball), unpacked)
+            except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
                 raise BuildFailed(
                     f"image.upload: the uploaded file is not a valid build context tarball: {exc}"
                 ) from exc

@@ -17,6 +17,7 @@ import httpx
 from substratus.core.client import (
     ApplyResult,
     ClientError,
+    DeleteResult,
     InvalidError,
     NotFoundError,
     UnavailableError,
@@ -39,6 +40,12 @@ class LocalClient:
         if self._http is None:
             if self.autostart:
                 ensure_supervisor(self.paths)
+            elif not supervisor_running(self.paths):
+                # Reading commands never start it: that would start every Server and Notebook.
+                raise UnavailableError(
+                    f"the local supervisor is not running (state in {self.paths.home}); "
+                    "`sub apply` or `sub local start` starts it"
+                )
             transport = httpx.HTTPTransport(uds=str(self.paths.socket))
             self._http = httpx.Client(
                 transport=transport, base_url="http://supervisor", timeout=None
@@ -85,12 +92,10 @@ class LocalClient:
         out: list[dict[str, Any]] = self._request("GET", "/objects", params=params)["items"]
         return out
 
-    def delete(self, kind: str, namespace: str, name: str, retain: bool = False) -> dict[str, Any]:
+    def delete(self, kind: str, namespace: str, name: str, retain: bool = False) -> DeleteResult:
         params = {"retain": "true"} if retain else {}
-        out: dict[str, Any] = self._request(
-            "DELETE", f"/objects/{kind}/{namespace}/{name}", params=params
-        )
-        return out
+        out = self._request("DELETE", f"/objects/{kind}/{namespace}/{name}", params=params)
+        return DeleteResult(out["object"], list(out.get("inUseBy", [])))
 
     def watch(
         self,

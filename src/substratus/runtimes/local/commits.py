@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from substratus.storage import ArtifactStore
+from substratus.runtimes.local.db import StateDB
+from substratus.storage import ArtifactStore, StorageError
+
+log = logging.getLogger("substratus.supervisor")
 
 
 def commit_artifacts(
@@ -15,6 +20,7 @@ def commit_artifacts(
     version: str,
     artifacts: Path,
     in_use: set[str],
+    retire: Callable[[str], None],
 ) -> dict[str, Any]:
     """Commit ``artifacts`` as ``version`` and drop older versions no running workload mounts.
 
@@ -32,7 +38,7 @@ def commit_artifacts(
             artifacts, object_url, version, move=store.local_path(object_url) is not None
         )
         manifest = committed.manifest
-    _drop_old_versions(store, object_url, version, in_use)
+    delete_versions(store, object_url, {version}, in_use, retire)
     local = store.local_path(version_url)
     if local is not None:
         _make_read_only(local)
@@ -52,15 +58,39 @@ def _move_back(version_dir: Path, artifacts: Path) -> None:
                 os.replace(path, target)
 
 
-def _drop_old_versions(store: ArtifactStore, object_url: str, keep: str, in_use: set[str]) -> None:
-    """Older versions go, except those a running workload still has mounted."""
+def delete_versions(
+    store: ArtifactStore,
+    object_url: str,
+    keep: set[str],
+    in_use: set[str],
+    retire: Callable[[str], None],
+) -> list[str]:
+    """Delete every version under ``object_url`` but ``keep``; a version that a running
+    workload mounts is retired instead (deleted by :func:`sweep_retired` once unused), so
+    no workload has its ``model/`` or ``data/`` emptied under it. Returns the retired URLs."""
     used = {v for v in store.versions(object_url) if store.version_url(object_url, v) in in_use}
-    if not used:
-        store.prune(object_url, keep=keep)
-        return
-    for v in store.versions(object_url):
-        if v != keep and v not in used:
-            store.delete(store.version_url(object_url, v))
+    retired = [store.version_url(object_url, v) for v in sorted(used - keep)]
+    for url in retired:  # recorded before anything is deleted: a crash loses no record
+        retire(url)
+    if keep or used:
+        store.retain_only(object_url, keep | used)
+    else:
+        store.delete(object_url)
+    return retired
+
+
+def sweep_retired(store: ArtifactStore, db: StateDB) -> None:
+    """Delete the retired versions that no running workload mounts any more."""
+    mounted = db.mounted_urls()
+    for url in db.retired():
+        if url in mounted:
+            continue
+        try:
+            store.delete(url)
+        except StorageError:
+            log.exception("deleting retired artifacts %s failed; trying again later", url)
+            continue
+        db.unretire(url)
 
 
 def _make_read_only(root: Path) -> None:

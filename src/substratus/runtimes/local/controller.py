@@ -244,6 +244,7 @@ class Controller:
         ready = [r for r in running if self.runner.is_ready(r.id)]
         failed = [r for r in runs if r.phase == "failed"]
         last = failed[-1] if failed else None
+        newest = runs[-1]
         return ServiceState(
             generation=gen,
             image=runs[-1].image,
@@ -252,7 +253,8 @@ class Controller:
             restarts=len(failed),
             last_exit_code=last.exit_code if last else None,
             log_tail=processes.tail(self.paths.home / last.log) if last else "",
-            url=f"http://127.0.0.1:{ready[0].port}" if ready else None,
+            url=self.runner.service_url(ready[0].port) if ready else None,
+            start_error=newest.message if newest.phase == "failed" and newest.pid is None else "",
         )
 
     def act(self, obj: Resource, action: Action, obs: Observed) -> None:

@@ -7,6 +7,7 @@ only writer, and recovers everything it needs from these tables after a crash.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -46,6 +47,8 @@ CREATE TABLE IF NOT EXISTS runs (
     result TEXT                     -- JSON: committed artifacts, or a built image
 );
 CREATE INDEX IF NOT EXISTS runs_by_object ON runs (kind, namespace, name, role);
+-- Artifact versions due for deletion that a running workload still mounts.
+CREATE TABLE IF NOT EXISTS retired (url TEXT PRIMARY KEY);
 """
 
 # Keep enough history for watchers that reconnect; older events are compacted away.
@@ -89,6 +92,10 @@ class Gone(LookupError):
 class StateDB:
     def __init__(self, path: Path):
         self.path = path
+        # Secrets are stored in plain text: the database exists as 0600 before SQLite opens
+        # it, since SQLite gives its -wal and -shm files the database file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        path.chmod(0o600)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
@@ -98,7 +105,10 @@ class StateDB:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(SCHEMA)
-        path.chmod(0o600)
+        for suffix in ("-wal", "-shm"):  # left 0644 by earlier versions
+            sidecar = path.with_name(path.name + suffix)
+            if sidecar.exists():
+                sidecar.chmod(0o600)
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -304,6 +314,29 @@ class StateDB:
     def delete_runs(self, key: tuple[str, str, str]) -> None:
         with self.tx() as c:
             c.execute("DELETE FROM runs WHERE kind=? AND namespace=? AND name=?", key)
+
+    def mounted_urls(self) -> dict[str, list[tuple[str, str, str]]]:
+        """Artifact version URLs that running workloads mount, and which objects mount each."""
+        users: dict[str, list[tuple[str, str, str]]] = {}
+        for run in self.runs(phase="running"):
+            for url in (run.result or {}).get("mounts", []):
+                if run.key not in users.setdefault(url, []):
+                    users[url].append(run.key)
+        return users
+
+    # -- retired artifact versions ----------------------------------------------------------
+
+    def retire(self, url: str) -> None:
+        with self.tx() as c:
+            c.execute("INSERT OR IGNORE INTO retired (url) VALUES (?)", (url,))
+
+    def retired(self) -> list[str]:
+        with self._lock:
+            return [r["url"] for r in self._conn.execute("SELECT url FROM retired ORDER BY url")]
+
+    def unretire(self, url: str) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM retired WHERE url=?", (url,))
 
 
 def _run(row: sqlite3.Row) -> Run:

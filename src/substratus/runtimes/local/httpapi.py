@@ -27,11 +27,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from substratus.api.limits import MAX_DEPTH, MAX_REQUEST_BYTES
 from substratus.api.loading import ValidationFailed
 from substratus.runtimes.local.db import Gone
 from substratus.runtimes.local.service import LocalService, NotFound
 
 log = logging.getLogger("substratus.supervisor")
+
+# A refused body is drained up to this much; past it the connection is just closed.
+DISCARD_LIMIT = 64 * 1024 * 1024
+
+
+class RequestTooLarge(ValueError):
+    pass
 
 
 class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -92,6 +100,12 @@ class Handler(BaseHTTPRequestHandler):
             self._route(method, parts, q, svc)
         except ValidationFailed as exc:
             self._error(422, "Invalid", str(exc), problems=[list(p) for p in exc.problems])
+        except RequestTooLarge as exc:
+            self._error(413, "RequestEntityTooLarge", str(exc))
+        except RecursionError:
+            # Input is bounded before anything recursive reads it; this is the last line.
+            log.warning("%s %s: nesting too deep", method, self.path)
+            self._error(400, "BadRequest", f"input nests deeper than {MAX_DEPTH} levels")
         except NotFound as exc:
             self._error(404, "NotFound", str(exc))
         except Gone as exc:
@@ -113,14 +127,35 @@ class Handler(BaseHTTPRequestHandler):
             return False
 
     def _body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise ValueError("Content-Length is not a number") from None
+        if length < 0:
+            raise ValueError("Content-Length is negative")
+        if length > MAX_REQUEST_BYTES:
+            self._discard(length)
+            raise RequestTooLarge(
+                f"request body is {length} bytes, more than the limit of {MAX_REQUEST_BYTES}"
+            )
         try:
             body = json.loads(self.rfile.read(length) or b"null")
         except json.JSONDecodeError as exc:
             raise ValueError(f"request body is not JSON: {exc}") from None
+        except RecursionError:
+            raise ValueError(f"request body nests deeper than {MAX_DEPTH} levels") from None
         if not isinstance(body, dict):
             raise ValueError("request body must be a JSON object")
         return body
+
+    def _discard(self, length: int) -> None:
+        """Read and drop a refused body, so the client reads the answer instead of a reset."""
+        left = min(length, DISCARD_LIMIT)
+        while left > 0:
+            chunk = self.rfile.read(min(left, 1 << 16))
+            if not chunk:
+                return
+            left -= len(chunk)
 
     def _route(self, method: str, parts: list[str], q: dict[str, str], svc: LocalService) -> None:
         match method, parts:
@@ -135,7 +170,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(200, svc.get(kind, ns, name))
             case "DELETE", ["objects", kind, ns, name]:
                 retain = q.get("retain", "").lower() in ("1", "true")
-                self._send(200, svc.delete(kind, ns, name, retain=retain))
+                deleted, in_use = svc.delete(kind, ns, name, retain=retain)
+                self._send(200, {"object": deleted, "inUseBy": in_use})
             case "GET", ["watch"]:
                 rv = q.get("resourceVersion")
                 events = svc.watch(

@@ -7,21 +7,24 @@ A workload sees ``model/`` and ``data/`` (read-only), ``artifacts/`` (its output
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import math
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 from substratus.api.kinds import Notebook, Resource, Server
-from substratus.core.images import BASE_IMAGE, builtin_module, image_repository
+from substratus.core.images import BASE_IMAGE, NOTEBOOK_IMAGE, builtin_module, image_repository
 from substratus.core.params import params_env, params_json
+from substratus.runtimes.local import limits
 from substratus.runtimes.local.engines import Engine
+from substratus.runtimes.local.sandbox import CONTENT, SAVED_MODEL, Sandbox, binds
 
 RESERVED = {"model", "data", "artifacts", "params.json"}
+BIND_ENV = "SUBSTRATUS_BIND_ADDRESS"
+MAX_ARG_BYTES = 128 * 1024  # the kernel's MAX_ARG_STRLEN, which counts the final NUL
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS")
 
 
@@ -60,18 +63,6 @@ def image_problem(ref: str, engine: Engine | None) -> str | None:
     return None
 
 
-@cache
-def bind_mounts_available() -> bool:
-    """Root can give a workload truly read-only mounts in a private mount namespace; file
-    permissions alone do not stop root. Other users get symlinks to read-only files."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, check=False
-    )
-    return probe.returncode == 0
-
-
 def prepare_workdir(
     workdir: Path, obj: Resource, mounts: Mounts, image: ImageInfo, bind: bool
 ) -> None:
@@ -85,9 +76,14 @@ def prepare_workdir(
                 (workdir / name).symlink_to(target, target_is_directory=True)
     if image.root is not None and image.kind in ("venv", "dir"):
         # The build's sources sit beside the contract's files, as a Dockerfile's COPY puts them.
+        # Copied, never linked: the build cache is keyed by its content, and a notebook that
+        # saves a file (or a job that writes one) must not change it.
         for entry in sorted(image.root.iterdir()):
             if entry.name not in RESERVED and not entry.name.startswith(".git"):
-                (workdir / entry.name).symlink_to(entry)
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.copytree(entry, workdir / entry.name, symlinks=True)
+                else:
+                    shutil.copy2(entry, workdir / entry.name, follow_symlinks=False)
 
 
 def workload_env(
@@ -126,28 +122,148 @@ def workload_env(
     if isinstance(obj, Server) and obj.spec.quantization is not None:
         env["QUANTIZATION_BITS"] = str(obj.spec.quantization.bits)
     if isinstance(obj, Notebook | Server):
-        env.setdefault("HOST", "127.0.0.1")
+        # Only the project's own setting decides: an ambient HOST must not open a server to
+        # the network while status.url says 127.0.0.1.
+        env["HOST"] = bind_address()
     return env
 
 
-# Bind-mounts "$1" read-only on "$2" for each pair before the marker, then runs the rest.
-_MOUNT_SCRIPT = (
-    'while [ "$1" != "--" ]; do mount --bind -o ro "$1" "$2" || exit 125; shift 2; done; '
-    'shift; exec "$@"'
-)
+def bind_address() -> str:
+    """Where local servers and notebooks listen: SUBSTRATUS_BIND_ADDRESS, else 127.0.0.1."""
+    value = os.environ.get(BIND_ENV, "").strip() or "127.0.0.1"
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise LaunchError(f"{BIND_ENV}={value!r}: not an IP address") from None
+    return value
 
 
-def with_readonly_mounts(argv: list[str], workdir: Path, mounts: Mounts) -> list[str]:
-    pairs: list[str] = []
-    for name, target in (("model", mounts.model), ("data", mounts.data)):
-        if target is not None:
-            pairs += [str(target), str(workdir / name)]
-    if not pairs:
-        return argv
-    return [
-        "unshare", "--mount", "--propagation", "private",
-        "sh", "-c", _MOUNT_SCRIPT, "mounts", *pairs, "--", *argv,
-    ]  # fmt: skip
+def service_host() -> str:
+    """The address clients (and readiness probes) use to reach a local service."""
+    try:
+        addr = ipaddress.ip_address(bind_address())
+    except LaunchError:
+        return "127.0.0.1"
+    if addr.is_unspecified:
+        return "127.0.0.1" if addr.version == 4 else "::1"
+    return str(addr)
+
+
+def service_url(port: int) -> str:
+    host = service_host()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def check_exec(obj: Resource, argv: list[str], env: dict[str, str]) -> None:
+    """What execve would refuse, as a LaunchError naming the field it came from: a NUL byte,
+    text that is not encodable, or one argument or variable over the kernel's 128 KiB."""
+    for i, arg in enumerate(obj.spec.command or []):
+        _check_text(f"spec.command[{i}]", arg)
+    params = {name: key for key in obj.spec.params for name in params_env({key: ""})}
+    for name, value in env.items():
+        if name in obj.spec.env:
+            field = f"spec.env.{name}"
+        elif name in params:
+            field = f"spec.params.{params[name]}"
+        else:
+            field = f"environment variable {name}"
+        _check_text(field, f"{name}={value}")
+    for i, arg in enumerate(argv):  # anything else the launch added (a container's -e ...)
+        _check_text(f"argument {i} of {argv[0]}", arg)
+
+
+def _check_text(field: str, text: str) -> None:
+    if "\0" in text:
+        raise LaunchError(f"{field}: contains a NUL byte, which no program can be given")
+    try:
+        size = len(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError as exc:
+        raise LaunchError(f"{field}: not valid text ({exc.reason})") from None
+    if size >= MAX_ARG_BYTES:
+        raise LaunchError(
+            f"{field}: {size} bytes; the kernel passes at most 128 KiB in one argument or variable"
+        )
+
+
+def container_argv(
+    engine: Engine | None,
+    obj: Resource,
+    info: ImageInfo,
+    workdir: Path,
+    mounts: Mounts,
+    env: dict[str, str],
+    *,
+    port: int | None,
+    name: str,
+    gpus: list[int],
+) -> list[str]:
+    """The engine's argv for a container workload: the contract's paths as volumes, the
+    contract's variables, exactly the GPUs allocated to it, its memory and CPU limits."""
+    if engine is None:
+        raise LaunchError(f"image {info.ref!r} needs podman or docker, and neither is installed")
+    vols = [(workdir / "artifacts", f"{CONTENT}/artifacts", False)]
+    vols.append((workdir / "params.json", f"{CONTENT}/params.json", True))
+    if mounts.model is not None:
+        vols.append((mounts.model, f"{CONTENT}/model", True))
+        vols.append((mounts.model, SAVED_MODEL, True))
+    if mounts.data is not None:
+        vols.append((mounts.data, f"{CONTENT}/data", True))
+    keep = {k: v for k, v in env.items() if k.startswith("PARAM_") or k in obj.spec.env}
+    for k in ("PORT", "NOTEBOOK_TOKEN", "QUANTIZATION_BITS", "SUBSTRATUS_KIND"):
+        if k in env:
+            keep[k] = env[k]
+    if port is not None:
+        keep["PORT"] = "8080"
+    res = obj.spec.resources
+    return engine.run_argv(
+        info.ref,
+        obj.spec.command,
+        name=name,
+        mounts=vols,
+        env=keep,
+        ports={port: 8080} if port is not None else {},
+        workdir=CONTENT,
+        gpus=gpus,
+        memory_bytes=int(res.memory * 1e9) if res.memory is not None else None,
+        cpus=res.cpu,
+        bind=bind_address(),
+    )
+
+
+def confine(
+    box: Sandbox,
+    obj: Resource,
+    argv: list[str],
+    env: dict[str, str],
+    workdir: Path,
+    mounts: Mounts,
+    log: Path,
+    label: str,
+) -> tuple[list[str], list[Path]]:
+    """A process workload in its sandbox (the contract's paths) and cgroups (its limits).
+    Returns the argv and the cgroups to join; what cannot be had here is noted in the log."""
+    notes = []
+    if box.mode is not None:
+        argv = box.argv(argv, workdir, binds(obj.KIND, mounts.model, mounts.data))
+        env["PWD"] = CONTENT
+    else:
+        notes.append(
+            f"note: no private mount namespace ({box.reason}): the workload runs in {workdir}; "
+            f"{CONTENT} and {SAVED_MODEL} do not exist"
+        )
+    cgroups: list[Path] = []
+    res = obj.spec.resources
+    if res.memory is not None or res.cpu is not None:
+        meta = obj.metadata
+        name = limits.run_name(workdir, f"{meta.namespace}.{obj.PLURAL}.{meta.name}.{label}")
+        try:
+            cgroups = limits.create(name, res.memory, res.cpu)
+        except limits.CgroupError as exc:
+            notes.append(f"note: spec.resources memory and cpu are not enforced here: {exc}")
+    if notes:
+        with open(log, "a") as f:
+            f.write("".join(n + "\n" for n in notes))
+    return argv, cgroups
 
 
 def workload_argv(obj: Resource, image: ImageInfo) -> list[str]:
@@ -161,9 +277,15 @@ def workload_argv(obj: Resource, image: ImageInfo) -> list[str]:
         # Like a pod's `command`, spec.command replaces the image's entrypoint.
         return list(command) if command else [sys.executable, "-m", str(module)]
     if image.kind in ("venv", "dir"):
-        if not command:
-            raise LaunchError(
-                "spec.command: required when the image is built without a container engine"
-            )
-        return list(command)
+        if command:
+            return list(command)
+        if isinstance(obj, Notebook):
+            # The design's `kubectl open notebook` flow uploads a directory with no command:
+            # Jupyter on the uploaded files, as the stock notebook image would serve them.
+            return [sys.executable, "-m", str(builtin_module(NOTEBOOK_IMAGE))]
+        source = "git" if obj.spec.image.git is not None else "upload"
+        raise LaunchError(
+            f"spec.command: required: spec.image.{source} was built without a container "
+            "engine (no podman or docker), so there is no image entrypoint to run"
+        )
     raise LaunchError(f"image kind {image.kind!r} is not run as a process")

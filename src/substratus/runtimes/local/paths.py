@@ -55,6 +55,10 @@ class LocalPaths:
     def cache(self) -> Path:
         return self.home / "cache"
 
+    @property
+    def build_cache(self) -> Path:
+        return self.cache / "builds"
+
     def ensure(self) -> None:
         for d in (self.home, self.runs, self.logs, self.cache):
             d.mkdir(parents=True, exist_ok=True)

@@ -18,27 +18,30 @@ from substratus.core.actions import EnsureService, StartJob
 from substratus.core.graph import Key
 from substratus.core.images import builtin_module
 from substratus.core.observed import DepState, Observed
-from substratus.runtimes.local import processes
+from substratus.runtimes.local import limits, processes
 from substratus.runtimes.local.builder import start_build
-from substratus.runtimes.local.commits import commit_artifacts
+from substratus.runtimes.local.commits import commit_artifacts, sweep_retired
 from substratus.runtimes.local.db import Run
 from substratus.runtimes.local.engines import EngineError
 from substratus.runtimes.local.launch import (
     ImageInfo,
     LaunchError,
     Mounts,
-    bind_mounts_available,
+    check_exec,
+    confine,
+    container_argv,
     prepare_workdir,
-    with_readonly_mounts,
+    service_host,
+    service_url,
     workload_argv,
     workload_env,
 )
+from substratus.runtimes.local.sandbox import Sandbox, sandbox
 
 if TYPE_CHECKING:
     from substratus.runtimes.local.controller import Controller
 
 log = logging.getLogger("substratus.supervisor")
-CONTAINER_WORKDIR = "/content"
 # Readiness: servers answer 200 on / (the contract); Jupyter answers 200 on /api unauthenticated.
 PROBE_PATHS = {"Notebook": "/api"}
 
@@ -52,6 +55,9 @@ class Runner:
         self._lock = threading.Lock()
 
     # -- shared helpers -------------------------------------------------------------------
+
+    def service_url(self, port: int | None) -> str | None:
+        return service_url(port) if port is not None else None
 
     def is_ready(self, run_id: int) -> bool:
         with self._lock:
@@ -166,30 +172,44 @@ class Runner:
             "started_at": time.time(),
         }
         gpus: list[int] = []
+        cgroups: list[Path] = []
         try:
             mounts = self._mounts(obj, obs)
-            bind = info.kind != "container" and bind_mounts_available()
-            prepare_workdir(workdir, obj, mounts, info, bind)
+            box = sandbox() if info.kind != "container" else Sandbox(None)
+            prepare_workdir(workdir, obj, mounts, info, bind=box.mode is not None)
             gpu = obj.spec.resources.gpu
             gpus = self.ctl.gpus.take(gpu.count, gpu.type) if gpu and gpu.count else []
             token = obj.status.token if isinstance(obj.status, NotebookStatus) else None
             env = workload_env(obj, info, self._env_values(obj), port=port, token=token, gpus=gpus)
-            argv = self._argv(obj, info, workdir, mounts, env, port, label)
-            if bind:
-                argv = with_readonly_mounts(argv, workdir, mounts)
-        except (LaunchError, OSError, RuntimeError) as exc:
+            if info.kind == "container":
+                argv = container_argv(
+                    self.ctl.engine(), obj, info, workdir, mounts, env,
+                    port=port, name=container_name(obj, label), gpus=gpus,
+                )  # fmt: skip
+            else:
+                argv = workload_argv(obj, info)
+            check_exec(obj, argv, env)
+            if info.kind != "container":
+                argv, cgroups = confine(box, obj, argv, env, workdir, mounts, log_file, label)
+            popen = processes.spawn(
+                argv, cwd=workdir, env=env, log=log_file, exit_file=exit_file, cgroups=cgroups
+            )
+        except (LaunchError, OSError, RuntimeError, ValueError) as exc:
+            # Nothing may escape: an exception here would be retried every few seconds forever.
             self.ctl.gpus.give_back(gpus)
+            limits.remove(cgroups)
             log_file.parent.mkdir(parents=True, exist_ok=True)
             with open(log_file, "a") as f:
                 f.write(f"cannot start: {exc}\n")
             return self.db.add_run(
                 **base, phase="failed", message=str(exc), finished_at=time.time()
             )
-        popen = processes.spawn(argv, cwd=workdir, env=env, log=log_file, exit_file=exit_file)
         # Recorded so that pruning keeps the artifact versions this run has mounted.
         result: dict[str, object] = {"mounts": [d.url for d in obs.deps.values() if d.url]}
         if info.kind == "container":
             result["container"] = container_name(obj, label)
+        if cgroups:
+            result["cgroups"] = [str(c) for c in cgroups]
         base["result"] = result
         run = self.db.add_run(
             **base,
@@ -198,58 +218,22 @@ class Runner:
             gpus=",".join(map(str, gpus)),
         )
         threading.Thread(
-            target=self._wait_child, args=(run.id, popen), name=f"wait-{run.id}", daemon=True
+            target=self._wait_child,
+            args=(run.id, popen, cgroups),
+            name=f"wait-{run.id}",
+            daemon=True,
         ).start()
         return run
 
-    def _argv(
-        self,
-        obj: Resource,
-        info: ImageInfo,
-        workdir: Path,
-        mounts: Mounts,
-        env: dict[str, str],
-        port: int | None,
-        label: str,
-    ) -> list[str]:
-        if info.kind != "container":
-            return workload_argv(obj, info)
-        engine = self.ctl.engine()
-        if engine is None:
-            raise LaunchError(
-                f"image {info.ref!r} needs podman or docker, and neither is installed"
-            )
-        vols = [(workdir / "artifacts", f"{CONTAINER_WORKDIR}/artifacts", False)]
-        vols.append((workdir / "params.json", f"{CONTAINER_WORKDIR}/params.json", True))
-        if mounts.model is not None:
-            vols.append((mounts.model, f"{CONTAINER_WORKDIR}/model", True))
-            vols.append((mounts.model, "/model/saved", True))
-        if mounts.data is not None:
-            vols.append((mounts.data, f"{CONTAINER_WORKDIR}/data", True))
-        keep = {k: v for k, v in env.items() if k.startswith(("PARAM_",)) or k in obj.spec.env}
-        for k in ("PORT", "NOTEBOOK_TOKEN", "QUANTIZATION_BITS", "SUBSTRATUS_KIND"):
-            if k in env:
-                keep[k] = env[k]
-        if port is not None:
-            keep["PORT"] = "8080"
-        return engine.run_argv(
-            info.ref,
-            obj.spec.command,
-            name=container_name(obj, label),
-            mounts=vols,
-            env=keep,
-            ports={port: 8080} if port is not None else {},
-            workdir=CONTAINER_WORKDIR,
-            gpus=obj.spec.resources.gpu_count,
-        )
-
-    def _wait_child(self, run_id: int, popen: object) -> None:
+    def _wait_child(self, run_id: int, popen: object, cgroups: list[Path]) -> None:
         code = popen.wait()  # type: ignore[attr-defined]
+        limits.remove(cgroups)
         self._exited(run_id, int(code))
 
     def _wait_foreign(self, run: Run) -> None:
         assert run.pid is not None
         processes.wait_foreign(run.pid, run.pid_start)
+        limits.remove((run.result or {}).get("cgroups", []))
         self._exited(run.id, processes.read_exit_code(Path(run.exit_file)))
 
     def _exited(self, run_id: int, code: int | None) -> None:
@@ -281,24 +265,22 @@ class Runner:
         self._set_ready(run.id, False)
         self.ctl.gpus.give_back([int(g) for g in run.gpus.split(",") if g])
         self.ctl.ports.release(run.port)
+        if (run.result or {}).get("mounts"):
+            sweep_retired(self.ctl.store, self.db)  # what it mounted may be due for deletion
 
     def commit(self, run: Run) -> None:
         """Persist a succeeded job's artifacts; the run ends succeeded, or failed if that fails."""
         store = self.ctl.store
         kind, ns, name = run.key
         object_url = store.object_url(ns, KINDS[kind].PLURAL, name)
-        in_use = {
-            url
-            for other in self.db.runs(phase="running")
-            for url in (other.result or {}).get("mounts", [])
-        }
         try:
             result = commit_artifacts(
                 store,
                 object_url,
                 f"g{run.generation}-a{run.attempt}-{run.id}",
                 Path(run.workdir) / "artifacts",
-                in_use,
+                set(self.db.mounted_urls()),
+                self.db.retire,
             )
         except Exception as exc:
             log.exception("committing %s failed", run.key)
@@ -400,6 +382,7 @@ class Runner:
         self._set_ready(run.id, False)
         if run.pid is not None:
             processes.terminate_group(run.pid, run.pid_start)
+            limits.remove((run.result or {}).get("cgroups", []))  # also kills stragglers
         container = (run.result or {}).get("container")
         if container:
             # The engine's client may die before its container does: stop that too.
@@ -435,6 +418,7 @@ class Runner:
                 if run.role == "service":
                     self._probe_async(run)
             else:
+                limits.remove((run.result or {}).get("cgroups", []))
                 code = processes.read_exit_code(Path(run.exit_file))
                 threading.Thread(target=self._exited, args=(run.id, code), daemon=True).start()
 
@@ -457,7 +441,7 @@ def container_name(obj: Resource, label: str) -> str:
 
 
 def _http_ok(port: int, path: str) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    conn = http.client.HTTPConnection(service_host(), port, timeout=2)
     try:
         conn.request("GET", path)
         return conn.getresponse().status == 200

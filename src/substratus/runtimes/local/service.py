@@ -6,8 +6,6 @@ HTTP layer in ``httpapi`` only maps requests onto these methods.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,9 +13,12 @@ from typing import Any
 
 from substratus.api.kinds import Resource
 from substratus.api.loading import ValidationFailed, kind_of, parse_object
+from substratus.api.secrets import parse_secret
 from substratus.core.admission import admission_problems
 from substratus.core.graph import Key
 from substratus.runtimes.local import processes
+from substratus.runtimes.local.buildcache import prune_build_cache
+from substratus.runtimes.local.commits import delete_versions
 from substratus.runtimes.local.controller import Controller
 from substratus.runtimes.local.db import StateDB
 
@@ -87,26 +88,7 @@ class LocalService:
         return action, stored
 
     def _apply_secret(self, doc: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
-        meta = doc.get("metadata") or {}
-        if not isinstance(meta, dict):
-            raise ValidationFailed(f"{source}: Secret", [("metadata", "must be a mapping")])
-        name, namespace = meta.get("name"), meta.get("namespace", "default")
-        if not isinstance(name, str) or not name:
-            raise ValidationFailed(f"{source}: Secret", [("metadata.name", "required")])
-        for field in ("data", "stringData"):
-            if not isinstance(doc.get(field) or {}, dict):
-                raise ValidationFailed(
-                    f"{source}: Secret/{name}", [(field, "must be a mapping of key to value")]
-                )
-        data: dict[str, str] = {}
-        for key, value in (doc.get("data") or {}).items():
-            try:
-                data[key] = base64.b64decode(str(value), validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                raise ValidationFailed(
-                    f"{source}: Secret/{name}", [(f"data.{key}", "not valid base64 text")]
-                ) from None
-        data.update({k: str(v) for k, v in (doc.get("stringData") or {}).items()})
+        namespace, name, data = parse_secret(doc, source)
         existed = self.db.get_secret(namespace, name)
         self.db.put_secret(namespace, name, data)
         for body in self.db.list_objects(namespace=namespace):
@@ -130,9 +112,16 @@ class LocalService:
     def list_objects(self, kind: str | None, namespace: str | None) -> list[dict[str, Any]]:
         return self.db.list_objects(kind_of(kind).KIND if kind else None, namespace)
 
-    def delete(self, kind: str, namespace: str, name: str, retain: bool = False) -> dict[str, Any]:
+    def delete(
+        self, kind: str, namespace: str, name: str, retain: bool = False
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Delete an object, its workloads and (unless retained) its artifacts. Returns the
+        object and the objects whose running workloads still mount its artifacts: those
+        versions stay until they stop."""
         cls = kind_of(kind)
         key = (cls.KIND, namespace, name)
+        store = self.ctl.store
+        object_url = store.object_url(namespace, cls.PLURAL, name)
         # Under the reconcile lock, and the object gone before its runs are stopped: a
         # reconcile can neither be half-way through starting something nor start it again.
         with self.ctl.acting:
@@ -140,13 +129,28 @@ class LocalService:
             if body is None:
                 raise NotFound(f'{cls.PLURAL} "{name}" not found in namespace "{namespace}"')
             self.ctl.runner.forget(key, cls.PLURAL)
-        annotations = body["metadata"].get("annotations") or {}
-        retain = retain or annotations.get(RETAIN_ANNOTATION, "").lower() == "true"
-        if cls.HAS_ARTIFACTS and not retain:
-            self.ctl.store.delete(self.ctl.store.object_url(namespace, cls.PLURAL, name))
+            mounted = self.db.mounted_urls()
+            users = sorted(
+                {u for url, keys in mounted.items() if url.startswith(object_url) for u in keys}
+            )
+            annotations = body["metadata"].get("annotations") or {}
+            retain = retain or annotations.get(RETAIN_ANNOTATION, "").lower() == "true"
+            if cls.HAS_ARTIFACTS and not retain:
+                delete_versions(store, object_url, set(), set(mounted), self.db.retire)
+            builds = self.db.runs(role="build")
+            # Holding the reconcile lock, no build starts; one in progress has cache entries
+            # that no result names yet, so the cache is pruned only when none runs.
+            if not any(b.phase == "running" for b in builds):
+                prune_build_cache(
+                    self.ctl.paths.build_cache, [b.result for b in builds if b.result]
+                )
         self.ctl.uploads.delete(self.ctl.uploads.object_url(namespace, cls.PLURAL, name))
         self.ctl.enqueue_dependents(key)
-        return body
+        if not cls.HAS_ARTIFACTS or retain:
+            return body, []
+        return body, [
+            f"{k.lower()}/{n}" + (f" -n {ns}" if ns != namespace else "") for k, ns, n in users
+        ]
 
     def secrets(self, namespace: str | None) -> list[dict[str, Any]]:
         return [
