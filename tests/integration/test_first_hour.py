@@ -126,3 +126,48 @@ def test_an_uploaded_server_without_a_command_names_the_field(
     r = sub("apply", "-f", str(manifest), "--wait", "--timeout", "60s")
     assert r.returncode == 1
     assert "StartFailed" in r.stderr and "spec.command: required" in r.stderr
+
+
+NOTEBOOK = """\
+apiVersion: substratus.ai/v1
+kind: Notebook
+metadata: {{name: nb}}
+spec:
+  suspend: {suspend}
+  image: {{upload: {{}}}}
+  command:
+  - sh
+  - -c
+  - echo start >> starts.txt; echo ok > api; exec python -m http.server $PORT --bind 127.0.0.1
+"""
+
+
+def test_a_notebook_keeps_what_was_saved_across_suspend_and_new_uploads(
+    local: Local, tmp_path: Path
+) -> None:
+    project = tmp_path / "project"
+    write(project / "notes.txt", "v1\n")
+
+    def apply(suspend: bool) -> str:
+        write(project / "nb.yaml", NOTEBOOK.format(suspend=str(suspend).lower()))
+        r = sub("apply", "-f", str(project / "nb.yaml"))
+        assert r.returncode == 0, r.stderr
+        if suspend:
+            local.wait_reason("Notebook", "nb", "Suspended")
+            return ""
+        return str(local.wait("Notebook", "nb", timeout=60)["status"]["url"])
+
+    def fetch(url: str, path: str) -> str:
+        with urllib.request.urlopen(f"{url}/{path}", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    url = apply(suspend=False)
+    assert fetch(url, "starts.txt") == "start\n"
+    apply(suspend=True)
+    url = apply(suspend=False)
+    assert fetch(url, "starts.txt") == "start\nstart\n"  # the saved file survived
+    assert fetch(url, "notes.txt") == "v1\n"
+    write(project / "notes.txt", "v2\n")  # a new upload: its files replace the old build's
+    url = apply(suspend=False)
+    assert fetch(url, "notes.txt") == "v2\n"
+    assert fetch(url, "starts.txt") == "start\nstart\nstart\n"

@@ -23,6 +23,7 @@ from substratus.runtimes.local.engines import Engine
 from substratus.runtimes.local.sandbox import CONTENT, SAVED_MODEL, Sandbox, binds
 
 RESERVED = {"model", "data", "artifacts", "params.json"}
+BUILD_MARKER = ".substratus-build"  # the image ref whose files a working directory holds
 BIND_ENV = "SUBSTRATUS_BIND_ADDRESS"
 MAX_ARG_BYTES = 128 * 1024  # the kernel's MAX_ARG_STRLEN, which counts the final NUL
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS")
@@ -74,16 +75,25 @@ def prepare_workdir(
                 (workdir / name).mkdir()
             else:
                 (workdir / name).symlink_to(target, target_is_directory=True)
+    marker = workdir / BUILD_MARKER
     if image.root is not None and image.kind in ("venv", "dir"):
+        # A notebook's kept directory already holds this build's files, maybe edited since.
+        if marker.is_file() and marker.read_text() == image.ref:
+            return
         # The build's sources sit beside the contract's files, as a Dockerfile's COPY puts them.
         # Copied, never linked: the build cache is keyed by its content, and a notebook that
-        # saves a file (or a job that writes one) must not change it.
+        # saves a file (or a job that writes one) must not change it. A new build's files
+        # replace the old build's; other files stay.
         for entry in sorted(image.root.iterdir()):
             if entry.name not in RESERVED and not entry.name.startswith(".git"):
                 if entry.is_dir() and not entry.is_symlink():
-                    shutil.copytree(entry, workdir / entry.name, symlinks=True)
+                    shutil.copytree(
+                        entry, workdir / entry.name, symlinks=True, dirs_exist_ok=True
+                    )
                 else:
+                    (workdir / entry.name).unlink(missing_ok=True)
                     shutil.copy2(entry, workdir / entry.name, follow_symlinks=False)
+        marker.write_text(image.ref)
 
 
 def workload_env(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from substratus.api.common import EnvFrom
-from substratus.api.kinds import KINDS, NotebookStatus, Resource
+from substratus.api.kinds import KINDS, Notebook, NotebookStatus, Resource
 from substratus.core.actions import EnsureService, StartJob
 from substratus.core.graph import Key
 from substratus.core.images import builtin_module
@@ -125,13 +125,18 @@ class Runner:
     ) -> tuple[Path, Path, Path]:
         """Working directory, log and exit file of a run. Jobs pass ``keep_artifacts_of``
         (their generation's directory): artifacts/ then survives a retry, as a volume
-        would, so a trainer resumes from its checkpoints; everything else is made anew."""
+        would, so a trainer resumes from its checkpoints. A Notebook keeps one directory, as
+        a notebook pod keeps its home volume: what the user saved survives restarts, suspend
+        and spec changes. Everything else is made anew."""
         rel = Path(obj.metadata.namespace) / obj.PLURAL / obj.metadata.name
-        workdir = self.paths.runs / rel / (keep_artifacts_of or label)
+        persistent = isinstance(obj, Notebook) and label != "build"
+        workdir = self.paths.runs / rel / ("home" if persistent else (keep_artifacts_of or label))
         log_file = self.paths.logs / rel / f"{label}.log"
         if workdir.exists():
             for entry in workdir.iterdir():
                 if keep_artifacts_of and entry.name == "artifacts":
+                    continue
+                if persistent and entry.name not in ("model", "data", "params.json"):
                     continue
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)
