@@ -4,8 +4,6 @@ supervisor's memory stays bounded throughout (its peak RSS is checked after ever
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ import pytest
 
 from substratus.api.limits import MAX_DEPTH, MAX_REQUEST_BYTES
 from tests.conftest import FAST_ENV, Local, _stop
+from tests.integration.test_cli import sub
 from tests.unit.test_bad_input import BOMB, OBJ
 
 pytestmark = pytest.mark.integration
@@ -70,16 +69,6 @@ def model(name: str = "m", **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {"image": {"name": "substratusai/base"}, "command": ["true"], **spec},
     }
-
-
-def sub(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "substratus.cli.main", *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 # --- the socket ----------------------------------------------------------------------------------

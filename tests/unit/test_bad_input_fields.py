@@ -17,17 +17,9 @@ from substratus.api import ValidationFailed, parse_object
 from substratus.api.limits import MAX_ANNOTATIONS_BYTES, MAX_OBJECT_BYTES
 from substratus.api.secrets import parse_secret
 from substratus.runtimes.local.db import StateDB
+from tests.unit.test_api_validation import server
 
 MD5 = "d41d8cd98f00b204e9800998ecf8427e"
-
-
-def server(**spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "substratus.ai/v1",
-        "kind": "Server",
-        "metadata": {"name": "s"},
-        "spec": {"image": {"name": "img"}, "model": {"name": "m"}, **spec},
-    }
 
 
 def problems(doc: dict[str, Any]) -> list[tuple[str, str]]:
