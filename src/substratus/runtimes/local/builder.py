@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -10,7 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from substratus.api.kinds import Resource
-from substratus.runtimes.local.builds import BuildFailed, build_from_git, build_from_upload
+from substratus.runtimes.local.builds import (
+    BuildFailed,
+    build_from_git,
+    build_from_upload,
+    file_md5,
+)
 from substratus.runtimes.local.db import Run
 from substratus.runtimes.local.engines import EngineError
 
@@ -95,7 +99,7 @@ def _fetch_upload(runner: Runner, obj: Resource) -> Path:
         runner.ctl.uploads.get_file(url, local)
     expected = obj.spec.image.upload.md5
     if expected:
-        actual = hashlib.md5(local.read_bytes()).hexdigest()
+        actual = file_md5(local)  # streamed: an upload may be larger than memory
         if actual != expected:
             raise ValueError(
                 f"spec.image.upload.md5: the uploaded context has md5 {actual}, expected {expected}"

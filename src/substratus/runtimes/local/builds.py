@@ -44,6 +44,7 @@ __all__ = [
     "build_dir",
     "build_from_git",
     "build_from_upload",
+    "file_md5",
 ]
 
 LOCAL_REGISTRY = "substratus.local"
@@ -285,7 +286,7 @@ def build_from_git(
 # --- upload ----------------------------------------------------------------------------------
 
 
-def _md5(path: Path) -> str:
+def file_md5(path: Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -299,7 +300,7 @@ def build_from_upload(
     """Unpack an uploaded (gzipped) tarball safely and build it. Cached by the tarball's md5."""
     cache = Path(cache)
     try:
-        md5 = _md5(Path(tarball))
+        md5 = file_md5(Path(tarball))
     except OSError as exc:
         raise BuildFailed(f"image.upload: cannot read the uploaded tarball: {exc}") from exc
     final = cache / "uploads" / md5

@@ -87,9 +87,7 @@ def prepare_workdir(
         for entry in sorted(image.root.iterdir()):
             if entry.name not in RESERVED and not entry.name.startswith(".git"):
                 if entry.is_dir() and not entry.is_symlink():
-                    shutil.copytree(
-                        entry, workdir / entry.name, symlinks=True, dirs_exist_ok=True
-                    )
+                    shutil.copytree(entry, workdir / entry.name, symlinks=True, dirs_exist_ok=True)
                 else:
                     (workdir / entry.name).unlink(missing_ok=True)
                     shutil.copy2(entry, workdir / entry.name, follow_symlinks=False)
