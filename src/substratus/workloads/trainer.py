@@ -18,9 +18,11 @@
 Params (all optional): method (lora | full | qlora; lora), epochs (1), learning_rate (2e-4 for
 lora/qlora, 2e-5 for full), batch_size (4), gradient_accumulation_steps (1), max_steps (-1: by
 epochs), max_length (512 tokens; longer texts are cut), text_field ("text") or
-prompt_template (a format string over each row's fields, "### Q: {question}\\n### A: {answer}";
-rows with ``messages`` go through the tokenizer's chat template), target_modules (comma
-separated; default PEFT's choice for the architecture, else all linear layers), lora_r (8),
+prompt_template (a format string over each row's fields, "### Q: {question}\\n### A: {answer}")
+or chat_fields (two fields, "question,answer": a user message and the assistant's answer through
+the tokenizer's chat template, as rows with ``messages`` go; the format a chat server is asked
+in), assistant_only_loss (true: chat rows learn the assistant's turns only), target_modules (comma
+separated, or all-linear; default PEFT's choice for the architecture, else all-linear), lora_r (8),
 lora_alpha (16), lora_dropout (0.05), merge (true), save_steps (100), keep_checkpoints
 (false), seed (42), logging_steps (about 100 lines per run), warmup_steps (0),
 gradient_checkpointing (true for qlora, else false).
@@ -34,7 +36,7 @@ import shutil
 import sys
 import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING
 
 from substratus.workloads.contract import (
     ParamError,
@@ -46,13 +48,16 @@ from substratus.workloads.contract import (
 )
 from substratus.workloads.training.config import TrainError, load_config
 from substratus.workloads.training.inputs import (
-    ChatRenderer,
     check_architecture,
     check_model,
     plan_texts,
     read_rows,
     render_texts,
 )
+
+if TYPE_CHECKING:
+    from substratus.workloads.training.inputs import Spans
+    from substratus.workloads.training.tokens import Encoded
 
 
 def say(message: str) -> None:
@@ -87,7 +92,7 @@ def run() -> int:
     info = check_model(model_dir())
     rows = read_rows(data_dir())
     plan = plan_texts(rows, config, info)
-    texts = render_texts(rows, plan, config) if plan.kind != "messages" else []
+    texts = render_texts(rows, plan, config) if plan.kind != "messages" else None
     check_architecture(info)
     say(f"data: {len(rows)} rows; training text from {plan.describe}")
 
@@ -97,15 +102,20 @@ def run() -> int:
 
     transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     tokenizer = tokens.load_tokenizer(info)
-    if plan.kind == "messages":
-        texts = render_texts(rows, plan, config, chat=_chat_renderer(tokenizer))
-    encoded = tokens.encode(tokenizer, texts, config.max_length, chat=plan.kind == "messages")
+    if texts is None:
+        chat = tokens.chat_renderer(tokenizer, config.assistant_only_loss)
+        texts = render_texts(rows, plan, config, chat=chat)
+    encoded = tokens.encode(
+        tokenizer, texts.texts, config.max_length, plan.kind == "messages", texts.spans
+    )
     lengths = [len(r["input_ids"]) for r in encoded.rows]
     mean = encoded.tokens / len(lengths)
     say(
         f"tokens: {encoded.tokens} in {len(encoded.rows)} texts (mean {mean:.0f}, max "
         f"{max(lengths)}); {encoded.truncated} cut at max_length={config.max_length}"
     )
+    if texts.spans is not None and config.assistant_only_loss:
+        say(_loss_note(encoded, texts.spans, tokenizer.is_fast))
     device = loop.detect_device()
     transformers.set_seed(config.seed)
 
@@ -114,7 +124,7 @@ def run() -> int:
     fingerprint = {
         **config.fingerprint(),
         "model": outputs.model_identity(info),
-        "texts_sha256": _texts_digest(texts),
+        "texts_sha256": _texts_digest(texts.texts),
     }
     checkpoint_dir = artifacts / outputs.CHECKPOINTS
     resume = checkpoints.prepare(checkpoint_dir, fingerprint)
@@ -157,6 +167,7 @@ def run() -> int:
                 "texts": len(encoded.rows),
                 "tokens": encoded.tokens,
                 "truncated": encoded.truncated,
+                "learned_tokens": encoded.learned,
                 "text_from": plan.describe,
             },
             "model": {"model_type": info.model_type, "device": device.name},
@@ -175,14 +186,21 @@ def run() -> int:
     return 0
 
 
-def _chat_renderer(tokenizer: Any) -> ChatRenderer:
-    def render(messages: list[dict[str, Any]]) -> str:
-        try:
-            return str(tokenizer.apply_chat_template(messages, tokenize=False))
-        except Exception as exc:  # jinja raises its own errors for bad roles/order
-            raise TrainError(f"data/: the chat template rejects a row's messages ({exc})") from None
-
-    return render
+def _loss_note(encoded: Encoded, spans: list[Spans | None], fast: bool) -> str:
+    if encoded.learned is None:
+        why = (
+            "the chat template renders a conversation's start differently on its own"
+            if fast
+            else "the tokenizer is not a fast one, so token offsets are unknown"
+        )
+        return f"loss: on whole texts ({why})"
+    whole = sum(s is None for s in spans)
+    note = f"loss: on {encoded.learned} tokens of the assistant's answers"
+    if whole:
+        note += f"; {whole} texts learned whole (their chat template is not prefix-stable)"
+    if encoded.unlearnable:
+        note += f"; {encoded.unlearnable} texts dropped: no answer left within max_length"
+    return note
 
 
 def _texts_digest(texts: list[str]) -> str:

@@ -28,6 +28,9 @@ class TrainConfig:
     text_field: str = "text"
     text_field_set: bool = False
     prompt_template: str | None = None
+    # Two fields of each row, rendered as a user message and the assistant's answer.
+    chat_fields: tuple[str, ...] = ()
+    assistant_only_loss: bool = True
     target_modules: tuple[str, ...] = ()
     lora_r: int = 8
     lora_alpha: int = 16
@@ -58,6 +61,8 @@ class TrainConfig:
             "max_length",
             "text_field",
             "prompt_template",
+            "chat_fields",
+            "assistant_only_loss",
             "target_modules",
             "lora_r",
             "lora_alpha",
@@ -72,6 +77,7 @@ class TrainConfig:
         values = asdict(self)
         values.pop("text_field_set")
         values["target_modules"] = ",".join(self.target_modules) or None
+        values["chat_fields"] = ",".join(self.chat_fields) or None
         return values
 
 
@@ -117,8 +123,23 @@ def load_config(params: Params) -> TrainConfig:
     template = params.text("prompt_template") or None
     if template is not None:
         check_template(template)
-    if template is not None and text_field:
-        raise ParamError("params.text_field and params.prompt_template: set one, not both")
+    chat_fields = tuple(params.items("chat_fields"))
+    chosen = [
+        name
+        for name, value in (
+            ("text_field", text_field),
+            ("prompt_template", template),
+            ("chat_fields", chat_fields),
+        )
+        if value
+    ]
+    if len(chosen) > 1:
+        raise ParamError(f"params.{' and params.'.join(chosen)}: set only one of them")
+    if chat_fields and (len(chat_fields) != 2 or chat_fields[0] == chat_fields[1]):
+        raise ParamError(
+            f"params.chat_fields: {params.text('chat_fields')!r} must name two fields, the "
+            "user's message and the assistant's answer (e.g. 'question,answer')"
+        )
     config = TrainConfig(
         method=method,
         epochs=params.number("epochs", 1.0),
@@ -130,6 +151,8 @@ def load_config(params: Params) -> TrainConfig:
         text_field=text_field or "text",
         text_field_set=bool(text_field),
         prompt_template=template,
+        chat_fields=chat_fields,
+        assistant_only_loss=params.flag("assistant_only_loss", True),
         target_modules=tuple(params.items("target_modules")),
         lora_r=params.integer("lora_r", 8),
         lora_alpha=params.integer("lora_alpha", 16),

@@ -258,7 +258,19 @@ def _row(value: Any, where: str) -> Row:
 # ---------------------------------------------------------------------------------------------
 # Rows -> texts
 
-ChatRenderer = Callable[[list[dict[str, Any]]], str]
+Spans = list[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class ChatText:
+    """A conversation rendered by the chat template; ``spans``: the character ranges of the
+    assistant's turns (the only ones learned), or None to learn the whole text."""
+
+    text: str
+    spans: Spans | None
+
+
+ChatRenderer = Callable[[list[dict[str, Any]]], ChatText]
 
 
 @dataclass(frozen=True)
@@ -269,38 +281,60 @@ class TextPlan:
     describe: str
 
 
+@dataclass
+class Texts:
+    texts: list[str]
+    # Per text, the spans to learn (chat rows with assistant_only_loss); None: learn all.
+    spans: list[Spans | None] | None = None
+
+
 def plan_texts(rows: list[Row], config: TrainConfig, info: ModelInfo) -> TextPlan:
     first = rows[0].values
     if config.prompt_template is not None:
         return TextPlan("template", f"params.prompt_template {config.prompt_template!r}")
-    if not config.text_field_set and "messages" in first and config.text_field not in first:
+    chat = bool(config.chat_fields) or (
+        not config.text_field_set and "messages" in first and config.text_field not in first
+    )
+    if chat:
+        source = (
+            "the rows' fields {!r} (user) and {!r} (assistant)".format(*config.chat_fields)
+            if config.chat_fields
+            else "the rows' messages"
+        )
         if not info.has_chat_template:
             raise TrainError(
-                "data/: the rows are chat messages ('messages'), but the base model's tokenizer "
-                "has no chat template; set params.prompt_template or params.text_field instead"
+                f"data/: training on {source} needs a chat template, but the base model's "
+                "tokenizer has none; set params.prompt_template or params.text_field instead"
             )
-        return TextPlan("messages", "the rows' messages through the tokenizer's chat template")
+        loss = "; loss on the assistant's answers only" if config.assistant_only_loss else ""
+        return TextPlan("messages", f"{source} through the tokenizer's chat template{loss}")
     return TextPlan("field", f"the rows' field {config.text_field!r}")
 
 
 def render_texts(
     rows: list[Row], plan: TextPlan, config: TrainConfig, chat: ChatRenderer | None = None
-) -> list[str]:
+) -> Texts:
     """One training text per row (empty rows dropped); a TrainError names the row at fault."""
-    texts: list[str] = []
+    out = Texts([], [] if plan.kind == "messages" else None)
     for row in rows:
+        spans: Spans | None = None
         if plan.kind == "template":
             text = _fill(config.prompt_template or "", row)
         elif plan.kind == "messages":
-            messages = _messages(row)
-            text = chat(messages) if chat is not None else ""
+            messages = _messages(row, config.chat_fields)
+            if not messages:
+                continue
+            rendered = chat(messages) if chat is not None else ChatText("", None)
+            text, spans = rendered.text, rendered.spans
         else:
             text = _field(row, config.text_field)
         if text.strip():
-            texts.append(text)
-    if not texts:
+            out.texts.append(text)
+            if out.spans is not None:
+                out.spans.append(spans)
+    if not out.texts:
         raise TrainError(f"data/: the dataset is empty: all {len(rows)} rows have no text")
-    return texts
+    return out
 
 
 def _fields(row: Row) -> str:
@@ -338,7 +372,23 @@ def _fill(template: str, row: Row) -> str:
         ) from None
 
 
-def _messages(row: Row) -> list[dict[str, Any]]:
+def _messages(row: Row, chat_fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The row's conversation; [] for a chat_fields row with no answer (nothing to learn)."""
+    if chat_fields:
+        user, assistant = chat_fields
+        for name in chat_fields:
+            if name not in row.values:
+                raise TrainError(
+                    f"{row.where}: no field {name!r} (params.chat_fields); the rows have: "
+                    f"{_fields(row)}"
+                )
+        question, answer = (row.values[user], row.values[assistant])
+        if answer is None or not str(answer).strip():
+            return []
+        return [
+            {"role": "user", "content": "" if question is None else str(question)},
+            {"role": "assistant", "content": str(answer)},
+        ]
     messages = row.values.get("messages")
     if not isinstance(messages, list) or not all(
         isinstance(m, dict) and "role" in m and "content" in m for m in messages

@@ -158,6 +158,8 @@ def add_lora(model: Any, info: ModelInfo, config: TrainConfig) -> Any:
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN
 
     targets: list[str] | str | None = list(config.target_modules) or None
+    if targets == ["all-linear"]:
+        targets = "all-linear"  # PEFT's word for every linear layer but the output head
     if targets is None and info.model_type not in KNOWN:
         targets = "all-linear"  # PEFT has no default for this architecture
     lora = LoraConfig(
