@@ -52,7 +52,6 @@ def test_quickstart_fine_tune_moves_the_model_to_the_data(local: Local) -> None:
     last_pass = [h["loss"] for h in metrics["history"] if h["epoch"] > last["epoch"] - 1]
     # Well below where it began, over a whole pass (one step's loss is one batch's).
     assert sum(last_pass) / len(last_pass) < sum(first_pass) / len(first_pass) / 3, metrics
-    assert metrics["summary"]["train_runtime"] < 120, metrics["summary"]  # CPU minutes, not hours
 
     # The dataset's first question, answered by both models: the fine-tuned answer is the
     # dataset's (near enough), the base model's is not.

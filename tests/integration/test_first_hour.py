@@ -38,10 +38,9 @@ def model(local: Local) -> dict[str, Any]:
 def test_wait_fails_fast_on_a_crash_loop_with_the_whole_reason(
     local: Local, model: dict[str, Any]
 ) -> None:
-    started = time.monotonic()
-    r = sub("apply", "-f", "-", "--wait", "--timeout", "100s", input=CRASH)
+    # A wait that hung until its 10 minutes ran out would overrun sub()'s 120 s limit.
+    r = sub("apply", "-f", "-", "--wait", "--timeout", "10m", input=CRASH)
     assert r.returncode == 1, r.stderr
-    assert time.monotonic() - started < 60  # far from the 100 s timeout
     assert "CrashLoopBackOff" in r.stderr and "exited with code 3" in r.stderr
     # The log tail is printed, not cut at "log tail:".
     assert "line-after-the-tail-marker" in r.stderr
