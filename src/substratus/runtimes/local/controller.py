@@ -241,7 +241,7 @@ class Controller:
         gen = max(r.generation for r in runs)
         runs = [r for r in runs if r.generation == gen]
         running = [r for r in runs if r.phase == "running"]
-        ready = [r for r in running if self.runner.is_ready(r.id)]
+        ready = [r for r in running if self.runner.readiness.is_ready(r.id)]
         failed = [r for r in runs if r.phase == "failed"]
         last = failed[-1] if failed else None
         newest = runs[-1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import logging
 import shutil
 import threading
@@ -31,19 +30,17 @@ from substratus.runtimes.local.launch import (
     confine,
     container_argv,
     prepare_workdir,
-    service_host,
     service_url,
     workload_argv,
     workload_env,
 )
+from substratus.runtimes.local.probes import Readiness
 from substratus.runtimes.local.sandbox import Sandbox, sandbox
 
 if TYPE_CHECKING:
     from substratus.runtimes.local.controller import Controller
 
 log = logging.getLogger("substratus.supervisor")
-# Readiness: servers answer 200 on / (the contract); Jupyter answers 200 on /api unauthenticated.
-PROBE_PATHS = {"Notebook": "/api"}
 
 
 class Runner:
@@ -51,24 +48,12 @@ class Runner:
         self.ctl = ctl
         self.db = ctl.db
         self.paths = ctl.paths
-        self._ready: set[int] = set()
-        self._lock = threading.Lock()
+        self.readiness = Readiness(self.db, ctl.enqueue)
 
     # -- shared helpers -------------------------------------------------------------------
 
     def service_url(self, port: int | None) -> str | None:
         return service_url(port) if port is not None else None
-
-    def is_ready(self, run_id: int) -> bool:
-        with self._lock:
-            return run_id in self._ready
-
-    def _set_ready(self, run_id: int, ready: bool) -> None:
-        with self._lock:
-            if ready:
-                self._ready.add(run_id)
-            else:
-                self._ready.discard(run_id)
 
     def missing_secrets(self, obj: Resource) -> list[str]:
         problems = []
@@ -267,7 +252,7 @@ class Runner:
         self.ctl.enqueue(run.key)
 
     def _release(self, run: Run) -> None:
-        self._set_ready(run.id, False)
+        self.readiness.set(run.id, False)
         self.ctl.gpus.give_back([int(g) for g in run.gpus.split(",") if g])
         self.ctl.ports.release(run.port)
         if (run.result or {}).get("mounts"):
@@ -344,35 +329,10 @@ class Runner:
                 obj, "service", action.generation, attempt, replica, action.image, obs, port
             )
             if run.phase == "running":
-                self._probe_async(run)
+                self.readiness.watch(run)
             else:
                 self.ctl.ports.release(port)
                 self.ctl.enqueue(obj.key)
-
-    def _probe_async(self, run: Run) -> None:
-        threading.Thread(
-            target=self._probe, args=(run,), name=f"probe-{run.id}", daemon=True
-        ).start()
-
-    def _probe(self, run: Run) -> None:
-        """Readiness then liveness: GET / on the workload's port must answer 200."""
-        assert run.port is not None
-        failures = 0
-        while True:
-            current = self.db.get_run(run.id)
-            if current is None or current.phase != "running":
-                self._set_ready(run.id, False)
-                return
-            ok = _http_ok(run.port, PROBE_PATHS.get(run.kind, "/"))
-            was = self.is_ready(run.id)
-            failures = 0 if ok else failures + 1
-            if ok and not was:
-                self._set_ready(run.id, True)
-                self.ctl.enqueue(run.key)
-            elif was and failures >= 3:
-                self._set_ready(run.id, False)
-                self.ctl.enqueue(run.key)
-            time.sleep(2.0 if self.is_ready(run.id) else 0.1)
 
     def start_build(self, obj: Resource, source: str) -> None:
         start_build(self, obj, source)
@@ -384,7 +344,7 @@ class Runner:
             run.id, only_if_phase="running", phase="stopped", finished_at=time.time()
         ):
             return  # it ended by itself meanwhile; its waiter settles it
-        self._set_ready(run.id, False)
+        self.readiness.set(run.id, False)
         if run.pid is not None:
             processes.terminate_group(run.pid, run.pid_start)
             limits.remove((run.result or {}).get("cgroups", []))  # also kills stragglers
@@ -421,7 +381,7 @@ class Runner:
                     self.ctl.ports.reserve(run.port)
                 threading.Thread(target=self._wait_foreign, args=(run,), daemon=True).start()
                 if run.role == "service":
-                    self._probe_async(run)
+                    self.readiness.watch(run)
             else:
                 limits.remove((run.result or {}).get("cgroups", []))
                 code = processes.read_exit_code(Path(run.exit_file))
@@ -443,14 +403,3 @@ class Runner:
 
 def container_name(obj: Resource, label: str) -> str:
     return f"substratus-{obj.metadata.namespace}-{obj.PLURAL}-{obj.metadata.name}-{label}"
-
-
-def _http_ok(port: int, path: str) -> bool:
-    conn = http.client.HTTPConnection(service_host(), port, timeout=2)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
