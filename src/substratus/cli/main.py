@@ -6,31 +6,24 @@ Exit codes: 0 success; 1 the operation failed (e.g. a job failed while waiting);
 
 from __future__ import annotations
 
-import re
 import sys
-from collections.abc import Callable
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from substratus.api.loading import ValidationFailed, kind_of, parse_object
-from substratus.core.client import (
-    Client,
-    ClientError,
-    InvalidError,
-    NotFoundError,
-    UnavailableError,
+from substratus.api.loading import kind_of, parse_object
+from substratus.cli.common import (
+    EXIT_USAGE,
+    Namespace,
+    client,
+    err,
+    fail,
+    guarded,
+    out,
+    parse_duration,
 )
-
-EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INVALID, EXIT_TIMEOUT, EXIT_UNAVAILABLE = (
-    1,
-    2,
-    3,
-    4,
-    5,
-    6,
-)
+from substratus.cli.local import local_app
+from substratus.core.client import NotFoundError
 
 app = typer.Typer(
     help="Substratus: import, fine-tune and serve models, and run notebooks, from manifests.",
@@ -38,53 +31,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-local_app = typer.Typer(help="Manage the local supervisor (the embedded runtime).")
 app.add_typer(local_app, name="local")
-
-err = Console(stderr=True)
-out = Console(highlight=False, soft_wrap=True)
-T = TypeVar("T")
-
-Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")]
-
-
-def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-    raise typer.Exit(code)
-
-
-def client(start: bool = False) -> Client:
-    """The control plane's client. Only commands that change state (``start``) may start the
-    local supervisor; reading commands against a stopped one fail with exit 6."""
-    from substratus.runtimes.local.client import LocalClient
-
-    return LocalClient(autostart=start)
-
-
-def guarded(fn: Callable[[], T]) -> T:
-    """Run ``fn``, turning client errors into messages and the documented exit codes."""
-    from substratus.cli.targets import UsageError
-    from substratus.cli.waiting import WaitFailed, WaitTimeout
-    from substratus.storage import StorageError
-
-    try:
-        return fn()
-    except UsageError as exc:
-        fail(str(exc), EXIT_USAGE)
-    except ValidationFailed as exc:
-        fail(str(exc), EXIT_INVALID)
-    except InvalidError as exc:
-        fail(str(exc), EXIT_INVALID)
-    except NotFoundError as exc:
-        fail(str(exc), EXIT_NOT_FOUND)
-    except UnavailableError as exc:
-        fail(str(exc), EXIT_UNAVAILABLE)
-    except WaitTimeout as exc:
-        fail(str(exc), EXIT_TIMEOUT)
-    except (WaitFailed, ClientError, StorageError) as exc:
-        fail(str(exc), EXIT_FAILED)
-    except (ValueError, OSError) as exc:
-        fail(str(exc), EXIT_INVALID)
 
 
 @app.command()
@@ -260,16 +207,6 @@ def logs(
     guarded(run)
 
 
-def parse_duration(text: str) -> float:
-    from substratus.cli.targets import UsageError
-
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())
-    if not m:
-        raise UsageError(f"--timeout: {text!r} is not a duration like 30s, 5m or 1h")
-    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
-    return float(m.group(1)) * scale
-
-
 @app.command()
 def wait(
     target: Annotated[list[str], typer.Argument(help="KIND/NAME or KIND NAME.")],
@@ -389,57 +326,6 @@ def crds() -> None:
     from substratus.api.crds import crds_yaml
 
     sys.stdout.write(crds_yaml())
-
-
-@local_app.command("start")
-def local_start() -> None:
-    """Start the local supervisor (and the Servers and Notebooks it keeps running)."""
-    from substratus.runtimes.local.client import LocalClient, supervisor_running
-
-    c = LocalClient(autostart=True)
-    was_running = supervisor_running(c.paths)
-    health = guarded(c.health)
-    state = "already running" if was_running else "started"
-    out.print(f"supervisor: {state} (pid {health['pid']}, state in {c.paths.home})")
-
-
-@local_app.command("status")
-def local_status() -> None:
-    """Show whether the local supervisor runs, and where its state lives."""
-    from substratus.runtimes.local.client import LocalClient, supervisor_running
-
-    c = LocalClient(autostart=False)
-    paths = c.paths
-    if not supervisor_running(paths):
-        out.print(f"supervisor: not running (state in {paths.home})")
-        raise typer.Exit(EXIT_UNAVAILABLE)
-    health = guarded(c.health)
-    objs = guarded(lambda: c.list_objects(None, None))
-    ready = sum(1 for o in objs if (o.get("status") or {}).get("ready"))
-    out.print(f"supervisor: running (pid {health['pid']})")
-    out.print(f"state:      {paths.home}")
-    out.print(f"socket:     {paths.socket}")
-    out.print(f"objects:    {len(objs)} ({ready} ready)")
-
-
-@local_app.command("stop")
-def local_stop() -> None:
-    """Stop the local supervisor and the workloads it runs."""
-    import time
-
-    from substratus.runtimes.local.client import LocalClient, supervisor_running
-
-    c = LocalClient(autostart=False)
-    if not supervisor_running(c.paths):
-        out.print("supervisor: not running")
-        return
-    guarded(c.shutdown)
-    deadline = time.monotonic() + 60
-    while supervisor_running(c.paths) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if supervisor_running(c.paths):
-        fail(f"the supervisor still runs after 60s; see {c.paths.supervisor_log}")
-    out.print("supervisor: stopped")
 
 
 def main() -> None:

@@ -1,0 +1,83 @@
+"""What every `sub` command shares: exit codes, consoles, the client, error handling."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Annotated, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from substratus.api.loading import ValidationFailed
+from substratus.core.client import (
+    Client,
+    ClientError,
+    InvalidError,
+    NotFoundError,
+    UnavailableError,
+)
+
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INVALID, EXIT_TIMEOUT, EXIT_UNAVAILABLE = (
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+)
+
+err = Console(stderr=True)
+out = Console(highlight=False, soft_wrap=True)
+T = TypeVar("T")
+
+Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")]
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def client(start: bool = False) -> Client:
+    """The control plane's client. Only commands that change state (``start``) may start the
+    local supervisor; reading commands against a stopped one fail with exit 6."""
+    from substratus.runtimes.local.client import LocalClient
+
+    return LocalClient(autostart=start)
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run ``fn``, turning client errors into messages and the documented exit codes."""
+    from substratus.cli.targets import UsageError
+    from substratus.cli.waiting import WaitFailed, WaitTimeout
+    from substratus.storage import StorageError
+
+    try:
+        return fn()
+    except UsageError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except ValidationFailed as exc:
+        fail(str(exc), EXIT_INVALID)
+    except InvalidError as exc:
+        fail(str(exc), EXIT_INVALID)
+    except NotFoundError as exc:
+        fail(str(exc), EXIT_NOT_FOUND)
+    except UnavailableError as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    except WaitTimeout as exc:
+        fail(str(exc), EXIT_TIMEOUT)
+    except (WaitFailed, ClientError, StorageError) as exc:
+        fail(str(exc), EXIT_FAILED)
+    except (ValueError, OSError) as exc:
+        fail(str(exc), EXIT_INVALID)
+
+
+def parse_duration(text: str) -> float:
+    from substratus.cli.targets import UsageError
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())
+    if not m:
+        raise UsageError(f"--timeout: {text!r} is not a duration like 30s, 5m or 1h")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+    return float(m.group(1)) * scale
