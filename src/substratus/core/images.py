@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 # Image name (without registry tag) -> module run as `python -m MODULE` by the local runtime.
 # The cluster runs the same module from the image built by images/<name>/Dockerfile.
 BUILTIN_IMAGES: dict[str, str] = {
@@ -22,6 +24,35 @@ BASE_IMAGE = "substratusai/base"
 NOTEBOOK_IMAGE = "substratusai/notebook"
 
 
+@dataclass(frozen=True)
+class OriginalImage:
+    """An image of the original Go project (github.com/substratusai/images) that one of ours
+    replaces: ``module`` runs in its place, doing what ``catalog``'s image does."""
+
+    catalog: str  # our image (a key of BUILTIN_IMAGES)
+    module: str
+
+
+# Names the original project's manifests use. They are not built from images/ (their
+# Dockerfiles live in the original repository); locally our module runs instead, so their
+# manifests run unchanged. Names already in BUILTIN_IMAGES (model-loader-huggingface,
+# model-trainer-huggingface, base) need no entry.
+ORIGINAL_IMAGES: dict[str, OriginalImage] = {
+    "substratusai/model-server-basaran": OriginalImage(
+        "substratusai/model-server",
+        "substratus.workloads.server",
+    ),
+    "substratusai/model-server-llama-cpp": OriginalImage(
+        "substratusai/model-server",
+        "substratus.workloads.server.llama_cpp",
+    ),
+    "substratusai/dataset-loader-http": OriginalImage(
+        "substratusai/dataset-loader",
+        "substratus.workloads.dataset_loader",
+    ),
+}
+
+
 def image_repository(ref: str) -> str:
     """Strip a tag or digest and the default registry: 'docker.io/a/b:1' -> 'a/b'."""
     name = ref.split("@", 1)[0]
@@ -34,4 +65,7 @@ def image_repository(ref: str) -> str:
 
 
 def builtin_module(ref: str) -> str | None:
-    return BUILTIN_IMAGES.get(image_repository(ref))
+    """The module that runs image ``ref`` (ours, or an original one that ours replaces)."""
+    repo = image_repository(ref)
+    original = ORIGINAL_IMAGES.get(repo)
+    return original.module if original is not None else BUILTIN_IMAGES.get(repo)

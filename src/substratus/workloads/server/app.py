@@ -569,13 +569,17 @@ def _base64(vector: list[float]) -> str:
     return base64.b64encode(data.tobytes()).decode("ascii")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    default_engine: str = "auto",
+    engine_origin: str = "params.engine",
+) -> int:
     import uvicorn
 
     from substratus.workloads.server.engines import make_engine, plan
 
     try:
-        config = load_config()
+        config = load_config(default_engine=default_engine, engine_origin=engine_origin)
         chosen = plan(config)
     except (ParamError, StartupError) as exc:
         return fail(str(exc))

@@ -9,6 +9,30 @@ from typing import Any
 from substratus.workloads.contract import ParamError, Params
 
 METHODS = ("lora", "full", "qlora")
+
+# transformers.TrainingArguments names, as the original project's trainer took them (its
+# examples set num_train_epochs and save_steps), for the params they mean here. Names that
+# are the same on both sides (learning_rate, max_steps, save_steps, ...) need no entry.
+TRAINING_ARGUMENT_ALIASES = {
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+}
+# TrainingArguments that change the result and that this trainer does not take: refused,
+# since silently training otherwise than asked is worse than failing.
+UNSUPPORTED_TRAINING_ARGUMENTS = (
+    "lr_scheduler_type",
+    "weight_decay",
+    "warmup_ratio",
+    "optim",
+    "max_grad_norm",
+    "fp16",
+    "bf16",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "label_smoothing_factor",
+    "group_by_length",
+)
 DEFAULT_LEARNING_RATE = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 
 
@@ -114,7 +138,32 @@ def check_template(template: str) -> list[str]:
     return fields
 
 
+def _resolve_aliases(params: Params) -> Params:
+    """Params with TrainingArguments names turned into ours; refuses what it cannot honour."""
+    for name in UNSUPPORTED_TRAINING_ARGUMENTS:
+        if name in params.values:
+            raise ParamError(
+                f"params.{name}: a transformers TrainingArguments field this trainer does not "
+                "take; it sets epochs (num_train_epochs), learning_rate, batch_size "
+                "(per_device_train_batch_size), gradient_accumulation_steps, max_steps, "
+                "warmup_steps, save_steps, logging_steps, seed and gradient_checkpointing"
+            )
+    values = dict(params.values)
+    for alias, name in TRAINING_ARGUMENT_ALIASES.items():
+        if alias not in values:
+            continue
+        value = values.pop(alias)
+        if name in values and str(values[name]) != str(value):
+            raise ParamError(
+                f"params.{alias} and params.{name}: the same setting with different values "
+                f"({value!r} and {values[name]!r}); set one of them"
+            )
+        values[name] = value
+    return Params(values)
+
+
 def load_config(params: Params) -> TrainConfig:
+    params = _resolve_aliases(params)
     method = (params.text("method", "lora") or "lora").strip().lower()
     if method not in METHODS:
         raise ParamError(f"params.method: {method!r} is not one of {', '.join(METHODS)}")

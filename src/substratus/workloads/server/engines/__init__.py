@@ -15,6 +15,7 @@ from substratus.workloads.server.config import ServerConfig
 from substratus.workloads.server.engines.base import Engine, StartupError
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+GGUF_MAGIC = b"GGUF"
 CONVERT_HINT = "the model loader's params.convert=safetensors"
 
 
@@ -71,8 +72,13 @@ def inspect_model_dir(directory: Path) -> ModelFiles:
             "mounted at model/ (or /model/saved)"
         )
     config = (directory / "config.json").is_file()
-    weights = any(any(directory.glob(p)) for p in WEIGHT_PATTERNS)
-    gguf = tuple(sorted(directory.glob("*.gguf")))
+    # GGUF files by content too: the original project's llama.cpp examples import one named
+    # model.bin, which is not a PyTorch checkpoint.
+    gguf_bins = {p for p in directory.glob("*.bin") if _is_gguf(p)}
+    weights = any(
+        p not in gguf_bins for pattern in WEIGHT_PATTERNS for p in directory.glob(pattern)
+    )
+    gguf = tuple(sorted({*directory.glob("*.gguf"), *gguf_bins}))
     if config and not weights and not gguf:
         raise StartupError(
             f"no model weights in {where}: config.json is there but no *.safetensors or *.bin "
@@ -86,6 +92,14 @@ def inspect_model_dir(directory: Path) -> ModelFiles:
             "Server a Ready Model (spec.model)"
         )
     return ModelFiles(directory, transformers=config and weights, gguf=gguf)
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(GGUF_MAGIC)) == GGUF_MAGIC
+    except OSError:
+        return False
 
 
 def _pick_gguf(files: ModelFiles, wanted: str | None) -> Path:
@@ -106,8 +120,16 @@ def _pick_gguf(files: ModelFiles, wanted: str | None) -> Path:
     return files.gguf[0]
 
 
-def choose_engine(requested: str, files: ModelFiles, caps: Capabilities) -> str:
-    """The engine for ``params.engine`` = ``requested``; StartupError says why not."""
+def choose_engine(
+    requested: str, files: ModelFiles, caps: Capabilities, origin: str = "params.engine"
+) -> str:
+    """The engine for ``params.engine`` = ``requested``; StartupError says why not.
+    ``origin`` names who asked for it when not the param (an image that implies one)."""
+    asked = (
+        f"params.engine={requested}"
+        if origin == "params.engine"
+        else f"{origin} (as params.engine={requested})"
+    )
     gguf_name = files.gguf[0].name if files.gguf else ""
     if requested == "auto":
         if files.transformers:
@@ -122,57 +144,61 @@ def choose_engine(requested: str, files: ModelFiles, caps: Capabilities) -> str:
     if requested == "transformers":
         if not files.transformers:
             raise StartupError(
-                f"params.engine=transformers cannot serve a GGUF file ({gguf_name}): import "
+                f"{asked} cannot serve a GGUF file ({gguf_name}): import "
                 f"the model with {CONVERT_HINT}, or install llama-cpp-python and use "
                 "params.engine=llamacpp (or auto)"
             )
         return "transformers"
     if requested == "vllm":
         if not caps.vllm:
-            raise StartupError("params.engine=vllm but the vllm package is not installed")
+            raise StartupError(f"{asked}: the vllm package is not installed")
         if not caps.gpu:
             raise StartupError(
-                "params.engine=vllm needs a GPU and none is visible: request one in "
+                f"{asked} needs a GPU and none is visible: request one in "
                 "spec.resources.gpu, or use params.engine=transformers"
             )
         if not files.transformers:
             raise StartupError(
-                f"params.engine=vllm needs a transformers model (config.json + safetensors), "
+                f"{asked} needs a transformers model (config.json + safetensors), "
                 f"not a GGUF file ({gguf_name}): import the model with {CONVERT_HINT}"
             )
         return "vllm"
     if requested == "llamacpp":
         if not files.gguf:
             raise StartupError(
-                "params.engine=llamacpp needs a .gguf file in the model, and it has none "
+                f"{asked} needs a .gguf file in the model, and it has none "
                 "(use params.engine=transformers, or import the model with the loader's "
                 "params.convert=gguf)"
             )
         if not caps.llamacpp:
             raise StartupError(
-                "params.engine=llamacpp but llama-cpp-python is not installed: install it "
+                f"{asked} needs llama-cpp-python, which is not installed: install it "
                 f"(pip install llama-cpp-python), or import the model with {CONVERT_HINT}"
             )
         return "llamacpp"
     raise StartupError(f"params.engine: {requested!r} is not a known engine")
 
 
-def quantization_method(engine: str, bits: int | None, caps: Capabilities) -> str | None:
-    """How ``spec.quantization.bits`` is applied by ``engine``; StartupError if it can't be."""
+def quantization_method(
+    engine: str, bits: int | None, caps: Capabilities, origin: str = "spec.quantization.bits"
+) -> str | None:
+    """How ``spec.quantization.bits`` (or ``origin``, the field that asked for ``bits``) is
+    applied by ``engine``; StartupError if it can't be."""
     if bits is None:
         return None
+    asked = f"{origin}={bits}" if origin == "spec.quantization.bits" else f"{origin} ({bits}-bit)"
     if engine == "transformers":
         if caps.gpu:
             if not caps.bitsandbytes:
                 raise StartupError(
-                    f"spec.quantization.bits={bits} on a GPU needs the bitsandbytes package "
-                    "in the server's image: install it, or remove spec.quantization"
+                    f"{asked} on a GPU needs the bitsandbytes package "
+                    f"in the server's image: install it, or remove {origin}"
                 )
             return f"bitsandbytes-{bits}bit"
         if bits == 8:
             return "dynamic-int8"
         raise StartupError(
-            f"spec.quantization.bits={bits} is not supported by the transformers engine on "
+            f"{asked} is not supported by the transformers engine on "
             "CPU: use bits 8 (int8 dynamic quantization), serve a 4-bit GGUF model with "
             "llama.cpp (params.engine=llamacpp), or run on a GPU (spec.resources.gpu)"
         )
@@ -181,7 +207,7 @@ def quantization_method(engine: str, bits: int | None, caps: Capabilities) -> st
             return "fp8"
         if not caps.bitsandbytes:
             raise StartupError(
-                "spec.quantization.bits=4 with vLLM quantizes with bitsandbytes, which is not "
+                f"{asked} with vLLM quantizes with bitsandbytes, which is not "
                 "installed: install bitsandbytes, or use bits 8 (fp8)"
             )
         return "bitsandbytes"
@@ -192,8 +218,13 @@ def quantization_method(engine: str, bits: int | None, caps: Capabilities) -> st
 def plan(config: ServerConfig, caps: Capabilities | None = None) -> Plan:
     files = inspect_model_dir(config.model_dir)
     caps = caps or Capabilities.detect()
-    engine = choose_engine(config.engine, files, caps)
-    method = quantization_method(engine, config.quantization_bits, caps)
+    engine = choose_engine(config.engine, files, caps, config.engine_origin)
+    method = quantization_method(engine, config.quantization_bits, caps, config.quantization_origin)
+    if config.n_gpu_layers is not None and engine != "llamacpp":
+        raise StartupError(
+            f"params.n_gpu_layers: only the llama.cpp engine offloads layers, and this model "
+            f"is served by {engine}: remove the param, or serve a GGUF model"
+        )
     gguf = _pick_gguf(files, config.gguf_file) if engine == "llamacpp" else None
     return Plan(engine=engine, quantization=method, gpu=caps.gpu, gguf=gguf)
 

@@ -47,9 +47,15 @@ class LlamaCppEngine(Engine):
             "model_path": str(self.gguf),
             "n_ctx": self.config.max_model_len or 0,  # 0: the model's own context length
             "n_threads": self.config.threads or default_threads(),
-            "n_gpu_layers": -1 if self.gpu else 0,
+            "n_gpu_layers": self._gpu_layers(),
             "verbose": False,
         }
+
+    def _gpu_layers(self) -> int:
+        # params.n_gpu_layers as the original's llama-cpp image took it; else all on a GPU.
+        if self.config.n_gpu_layers is not None:
+            return self.config.n_gpu_layers
+        return -1 if self.gpu else 0
 
     def load(self) -> None:
         from llama_cpp import Llama
