@@ -396,7 +396,7 @@ def test_unknown_field(change: Any, path: str) -> None:
         ({"command": ["train.sh", 1]}, "spec.command[1]", "valid string"),
         ({"model": 5}, "spec.model", "valid dictionary"),
         ({"model": {"namespace": "x"}}, "spec.model.name", "required field is missing"),
-        ({"image": "img"}, "spec.image", "valid dictionary"),
+        ({"image": ["img"]}, "spec.image", "must be an image name or {name, git, upload}"),
         ({"resources": {"cpu": "lots"}}, "spec.resources.cpu", "valid number"),
         ({"resources": {"cpu": 0}}, "spec.resources.cpu", "greater than 0"),
         ({"resources": {"gpu": {"count": "many"}}}, "spec.resources.gpu.count", "valid integer"),

@@ -14,12 +14,16 @@ rewritten into a *structural* schema, as the Kubernetes API server requires:
   pydantic's generated titles; ``const`` becomes a one-value ``enum`` and JSON Schema's numeric
   ``exclusiveMinimum`` OpenAPI 3.0's boolean form;
 * ``metadata`` only restricts ``name`` (the server allows nothing else there);
-* the object-reference fields that also take a plain name (``SHORTHAND_FIELDS``) keep their
-  properties but lose their type, so that ``model: falcon-7b`` is accepted as the seed writes it.
+* the fields that also take a plain name (``cel.SHORTHAND_FIELDS``: ``image: NAME`` as the
+  original project writes it, ``model: falcon-7b`` as the seed does) keep their properties but
+  lose their type; CEL rules refuse what is neither that string nor the object;
+* the original project's spelling of a spec (``compat.ORIGINAL_FIELDS``: ``build``, a Model's
+  ``model`` and ``dataset``, ``modelName``) is added to each spec, with CEL rules refusing both
+  spellings at once; a field the design requires may then come in either spelling.
 
 The checks that the models make in validators are added as CEL ``x-kubernetes-validations`` where
-CEL can express them (see ``_RULES``). Run ``python -m substratus.api.crds --write deploy/crds`` to
-regenerate the committed YAML; ``--check deploy/crds`` fails when it is stale.
+CEL can express them (``substratus.api.cel``). Run ``python -m substratus.api.crds --write
+deploy/crds`` to regenerate the committed YAML; ``--check deploy/crds`` fails when it is stale.
 """
 
 from __future__ import annotations
@@ -27,14 +31,16 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
+from substratus.api.cel import SHORTHAND_FIELDS, cel_rules
 from substratus.api.common import NAME_RE
+from substratus.api.compat import ORIGINAL_FIELDS, RENAMED
 from substratus.api.kinds import GROUP, KINDS, VERSION, Resource
 
 JSON = dict[str, Any]
@@ -93,55 +99,9 @@ _KEEP = {
 }
 
 
-# CEL versions of the checks the models make in validators, by model class name (subclasses
-# inherit); a rule is a dict, or a function of the class (to read its defaults). Messages are the
-# models' own, so a user sees the same reason from the cluster and locally. Not expressible: the
-# key and value checks of spec.params and spec.env, because CEL sees no value of a field without
-# a type (the map values there are x-kubernetes-preserve-unknown-fields).
-_RULES: dict[str, list[JSON | Callable[[type[BaseModel]], JSON]]] = {
-    "Image": [
-        {
-            "rule": "!(has(self.git) && has(self.upload))",
-            "message": "set at most one of git and upload",
-        },
-        {
-            "rule": "has(self.name) || has(self.git) || has(self.upload)",
-            "message": "set one of name, git or upload",
-        },
-    ],
-    "GitSource": [
-        {
-            "rule": "self.url.matches(r'\\S')",
-            "message": "must not be empty",
-            "fieldPath": ".url",
-        },
-        {
-            "rule": "!(has(self.branch) && self.branch != '' && has(self.tag) && self.tag != '')",
-            "message": "set branch or tag, not both",
-        },
-        {
-            "rule": (
-                "!has(self.path) || (!self.path.startsWith('/') && "
-                "!self.path.matches('(^|/)[.][.](/|$)'))"
-            ),
-            "message": "path must be relative and stay inside the repository",
-        },
-    ],
-}
-
 # Plain OpenAPI keywords for checks that the models make in validators, by (class, JSON name).
 _PROPERTY_EXTRAS: dict[tuple[str, str], JSON] = {
     ("CommonSpec", "command"): {"minItems": 1},
-}
-
-# Fields whose models also accept a plain name for an object reference (`model: falcon-7b`, as the
-# seed writes it), by (class, JSON name). A structural schema cannot say "string or object", so
-# these fields have no type and keep unknown fields: the server checks the object form's fields
-# and passes a string through; the controller reads both with the same models.
-SHORTHAND_FIELDS: set[tuple[str, str]] = {
-    ("NotebookSpec", "model"),
-    ("NotebookSpec", "dataset"),
-    ("ServerSpec", "model"),
 }
 
 # Lists of objects keyed by a field: merged by key under server-side apply (Kubernetes' own
@@ -164,17 +124,6 @@ _ROOT_FIELD_DESCRIPTIONS = {
 
 def _lineage(cls: type) -> set[str]:
     return {c.__name__ for c in cls.__mro__}
-
-
-def cel_rules(cls: type[BaseModel]) -> list[JSON]:
-    """The CEL ``x-kubernetes-validations`` for objects of model class ``cls``."""
-    lineage = _lineage(cls)
-    return [
-        r if isinstance(r, dict) else r(cls)
-        for owner, rs in _RULES.items()
-        if owner in lineage
-        for r in rs
-    ]
 
 
 _ROOT_SECTION_DESCRIPTIONS = {
@@ -306,17 +255,45 @@ class _Converter:
 
 
 def _allow_plain_name(prop: JSON) -> None:
+    # A structural schema cannot say "string or object": no type, unknown fields kept (the
+    # server checks the object form's fields' types and patterns). The API server compiles no
+    # CEL rule on or under a node without a type (tests/kube/test_original_manifests.py), so
+    # the object form's CEL checks are made by the models only.
     prop.pop("type", None)
     prop["x-kubernetes-preserve-unknown-fields"] = True
+    _drop_rules(prop)
     desc = prop.get("description", "")
     prop["description"] = f"{desc} A plain name is accepted as a shorthand for {{name: NAME}}."
     prop["description"] = prop["description"].strip()
+
+
+def _drop_rules(node: JSON) -> None:
+    node.pop("x-kubernetes-validations", None)
+    for sub in node.get("properties", {}).values():
+        _drop_rules(sub)
+
+
+def _add_original_fields(spec: JSON, spec_cls: type[BaseModel]) -> None:
+    """The original project's spelling of ``spec_cls`` (compat.py) in its schema ``spec``."""
+    original = ORIGINAL_FIELDS[spec_cls.__name__]
+    conv = _Converter(original)
+    extra = conv.convert(conv.schema, original.__name__)["properties"]
+    spec["properties"].update(extra)
+    # Required in the design's spelling or the original's; CEL cannot see the string-or-object
+    # fields to say "one of them", so the models do.
+    either = {"image", *RENAMED.get(spec_cls.__name__, {}).values()}
+    spec["required"] = [r for r in spec.get("required", []) if r not in either]
+    if not spec["required"]:
+        del spec["required"]
 
 
 def _root_schema(cls: type[Resource]) -> JSON:
     conv = _Converter(cls)
     schema = conv.convert(conv.schema, cls.__name__)
     props = schema["properties"]
+    spec_cls = cls.model_fields["spec"].annotation
+    assert isinstance(spec_cls, type) and issubclass(spec_cls, BaseModel)
+    _add_original_fields(props["spec"], spec_cls)
     for name, desc in _ROOT_SECTION_DESCRIPTIONS.items():
         if name in props:
             props[name].setdefault("description", desc)

@@ -18,7 +18,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from substratus.api.crds import KIND_SUMMARIES, SHORTHAND_FIELDS, cel_rules, model_classes
+from substratus.api.cel import SHORTHAND_FIELDS, cel_rules
+from substratus.api.compat import ORIGINAL_FIELDS
+from substratus.api.crds import KIND_SUMMARIES, model_classes
 from substratus.api.kinds import API_VERSION, KINDS, Resource
 
 JSON = dict[str, Any]
@@ -97,12 +99,13 @@ def _cell(text: str) -> str:
 
 
 class _Walker:
-    def __init__(self, cls: type[Resource]) -> None:
+    def __init__(self, cls: type[BaseModel]) -> None:
         self.cls = cls
         self.schema = cls.model_json_schema(by_alias=True, mode="validation")
         self.defs: dict[str, JSON] = self.schema.get("$defs", {})
         self.classes = model_classes(cls)
-        self.doc = KindDoc(cls)
+        self.rows: list[Row] = []
+        self.checks: list[tuple[str, str]] = []
 
     def _resolve(self, node: JSON) -> tuple[JSON, str | None]:
         ref = node.get("$ref")
@@ -209,13 +212,13 @@ class _Walker:
             limits = self._constraints(flat)
             if limits:
                 typ += " (" + ", ".join(limits) + ")"
-            self.doc.rows.append(Row(path, typ, default, desc))
+            self.rows.append(Row(path, typ, default, desc))
         cls: type[BaseModel] | None = self.cls if not path else None
         if def_name:
             cls = self.classes.get(def_name)
         if cls is not None:
             for rule in cel_rules(cls):
-                self.doc.checks.append((path + rule.get("fieldPath", ""), str(rule["message"])))
+                self.checks.append((path + rule.get("fieldPath", ""), str(rule["message"])))
         self._children(flat, path, cls)
 
     def _children(self, node: JSON, path: str, cls: type[BaseModel] | None) -> None:
@@ -243,7 +246,7 @@ class _Walker:
         )
         if not has_fields:
             return
-        self.doc.rows.append(Row(path, self._type(resolved), "", ""))
+        self.rows.append(Row(path, self._type(resolved), "", ""))
         self._children(resolved, path, self.classes.get(name) if name else None)
 
 
@@ -251,7 +254,14 @@ def kind_doc(cls: type[Resource]) -> KindDoc:
     """The rows (one per field) and checks of one kind."""
     walker = _Walker(cls)
     walker.walk(walker.schema, "", cls, None, "")
-    return walker.doc
+    # The original project's spelling of the spec (api/compat.py), after the spec's own rows.
+    spec_cls = cls.model_fields["spec"].annotation
+    original = ORIGINAL_FIELDS[spec_cls.__name__ if isinstance(spec_cls, type) else ""]
+    extra = _Walker(original)
+    extra._children(extra.schema, "spec", original)
+    at = next(i for i, row in enumerate(walker.rows) if row.path.startswith("status"))
+    rows = walker.rows[:at] + extra.rows + walker.rows[at:]
+    return KindDoc(cls, rows, walker.checks + extra.checks)
 
 
 def _table(rows: list[Row]) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from substratus.api.common import (
     Condition,
@@ -18,6 +18,7 @@ from substratus.api.common import (
     Strict,
     check_env_names,
 )
+from substratus.api.compat import env_value, normalise_spec
 from substratus.api.limits import MAX_REPLICAS
 
 GROUP = "substratus.ai"
@@ -37,6 +38,13 @@ class CommonSpec(Strict):
         description="Environment variables: a value, or {secretKeyRef: {name, key}}.",
     )
     resources: Resources = Field(default_factory=Resources, description="Compute resources.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _original_shape(cls, data: Any) -> Any:
+        # The original project's manifests (image: NAME, build, model/dataset on a Model,
+        # modelName) mean what the design's fields mean: read them as those, every time.
+        return normalise_spec(cls.__name__, data)
 
     @field_validator("params", mode="before")
     @classmethod
@@ -58,6 +66,7 @@ class CommonSpec(Strict):
     def _env_names(cls, v: Any) -> Any:
         if isinstance(v, dict):
             check_env_names(v, "env")
+            v = {key: env_value(key, value) for key, value in v.items()}
             for key, value in v.items():
                 ref = value.get("secretKeyRef") if isinstance(value, dict) else None
                 ok = isinstance(value, str) or (
@@ -82,6 +91,35 @@ class CommonSpec(Strict):
         return v
 
 
+class BuildUploadStatus(BaseModel):
+    """The original project's ``status.buildUpload``, published beside ``uploadUrl`` for tools
+    written for it."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    signed_url: str | None = Field(
+        None, alias="signedURL", description="Same as status.uploadUrl: where to PUT the tarball."
+    )
+    request_id: str | None = Field(
+        None,
+        alias="requestID",
+        description="The spec's upload requestId this URL is for; check it before uploading.",
+    )
+    stored_md5_checksum: str | None = Field(
+        None,
+        alias="storedMD5Checksum",
+        description="MD5 of the uploaded tarball, once received and verified by the build.",
+    )
+
+
+class ArtifactsStatus(BaseModel):
+    """The original project's ``status.artifacts``."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    url: str | None = Field(None, description="Same as status.url.")
+
+
 class CommonStatus(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -94,6 +132,11 @@ class CommonStatus(BaseModel):
     upload_url: str | None = Field(
         None, alias="uploadUrl", description="Signed URL the client uploads its build context to."
     )
+    build_upload: BuildUploadStatus | None = Field(
+        None,
+        alias="buildUpload",
+        description="uploadUrl and its upload's state, as the original project named them.",
+    )
 
 
 class ArtifactStatus(CommonStatus):
@@ -101,6 +144,9 @@ class ArtifactStatus(CommonStatus):
     files: list[str] = Field(default_factory=list, description="Artifact files, relative paths.")
     disk_size: str | None = Field(
         None, alias="diskSize", description="Total size of the artifacts, e.g. 27Gi."
+    )
+    artifacts: ArtifactsStatus | None = Field(
+        None, description="status.url, as the original project named it (artifacts.url)."
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from substratus.api.compat import CompatError, written_loc
 from substratus.api.kinds import API_VERSION, KINDS, Resource
 from substratus.api.limits import size_problem, tree_problem
 from substratus.api.yamlload import YAMLLimitError, load_all
@@ -85,9 +86,23 @@ def parse_object(doc: Any, source: str = "<object>") -> Resource:
     try:
         return cls.model_validate(doc)
     except ValidationError as exc:
-        problems = [(_path(_clean_loc(e["loc"])), _reason(dict(e))) for e in exc.errors()]
+        spec_cls = cls.model_fields["spec"].annotation
+        owner = spec_cls.__name__ if isinstance(spec_cls, type) else ""
+        problems = [_problem(dict(e), owner, doc.get("spec")) for e in exc.errors()]
         name = (doc.get("metadata") or {}).get("name", "?")
         raise ValidationFailed(f"{source}: {kind}/{name}", problems) from None
+
+
+def _problem(err: dict[str, Any], owner: str, raw_spec: Any) -> tuple[str, str]:
+    """(field path as the user wrote it, reason) of one pydantic error."""
+    loc, reason = _clean_loc(err["loc"]), _reason(err)
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, CompatError):
+        loc, reason = (*loc, *cause.loc), cause.reason
+    if loc[:1] == ("spec",):
+        # The models saw the normalised spec; name the field the user wrote (compat.py).
+        loc = ("spec", *written_loc(owner, raw_spec, loc[1:]))
+    return _path(loc), reason
 
 
 def check_document(doc: dict[str, Any], source: str) -> None:

@@ -61,7 +61,9 @@ class LocalService:
                     "labels": meta_in.get("labels", {}),
                     "annotations": meta_in.get("annotations", {}),
                 },
-                "spec": dumped["spec"],
+                # As the user wrote it (the original project's spelling stays so in `get -o
+                # yaml`); every reader parses it, and so normalises it, again.
+                "spec": doc["spec"],
             }
             if existing is None:
                 body["metadata"]["generation"] = 1
