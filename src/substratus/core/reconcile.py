@@ -12,8 +12,11 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from substratus.api.common import UploadSource
 from substratus.api.kinds import (
+    ArtifactsStatus,
     ArtifactStatus,
+    BuildUploadStatus,
     CommonStatus,
     Notebook,
     NotebookStatus,
@@ -59,8 +62,11 @@ class _Status:
 
     def __init__(self, obj: Resource):
         self.gen = obj.metadata.generation or 1
+        self.upload = obj.spec.image.upload
         self.status = obj.status.model_copy(deep=True)
         self.status.observed_generation = self.gen
+        self.published = False  # uploadUrl set by this decision
+        self.stored_md5: str | None = None  # the upload's md5, once a build verified it
 
     def cond(self, type_: str, ok: bool | None, reason: str, message: str = "") -> None:
         self.status.conditions = C.set_condition(
@@ -72,7 +78,32 @@ class _Status:
         self.cond(C.READY, ok, reason, message)
 
     def done(self, *actions: Action, requeue_after: float | None = None) -> Decision:
+        _original_fields(self.status, self.upload, self.published, self.stored_md5)
         return Decision(self.status, list(actions), requeue_after)
+
+
+def _original_fields(
+    status: CommonStatus, upload: UploadSource | None, published: bool, stored_md5: str | None
+) -> None:
+    """The original project's names for the same facts (``artifacts.url``, ``buildUpload``),
+    derived from ``url`` and ``uploadUrl`` last, so the two never disagree."""
+    if isinstance(status, ArtifactStatus):
+        status.artifacts = ArtifactsStatus(url=status.url) if status.url else None
+    if upload is None:
+        status.upload_url = status.build_upload = None  # a URL for a source no longer asked for
+    elif published:
+        # requestID names the request this URL was made for, so a client never sends one
+        # request's tarball to another's URL; a path that did not publish (a suspended
+        # Notebook) leaves both as they were.
+        status.build_upload = (
+            BuildUploadStatus(
+                signed_url=status.upload_url,
+                request_id=upload.request_id,
+                stored_md5_checksum=stored_md5,
+            )
+            if status.upload_url
+            else None
+        )
 
 
 def decide(
@@ -96,6 +127,7 @@ def decide(
         upload = obj.spec.image.upload
         if upload is not None:
             s.status.upload_url = obs.upload.url
+            s.published = True
             if not upload.request_id or not obs.upload.received:
                 s.cond(C.BUILT, False, "AwaitingUpload", "upload the build context to uploadUrl")
                 s.ready(False, "AwaitingUpload", "waiting for the build context upload")
@@ -113,6 +145,9 @@ def decide(
             return s.done()
         image = build.image
         s.status.image = image
+        if obj.spec.image.upload is not None:
+            # The build checked the tarball against this md5 (a mismatch fails it).
+            s.stored_md5 = obj.spec.image.upload.md5
         s.cond(C.BUILT, True, "Built", f"built {image}")
     # Gate only what is about to start: a finished fine-tune stays Ready, and a running
     # server keeps serving, when the model they used is later deleted. A retry or a restart
