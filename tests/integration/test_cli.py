@@ -174,8 +174,13 @@ def test_one_bad_document_applies_nothing(local: Local) -> None:
 
 
 def test_crds_and_help(local: Local) -> None:
-    crds = list(yaml.safe_load_all(sub("crds").stdout))
+    docs = list(yaml.safe_load_all(sub("crds").stdout))
+    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
     assert {c["spec"]["names"]["kind"] for c in crds} == {"Model", "Dataset", "Notebook", "Server"}
+    assert {d["kind"] for d in docs} - {"CustomResourceDefinition"} == {
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
     help_text = sub("apply", "--help").stdout
     assert "Examples" in help_text and "sub apply -f" in help_text
 

@@ -14,6 +14,8 @@ interrupted.
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 import urllib.error
 import uuid
 from collections.abc import Iterator
@@ -67,19 +69,40 @@ def kube_client(kube_control_plane: ControlPlane) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def substratus_crds(kube_control_plane: ControlPlane) -> list[str]:
-    """Apply deploy/crds with kubectl; return the CRD names once all are Established."""
+    """Apply deploy/crds (the CRDs and their admission policy) with kubectl; return the CRD
+    names once all are Established and the policy is in force."""
     try:
         kube_control_plane.kubectl("apply", "-f", str(CRD_DIR))
     except ControlPlaneUnavailable as e:
         pytest.skip(str(e))
     names = sorted(
         f"{p.name.split('_', 1)[1].removesuffix('.yaml')}.{p.name.split('_', 1)[0]}"
-        for p in CRD_DIR.glob("*.yaml")
+        for p in CRD_DIR.glob("substratus.ai_*.yaml")
     )
     kube_control_plane.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names]
     )
+    _wait_for_policy(kube_control_plane)
     return names
+
+
+def _wait_for_policy(plane: ControlPlane, timeout: float = 30) -> None:
+    """A new admission policy is compiled in the background: until a bad object is refused."""
+    bad = json.dumps(
+        {
+            "apiVersion": "substratus.ai/v1",
+            "kind": "Model",
+            "metadata": {"name": "policy-probe", "namespace": "default"},
+            "spec": {"image": {"git": {"url": "u"}, "upload": {}}},
+        }
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = plane.kubectl("create", "--dry-run=server", "-f", "-", input=bad, check=False)
+        if r.returncode != 0 and "ValidatingAdmissionPolicy" in r.stderr:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the admission policy refuses nothing after {timeout}s")
 
 
 @pytest.fixture

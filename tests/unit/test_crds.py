@@ -15,6 +15,7 @@ from substratus.api import crds
 from substratus.api.common import ENV_NAME_RE, NAME_RE, GitSource, Image
 from substratus.api.compat import ORIGINAL_FIELDS
 from substratus.api.kinds import GROUP, KINDS, CommonSpec, Resource
+from substratus.api.policy import POLICY_FILE, policies
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "deploy" / "crds"
@@ -111,12 +112,30 @@ def test_committed_crds_are_fresh() -> None:
 
 def test_no_leftover_crd_files() -> None:
     generated = set(crds.crd_files())
-    on_disk = {p.name for p in CRD_DIR.glob(f"{GROUP}_*.yaml")}
+    on_disk = {p.name for p in CRD_DIR.glob("*.yaml")}
     assert on_disk == generated
 
 
 def test_files_are_named_after_group_and_plural() -> None:
-    assert sorted(crds.crd_files()) == sorted(f"{GROUP}_{c.PLURAL}.yaml" for c in KINDS.values())
+    expected = [f"{GROUP}_{c.PLURAL}.yaml" for c in KINDS.values()] + [POLICY_FILE]
+    assert sorted(crds.crd_files()) == sorted(expected)
+
+
+def test_the_admission_policy_covers_every_kind() -> None:
+    docs = policies()
+    bound = {d["spec"]["policyName"] for d in docs if d["kind"].endswith("Binding")}
+    checked = {
+        r: d
+        for d in docs
+        if d["kind"] == "ValidatingAdmissionPolicy"
+        for rule in d["spec"]["matchConstraints"]["resourceRules"]
+        for r in rule["resources"]
+    }
+    assert set(checked) == {c.PLURAL for c in KINDS.values()}
+    assert bound == {d["metadata"]["name"] for d in checked.values()}
+    server = [v["message"] for v in checked["servers"]["spec"]["validations"]]
+    assert "spec.model: required field is missing" in server
+    assert "spec.image: set at most one of git and upload" in server
 
 
 def test_generation_is_deterministic() -> None:
@@ -129,8 +148,8 @@ def test_crds_yaml_is_multi_document_with_header() -> None:
     assert text.startswith("# Generated from the models")
     assert "Do not edit by hand" in text.splitlines()[1]
     docs = list(yaml.safe_load_all(text))
-    assert docs == crds.all_crds()
-    assert [d["spec"]["names"]["kind"] for d in docs] == list(KINDS)
+    assert docs == crds.all_crds() + policies()  # the CRDs, then their admission policy
+    assert [d["spec"]["names"]["kind"] for d in docs[: len(KINDS)]] == list(KINDS)
     assert "&id" not in text and "*id" not in text  # no YAML anchors or aliases
 
 

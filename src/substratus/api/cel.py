@@ -28,7 +28,7 @@ def _original_rules() -> dict[str, list[Rule]]:
     """Refuse both spellings at once (compat.py), where CEL can see both fields: a Model's
     model/baseModel and dataset/trainingDataset. CEL sees no field without a type, so the
     string-or-object fields (image, a Server's model) and their siblings' conflicts with them
-    (build vs image, modelName vs model) are checked by the models only."""
+    (build vs image, modelName vs model) are checked by the admission policy (policy.py)."""
     return {
         "ModelSpec": [
             {

@@ -42,6 +42,7 @@ from substratus.api.cel import SHORTHAND_FIELDS, cel_rules
 from substratus.api.common import NAME_RE
 from substratus.api.compat import ORIGINAL_FIELDS, RENAMED
 from substratus.api.kinds import GROUP, KINDS, VERSION, Resource
+from substratus.api.policy import POLICY_FILE, policies
 
 JSON = dict[str, Any]
 
@@ -258,7 +259,7 @@ def _allow_plain_name(prop: JSON) -> None:
     # A structural schema cannot say "string or object": no type, unknown fields kept (the
     # server checks the object form's fields' types and patterns). The API server compiles no
     # CEL rule on or under a node without a type (tests/kube/test_original_manifests.py), so
-    # the object form's CEL checks are made by the models only.
+    # the object form's CEL checks are the admission policy's (policy.py).
     prop.pop("type", None)
     prop["x-kubernetes-preserve-unknown-fields"] = True
     _drop_rules(prop)
@@ -279,8 +280,8 @@ def _add_original_fields(spec: JSON, spec_cls: type[BaseModel]) -> None:
     conv = _Converter(original)
     extra = conv.convert(conv.schema, original.__name__)["properties"]
     spec["properties"].update(extra)
-    # Required in the design's spelling or the original's; CEL cannot see the string-or-object
-    # fields to say "one of them", so the models do.
+    # Required in the design's spelling or the original's; the schema's CEL cannot see the
+    # string-or-object fields to say "one of them", so the admission policy does (policy.py).
     either = {"image", *RENAMED.get(spec_cls.__name__, {}).values()}
     spec["required"] = [r for r in spec.get("required", []) if r not in either]
     if not spec["required"]:
@@ -408,8 +409,9 @@ def _dump(doc: JSON) -> str:
 
 
 def crds_yaml() -> str:
-    """Every CRD as one multi-document YAML text, with a header saying it is generated."""
-    return HEADER + "".join(f"---\n{_dump(doc)}" for doc in all_crds())
+    """Every CRD, then the admission policy for what their schemas cannot check, as one
+    multi-document YAML text with a header saying it is generated."""
+    return HEADER + "".join(f"---\n{_dump(doc)}" for doc in [*all_crds(), *policies()])
 
 
 def crd_file_name(cls: type[Resource]) -> str:
@@ -418,7 +420,9 @@ def crd_file_name(cls: type[Resource]) -> str:
 
 def crd_files() -> dict[str, str]:
     """File name -> text, one file per kind, as committed under deploy/crds."""
-    return {crd_file_name(cls): HEADER + "---\n" + _dump(crd_for(cls)) for cls in KINDS.values()}
+    files = {crd_file_name(cls): HEADER + "---\n" + _dump(crd_for(cls)) for cls in KINDS.values()}
+    files[POLICY_FILE] = HEADER + "".join(f"---\n{_dump(doc)}" for doc in policies())
+    return files
 
 
 def _stale(directory: Path) -> Iterator[str]:
