@@ -45,8 +45,11 @@ def _columns(obj: dict[str, Any], wide: bool) -> list[tuple[str, str]]:
     cols.append(("AGE", age(obj["metadata"].get("creationTimestamp"))))
     if wide:
         cols.append(("URL", status.get("url") or ""))
-        image = status.get("image") or obj["spec"].get("image", {}).get("name") or ""
-        cols.append(("IMAGE", image))
+        written = obj["spec"].get("image")  # a name, or {name, git, upload}, as written
+        image = status.get("image") or (
+            written if isinstance(written, str) else (written or {}).get("name")
+        )
+        cols.append(("IMAGE", image or ""))
     return cols
 
 

@@ -18,29 +18,40 @@ from substratus.storage import pack_context, upload_to_signed_url
 SIGN_TIMEOUT = 60.0
 
 
+def _upload_section(spec: dict[str, Any]) -> tuple[dict[str, Any], str, str, str] | None:
+    """Where a document asks for an upload, in the shape it was written: the design's
+    ``spec.image.upload`` {md5, requestId} or the original's ``spec.build.upload``
+    {md5Checksum, requestID}. Returns (parent, field path, md5 key, request id key)."""
+    for parent_key, md5_key, id_key in (("image", "md5", "requestId"),
+                                        ("build", "md5Checksum", "requestID")):  # fmt: skip
+        parent = spec.get(parent_key)
+        if isinstance(parent, dict) and parent.get("upload") is not None:
+            return parent, f"spec.{parent_key}.upload", md5_key, id_key
+    return None
+
+
 def prepare_upload(doc: Document, upload_dir: str | None) -> Path | None:
-    """Pack the build context of a document with ``spec.image.upload`` and record its md5."""
-    image = ((doc.body.get("spec") or {}).get("image")) or {}
-    if not isinstance(image, dict) or image.get("upload") is None:
+    """Pack the build context of a document that asks for an upload and record its md5."""
+    section = _upload_section(doc.body.get("spec") or {})
+    if section is None:
         return None
+    parent, field, md5_key, id_key = section
     if upload_dir is None and doc.directory is None:
         raise ValueError(
-            f"{doc.source}: spec.image.upload: pass --upload-dir DIR when the manifest comes "
+            f"{doc.source}: {field}: pass --upload-dir DIR when the manifest comes "
             "from stdin or a URL"
         )
     directory = Path(upload_dir) if upload_dir else doc.directory
     assert directory is not None
     if not directory.is_dir():
-        raise ValueError(
-            f"{doc.source}: spec.image.upload: build context {directory} is not a directory"
-        )
+        raise ValueError(f"{doc.source}: {field}: build context {directory} is not a directory")
     tarball = Path(tempfile.mkdtemp(prefix="substratus-upload-")) / "context.tar.gz"
     md5 = pack_context(directory, tarball)
-    upload = dict(image["upload"] or {})
-    upload["md5"] = md5
+    upload = dict(parent["upload"] or {})
+    upload[md5_key] = md5
     # Content-addressed: re-applying an unchanged directory does not rebuild.
-    upload.setdefault("requestId", md5[:16])
-    image["upload"] = upload
+    upload.setdefault(id_key, md5[:16])
+    parent["upload"] = upload
     return tarball
 
 
