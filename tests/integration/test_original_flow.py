@@ -5,6 +5,7 @@ base model, fine-tuned model, server) runs to Ready on the local runtime."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,17 @@ def test_the_original_opt_125m_flow_runs_to_ready(
     tuned = local.get("Model", "fb-opt-125m-squad")
     assert tuned["status"]["ready"] and "model.safetensors" in tuned["status"]["files"]
     assert local.get("Server", "facebook-opt-125m")["status"]["ready"]
+
+
+def test_the_original_base_image_notebook_serves_jupyter(local: Local) -> None:
+    pytest.importorskip("jupyterlab")
+    doc = _original("notebook/notebook.yaml")  # image: substratusai/base:latest, no command
+    r = sub("apply", "-f", "-", "--wait", "--timeout", "120s", input=yaml.safe_dump(doc))
+    assert r.returncode == 0, r.stderr
+    nb = local.get("Notebook", "example")
+    request = urllib.request.Request(
+        nb["status"]["url"] + "/api/contents/params.json",
+        headers={"Authorization": f"token {nb['status']['token']}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert json.loads(json.loads(resp.read())["content"]) == {"abc": "xyz", "x": 123}

@@ -82,6 +82,9 @@ def test_admission_rejects_self_reference_cycles_and_base_image_without_command(
         ("spec.command", "required with the substratusai/base image")
     ]
     assert admission_problems(model("ok", base="missing"), {}.get) == []
+    # A Notebook on the base image runs Jupyter (the original's notebook/notebook.yaml).
+    notebook = parse_object({**nocmd.dump(), "kind": "Notebook"})
+    assert admission_problems(notebook, {}.get) == []
 
 
 def test_params_become_env_and_json() -> None:

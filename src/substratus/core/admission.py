@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from substratus.api.kinds import Resource
+from substratus.api.kinds import Notebook, Resource
 from substratus.core.graph import Key, dependencies, find_cycle, format_key
 from substratus.core.images import BASE_IMAGE, image_repository
 
@@ -32,6 +32,7 @@ def admission_problems(
         and not obj.spec.image.has_build
         and image_repository(name) == BASE_IMAGE
         and not obj.spec.command
+        and not isinstance(obj, Notebook)  # a Notebook runs Jupyter by default
     ):
         problems.append(("spec.command", f"required with the {BASE_IMAGE} image"))
     return problems

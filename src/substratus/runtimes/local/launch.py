@@ -279,9 +279,11 @@ def workload_argv(obj: Resource, image: ImageInfo) -> list[str]:
     if image.kind == "builtin":
         module = builtin_module(image.ref)
         if image_repository(image.ref) == BASE_IMAGE:
-            if not command:
-                raise LaunchError(f"spec.command: required with the {BASE_IMAGE} image")
-            return list(command)
+            if command:
+                return list(command)
+            if isinstance(obj, Notebook):  # the original's base image served notebooks too
+                return _jupyter()
+            raise LaunchError(f"spec.command: required with the {BASE_IMAGE} image")
         # Like a pod's `command`, spec.command replaces the image's entrypoint.
         return list(command) if command else [sys.executable, "-m", str(module)]
     if image.kind in ("venv", "dir"):
@@ -290,10 +292,15 @@ def workload_argv(obj: Resource, image: ImageInfo) -> list[str]:
         if isinstance(obj, Notebook):
             # The design's `kubectl open notebook` flow uploads a directory with no command:
             # Jupyter on the uploaded files, as the stock notebook image would serve them.
-            return [sys.executable, "-m", str(builtin_module(NOTEBOOK_IMAGE))]
+            return _jupyter()
         source = "git" if obj.spec.image.git is not None else "upload"
         raise LaunchError(
             f"spec.command: required: spec.image.{source} was built without a container "
             "engine (no podman or docker), so there is no image entrypoint to run"
         )
     raise LaunchError(f"image kind {image.kind!r} is not run as a process")
+
+
+def _jupyter() -> list[str]:
+    """What a Notebook with no command runs: the stock notebook image's program."""
+    return [sys.executable, "-m", str(builtin_module(NOTEBOOK_IMAGE))]
