@@ -72,6 +72,22 @@ def test_process_job_gets_the_container_paths(
     assert (out / "uid").read_text().strip() == str(os.getuid())
 
 
+def test_run_and_artifact_directories_behind_symlinks(
+    local: Local, tmp_path: Path, host_paths_absent: None
+) -> None:
+    # A home whose runs/ and artifacts/ live on another disk, reached through symlinks.
+    needs_namespaces()
+    for name in ("runs", "artifacts"):
+        (tmp_path / "elsewhere" / name).mkdir(parents=True)
+        local.paths.home.mkdir(parents=True, exist_ok=True)
+        (local.paths.home / name).symlink_to(tmp_path / "elsewhere" / name)
+    local.apply("Model", "base", {"image": BASE, "command": ["sh", "-c", "echo w > artifacts/w"]})
+    spec = {"image": BASE, "command": ["sh", "-c", CONTRACT], "baseModel": {"name": "base"}}
+    local.apply("Model", "ft", spec)
+    out = out_dir(local.wait("Model", "ft", timeout=60))
+    assert (out / "model.txt").read_text() == "w\n"
+
+
 def test_server_finds_its_model_at_model_saved(local: Local, host_paths_absent: None) -> None:
     needs_namespaces()
     local.apply("Model", "m", {"image": BASE, "command": ["sh", "-c", "echo w > artifacts/w"]})

@@ -49,6 +49,14 @@ def test_nul_byte_in_command_names_the_argument() -> None:
         launch_checks(obj)
 
 
+def test_command_and_environment_too_large_together_name_the_largest() -> None:
+    # Each value is under the 128 KiB per-argument bound; together they pass ARG_MAX.
+    big = {f"V{i}": "x" * 100_000 for i in range(12)}  # 1.2 MB: under the object cap
+    obj = make("Model", {"image": BASE, "command": ["true"], "env": big})
+    with pytest.raises(LaunchError, match=r"spec\.env\.V\d+.*add up to \d+ bytes"):
+        launch_checks(obj)
+
+
 def test_nul_byte_in_env_names_the_variable() -> None:
     obj = make("Model", {"image": BASE, "command": ["true"], "env": {"TOKEN": "ab"}})
     obj.spec.env["TOKEN"] = "a\0b"

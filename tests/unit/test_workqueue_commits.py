@@ -6,10 +6,12 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from substratus.runtimes.local.commits import commit_artifacts, delete_versions, sweep_retired
 from substratus.runtimes.local.db import Run, StateDB
 from substratus.runtimes.local.workqueue import WorkQueue
-from substratus.storage import ArtifactStore
+from substratus.storage import ArtifactStore, StorageError
 
 
 def test_queue_deduplicates_keys_and_delayed_wakeups() -> None:
@@ -109,3 +111,13 @@ def _running_run(db: StateDB, mounts: list[str]) -> Run:
         started_at=time.time(),
         result={"mounts": mounts},
     )
+
+
+def test_a_version_to_keep_must_be_committed(tmp_path: Path) -> None:
+    store = ArtifactStore((tmp_path / "store").as_uri())
+    db = StateDB(tmp_path / "state.db")
+    obj = store.object_url("default", "models", "m")
+    commit_artifacts(store, obj, "g1", _artifacts(tmp_path / "g1"), set(), db.retire)
+    with pytest.raises(StorageError, match="'g2' is not committed"):
+        delete_versions(store, obj, {"g2"}, set(), db.retire)
+    assert store.versions(obj) == ["g1"]  # nothing was deleted

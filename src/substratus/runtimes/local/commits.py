@@ -68,6 +68,9 @@ def delete_versions(
     """Delete every version under ``object_url`` but ``keep``; a version that a running
     workload mounts is retired instead (deleted by :func:`sweep_retired` once unused), so
     no workload has its ``model/`` or ``data/`` emptied under it. Returns the retired URLs."""
+    for version in keep:  # never empty an object for a version that is not there
+        if store.read_manifest(store.version_url(object_url, version)) is None:
+            raise StorageError(f"refusing to prune {object_url}: {version!r} is not committed")
     used = {v for v in store.versions(object_url) if store.version_url(object_url, v) in in_use}
     retired = [store.version_url(object_url, v) for v in sorted(used - keep)]
     for url in retired:  # recorded before anything is deleted: a crash loses no record

@@ -178,6 +178,20 @@ def check_exec(obj: Resource, argv: list[str], env: dict[str, str]) -> None:
         _check_text(field, f"{name}={value}")
     for i, arg in enumerate(argv):  # anything else the launch added (a container's -e ...)
         _check_text(f"argument {i} of {argv[0]}", arg)
+    # Together too: execve refuses argv + environment past ARG_MAX (E2BIG). Half of it is
+    # left for what the wrapper and the sandbox add.
+    sizes = {f"spec.env.{k}": len(k) + len(v) + 2 for k, v in env.items() if k in obj.spec.env}
+    sizes.update({f"spec.command[{i}]": len(a) + 1 for i, a in enumerate(obj.spec.command or [])})
+    total = sum(len(a) + 1 for a in argv) + sum(len(k) + len(v) + 2 for k, v in env.items())
+    if total > _ARG_MAX // 2:
+        largest = ", ".join(sorted(sizes, key=lambda f: -sizes[f])[:3]) or "the environment"
+        raise LaunchError(
+            f"{largest}: the command and environment add up to {total} bytes, more than "
+            f"{_ARG_MAX // 2} a process can be started with here"
+        )
+
+
+_ARG_MAX = os.sysconf("SC_ARG_MAX") if hasattr(os, "sysconf") else 2 * 2**20
 
 
 def _check_text(field: str, text: str) -> None:

@@ -17,7 +17,7 @@ class LocalPaths:
         if explicit:
             return cls(Path(explicit).expanduser().resolve())
         xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        return cls(Path(xdg).expanduser().resolve() / "substratus")
+        return cls((Path(xdg).expanduser() / "substratus").resolve())
 
     @property
     def socket(self) -> Path:

@@ -386,6 +386,14 @@ class Runner:
                 limits.remove((run.result or {}).get("cgroups", []))
                 code = processes.read_exit_code(Path(run.exit_file))
                 threading.Thread(target=self._exited, args=(run.id, code), daemon=True).start()
+        # A supervisor killed half-way through stopping a run left its cgroup (and maybe a
+        # process in it, which removing the cgroup kills).
+        for phase in ("stopped", "failed"):
+            for run in self.db.runs(phase=phase):
+                left = [c for c in (run.result or {}).get("cgroups", []) if Path(c).exists()]
+                limits.remove(left)
+        # Retired versions whose users ended while no supervisor ran.
+        threading.Thread(target=sweep_retired, args=(self.ctl.store, self.db), daemon=True).start()
 
     def _settle_commit(self, run: Run) -> None:
         self.commit(run)

@@ -81,7 +81,10 @@ class Sandbox:
 
     def argv(self, argv: list[str], workdir: Path, binds: list[tuple[Path, str]]) -> list[str]:
         """``argv`` run in the sandbox; ``binds`` are (host path, absolute path inside)."""
-        pairs = [p for src, dst in binds for p in (str(src), dst.lstrip("/"))]
+        # Real paths: inside the new root, a symlink (say a home on another disk) would lead
+        # back out of it, and the run directory would be mounted over the root itself.
+        workdir = workdir.resolve()
+        pairs = [p for src, dst in binds for p in (str(src.resolve()), dst.lstrip("/"))]
         ids = ""
         head = [self.unshare, "--mount", "--propagation", "private"]
         if self.mode == "user":

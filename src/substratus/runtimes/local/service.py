@@ -18,7 +18,7 @@ from substratus.core.admission import admission_problems
 from substratus.core.graph import Key
 from substratus.runtimes.local import processes
 from substratus.runtimes.local.buildcache import prune_build_cache
-from substratus.runtimes.local.commits import delete_versions
+from substratus.runtimes.local.commits import delete_versions, sweep_retired
 from substratus.runtimes.local.controller import Controller
 from substratus.runtimes.local.db import StateDB
 
@@ -139,6 +139,8 @@ class LocalService:
             retain = retain or annotations.get(RETAIN_ANNOTATION, "").lower() == "true"
             if cls.HAS_ARTIFACTS and not retain:
                 delete_versions(store, object_url, set(), set(mounted), self.db.retire)
+                # A user that stopped between reading `mounted` and retiring swept too early.
+                sweep_retired(store, self.db)
             builds = self.db.runs(role="build")
             # Holding the reconcile lock, no build starts; one in progress has cache entries
             # that no result names yet, so the cache is pruned only when none runs.
