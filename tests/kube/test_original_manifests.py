@@ -102,6 +102,13 @@ REFUSED = [
     ),
     (_server(image="i"), "spec.model", "required field is missing"),
     (_server(image="i", model={}), "spec.model.name", "Required value"),  # the schema's words
+    (_model(image={"name": "x", "tag": "v1"}), "spec.image", "unknown field"),
+    (_server(image="i", model={"name": "m", "nmae": "y"}), "spec.model", "unknown field"),
+    (
+        {**_model(image="i"), "kind": "Notebook", "spec": {"image": "i", "dataset": 42}},
+        "spec.dataset.name",
+        "required field is missing",
+    ),
     (
         _model(image="i", model={"name": "a"}, baseModel={"name": "b"}),
         "spec.model",

@@ -46,6 +46,17 @@ def _common() -> list[JSON]:
             "spec.image",
             "set one of name, git or upload",
         ),
+        # Untyped, the schema keeps unknown keys: the policy refuses them, as the models do.
+        _check(
+            f"!({_IMAGE_OBJECT}) || {IMAGE}.all(k, k in ['name', 'git', 'upload'])",
+            "spec.image",
+            "unknown field: use name, git or upload",
+        ),
+        _check(
+            f"!({_IMAGE_OBJECT}) || !has({IMAGE}.name) || type({IMAGE}.name) == string",
+            "spec.image.name",
+            "must be a string",
+        ),
         _check(
             f"!({_IMAGE_OBJECT}) || !has({IMAGE}.git) || !has({IMAGE}.git.url)"
             f" || string({IMAGE}.git.url).matches('\\\\S')",
@@ -66,6 +77,23 @@ def _common() -> list[JSON]:
     return rules
 
 
+def _reference(field: str) -> list[JSON]:
+    """A reference written as a plain name or {name, namespace} (untyped in the schema)."""
+    ref = f"object.spec.{field}"
+    return [
+        _check(
+            f"!has({ref}) || type({ref}) == string || (type({ref}) == map && has({ref}.name))",
+            f"spec.{field}.name",
+            "required field is missing",
+        ),
+        _check(
+            f"!has({ref}) || type({ref}) != map || {ref}.all(k, k in ['name', 'namespace'])",
+            f"spec.{field}",
+            "unknown field: use name and namespace",
+        ),
+    ]
+
+
 def _model_reference(required: bool) -> list[JSON]:
     model = "object.spec.model"
     rules = [
@@ -74,12 +102,7 @@ def _model_reference(required: bool) -> list[JSON]:
             "spec.modelName",
             conflict("model"),
         ),
-        _check(
-            f"!has({model}) || type({model}) == string || (type({model}) == map"
-            f" && has({model}.name))",
-            "spec.model.name",
-            "required field is missing",
-        ),
+        *_reference("model"),
     ]
     if required:
         rules.insert(
@@ -97,7 +120,7 @@ def _rules(cls: type[Resource]) -> list[JSON]:
     if cls.KIND == "Server":
         return _common() + _model_reference(required=True)
     if cls.KIND == "Notebook":
-        return _common() + _model_reference(required=False)
+        return _common() + _model_reference(required=False) + _reference("dataset")
     return _common()
 
 
