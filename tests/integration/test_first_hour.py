@@ -4,6 +4,7 @@ effects, deleting what a running workload uses is safe, an uploaded notebook jus
 from __future__ import annotations
 
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,14 @@ def test_a_notebook_keeps_what_was_saved_across_suspend_and_new_uploads(
     url = apply(suspend=False)
     assert fetch(url, "starts.txt") == "start\nstart\n"  # the saved file survived
     assert fetch(url, "notes.txt") == "v1\n"
-    write(project / "notes.txt", "v2\n")  # a new upload: its files replace the old build's
+    # A new upload: its files replace the old build's, the user's own stay.
+    write(project / "notes.txt", "v2\n")
+    write(project / "new" / "added.txt", "added\n")
     url = apply(suspend=False)
-    assert fetch(url, "notes.txt") == "v2\n"
+    assert fetch(url, "notes.txt") == "v2\n" and fetch(url, "new/added.txt") == "added\n"
     assert fetch(url, "starts.txt") == "start\nstart\nstart\n"
+    (project / "new" / "added.txt").unlink()  # a file the next build no longer has goes
+    url = apply(suspend=False)
+    with pytest.raises(urllib.error.HTTPError):
+        fetch(url, "new/added.txt")
+    assert fetch(url, "starts.txt") == "start\nstart\nstart\nstart\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import json
 import math
 import os
 import shutil
@@ -75,23 +76,55 @@ def prepare_workdir(
                 (workdir / name).mkdir()
             else:
                 (workdir / name).symlink_to(target, target_is_directory=True)
-    marker = workdir / BUILD_MARKER
     if image.root is not None and image.kind in ("venv", "dir"):
-        # A notebook's kept directory already holds this build's files, maybe edited since.
-        if marker.is_file() and marker.read_text() == image.ref:
-            return
-        # The build's sources sit beside the contract's files, as a Dockerfile's COPY puts them.
-        # Copied, never linked: the build cache is keyed by its content, and a notebook that
-        # saves a file (or a job that writes one) must not change it. A new build's files
-        # replace the old build's; other files stay.
-        for entry in sorted(image.root.iterdir()):
-            if entry.name not in RESERVED and not entry.name.startswith(".git"):
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.copytree(entry, workdir / entry.name, symlinks=True, dirs_exist_ok=True)
-                else:
-                    (workdir / entry.name).unlink(missing_ok=True)
-                    shutil.copy2(entry, workdir / entry.name, follow_symlinks=False)
-        marker.write_text(image.ref)
+        _copy_build(image.root, image.ref, workdir)
+
+
+def _copy_build(root: Path, ref: str, workdir: Path) -> None:
+    """The build's sources beside the contract's files, as a Dockerfile's COPY puts them.
+
+    Copied, never linked: the build cache is keyed by its content, and a notebook that saves
+    a file (or a job that writes one) must not change it. A notebook's kept directory may
+    hold an earlier build's files, maybe edited since: the same build is left alone; a new
+    one replaces the files (relative paths, recorded in the marker) the old one brought and
+    keeps the user's own."""
+    marker = workdir / BUILD_MARKER
+    try:
+        previous = json.loads(marker.read_text()) if marker.is_file() else {}
+    except ValueError:
+        previous = {}
+    if not isinstance(previous, dict):
+        previous = {}
+    if previous.get("ref") == ref:
+        return
+    copied = [
+        path
+        for path in sorted(root.rglob("*"))
+        if path.relative_to(root).parts[0] not in RESERVED
+        and not path.relative_to(root).parts[0].startswith(".git")
+    ]
+    folders = [p for p in copied if p.is_dir() and not p.is_symlink()]
+    files = [str(p.relative_to(root)) for p in copied if p not in folders]
+    for rel in previous.get("files", []):
+        old = workdir / rel
+        if ".." not in Path(rel).parts and (old.is_symlink() or old.is_file()):
+            old.unlink()
+    for rel in [*(str(d.relative_to(root)) for d in folders), *files]:
+        src, dst = root / rel, workdir / rel
+        try:
+            if src.is_dir() and not src.is_symlink():
+                dst.mkdir(parents=True, exist_ok=True)
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.is_symlink() or dst.is_file():
+                dst.unlink()
+            shutil.copy2(src, dst, follow_symlinks=False)
+        except OSError as exc:
+            raise LaunchError(
+                f"spec.image: the build's {rel} cannot be put in the working directory "
+                f"({exc.strerror}); a file or folder of the same name is in the way"
+            ) from None
+    marker.write_text(json.dumps({"ref": ref, "files": files}))
 
 
 def workload_env(
