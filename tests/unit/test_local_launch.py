@@ -164,3 +164,12 @@ def test_spawn_refuses_a_nul_byte_without_starting_anything(tmp_path: Path) -> N
         )
     time.sleep(0.1)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_notebook_built_as_a_venv_gets_its_kernel_python() -> None:
+    venv = ImageInfo("venv:1", "venv", root=Path("/src"), python=Path("/v/bin/python"))
+    nb = make("Notebook", {"image": {"upload": {}}})
+    assert workload_env(nb, venv, {})["NOTEBOOK_KERNEL_PYTHON"] == "/v/bin/python"
+    assert workload_argv(nb, venv)[1:] == ["-m", "substratus.workloads.notebook"]
+    job = make("Model", {"image": {"upload": {}}, "command": ["train"]})
+    assert "NOTEBOOK_KERNEL_PYTHON" not in workload_env(job, venv, {})

@@ -377,3 +377,37 @@ def test_busy_port_fails_instead_of_moving(tmp_path: Path) -> None:
         finally:
             stop(nb)
     assert str(port) in nb.logs()
+
+
+@pytest.mark.parametrize("with_ipykernel", [False, True])
+def test_the_kernel_runs_in_the_images_environment(
+    tmp_path: Path, with_ipykernel: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build's venv (here: one with a package only it has) is what the kernel imports."""
+    import sysconfig
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    (Path(site) / "only_in_the_build.py").write_text("ANSWER = 42\n")
+    if with_ipykernel:  # the venv sees this environment's packages, ipykernel among them
+        (Path(site) / "platform.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    state = tmp_path / "state"
+    notebook.prepare_state(state)
+    note = notebook.write_kernel_spec(state, str(python))
+    for key, value in notebook.jupyter_env("t", state, {}).items():
+        monkeypatch.setenv(key, value)  # the Jupyter server's view of the kernels
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    assert spec.argv[0] == (str(python) if with_ipykernel else sys.executable), note
+    env = {**os.environ, **spec.env}
+    done = subprocess.run(
+        [spec.argv[0], "-c", "import ipykernel, only_in_the_build as m; print(m.ANSWER)"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert done.stdout.strip() == "42", done.stderr

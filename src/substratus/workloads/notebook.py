@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -31,6 +32,8 @@ from substratus.workloads import contract
 
 DEFAULT_PORT = 8888
 TOKEN_VAR = "NOTEBOOK_TOKEN"
+# The Python of the image's own environment (a build's venv), for the notebook's kernel.
+KERNEL_PYTHON_VAR = "NOTEBOOK_KERNEL_PYTHON"
 
 # JupyterLab's own user settings, written into the private config dir: no news prompt, no
 # update check from the browser either.
@@ -76,6 +79,9 @@ def jupyter_env(token: str, state: Path, base: Mapping[str, str]) -> dict[str, s
     env["JUPYTER_DATA_DIR"] = str(state / "data")
     env["JUPYTER_RUNTIME_DIR"] = str(state / "runtime")
     env["JUPYTER_PLATFORM_DIRS"] = "1"
+    # Our private data dir before the environment's: a kernel written there (the image's own
+    # Python, write_kernel_spec) wins over the one ipykernel installed beside Jupyter.
+    env["JUPYTER_PREFER_ENV_PATH"] = "0"
     env.setdefault("IPYTHONDIR", str(state / "ipython"))
     # jupyter-lsp runs `npm prefix --global` where npm exists: keep npm's cache and log out
     # of the home directory and npm from asking the registry for its own updates.
@@ -94,6 +100,38 @@ def prepare_state(state: Path) -> None:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(values, indent=2) + "\n")
+
+
+def write_kernel_spec(state: Path, kernel_python: str) -> str:
+    """Make the default kernel (``python3``) run in ``kernel_python``'s environment, so the
+    notebook imports what the image installed. With ipykernel there, that Python runs the
+    kernel; without it, this one does, with that environment's packages first on its path.
+    Returns a line for the log saying which."""
+    probe = (
+        "import importlib.util, json, site; "
+        "print(json.dumps([importlib.util.find_spec('ipykernel') is not None, "
+        "site.getsitepackages()]))"
+    )
+    try:
+        out = subprocess.run(
+            [kernel_python, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+        has_ipykernel, site_packages = json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        return f"kernel: {kernel_python} cannot be used ({exc}); the default kernel is used"
+    launcher = ["-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    spec: dict[str, object] = {"display_name": "Python 3", "language": "python"}
+    if has_ipykernel:
+        spec["argv"] = [kernel_python, *launcher]
+        note = f"kernel: {kernel_python}"
+    else:
+        spec["argv"] = [sys.executable, *launcher]
+        spec["env"] = {"PYTHONPATH": os.pathsep.join(site_packages)}
+        note = f"kernel: {sys.executable} with the packages of {kernel_python} (no ipykernel there)"
+    kernel_dir = state / "data" / "kernels" / "python3"
+    kernel_dir.mkdir(parents=True, exist_ok=True)
+    (kernel_dir / "kernel.json").write_text(json.dumps(spec, indent=2) + "\n")
+    return note
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     root = contract.content_dir().resolve()
     state = Path(tempfile.mkdtemp(prefix="substratus-notebook-"))
     prepare_state(state)
+    kernel_python = os.environ.get(KERNEL_PYTHON_VAR)
+    if kernel_python:
+        print(write_kernel_spec(state, kernel_python), file=sys.stderr, flush=True)
     command = jupyter_command(root, host, port)
     env = jupyter_env(token, state, os.environ)
     mounted = [name for name in ("model", "data") if (root / name).is_dir()]

@@ -160,6 +160,8 @@ def workload_env(
         env["PORT"] = str(port)
     if token is not None:
         env["NOTEBOOK_TOKEN"] = token
+    if isinstance(obj, Notebook) and image.kind == "venv" and image.python is not None:
+        env["NOTEBOOK_KERNEL_PYTHON"] = str(image.python)  # the kernel imports the build's
     if isinstance(obj, Server) and obj.spec.quantization is not None:
         env["QUANTIZATION_BITS"] = str(obj.spec.quantization.bits)
     if isinstance(obj, Notebook | Server):
