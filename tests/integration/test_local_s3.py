@@ -89,3 +89,6 @@ def test_upload_goes_through_a_presigned_s3_url(
     out = tmp_path / "fetched"
     store.fetch(obj["status"]["url"], out)
     assert (out / "o").read_text() == "from-upload\n"
+    # The tarball downloaded from the bucket for the build is not kept: the build cache holds
+    # what it unpacked.
+    assert not any((local.paths.cache / "uploads").glob("*"))

@@ -59,7 +59,12 @@ def _build(runner: Runner, obj: Resource, run: Run, log_file: Path, source: str)
                 built = build_from_git(obj.spec.image.git, cache, engine, out, tag_name=tag)
             else:
                 tarball = _fetch_upload(runner, obj)
-                built = build_from_upload(tarball, cache, engine, out, tag_name=tag)
+                try:
+                    built = build_from_upload(tarball, cache, engine, out, tag_name=tag)
+                finally:
+                    # A copy downloaded from a bucket: the build cache keeps what it unpacked.
+                    if tarball.is_relative_to(runner.paths.cache / "uploads"):
+                        tarball.unlink(missing_ok=True)
     except (BuildFailed, EngineError, OSError, ValueError) as exc:
         _failed(runner, run, str(exc))
     except Exception as exc:  # never leave the object "Building" forever
