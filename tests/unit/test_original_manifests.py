@@ -308,7 +308,12 @@ def test_upload_and_secret_references_normalise() -> None:
             "Model",
             image="registry/built:1",  # the original wrote the built image here
             build={"upload": UPLOAD},
-            env={"A": "${{secrets.hf.token}}", "B": "  ${{  secrets.hf.other  }} ", "C": "x ${{"},
+            env={
+                "A": "${{secrets.hf.token}}",
+                "B": "  ${{  secrets.hf.other  }} ",
+                "C": "x ${{",
+                "D": "${{ secrets.tls.certs.crt }}",  # as the original split it: the last dot
+            },
         )
     )
     image = obj.spec.image
@@ -323,6 +328,7 @@ def test_upload_and_secret_references_normalise() -> None:
         "A": {"name": "hf", "key": "token"},
         "B": {"name": "hf", "key": "other"},
         "C": "x ${{",  # not a reference: only a whole ${{ ... }} value is one
+        "D": {"name": "tls.certs", "key": "crt"},
     }
 
 

@@ -39,7 +39,9 @@ RENAMED: dict[str, dict[str, str]] = {
 # Written fields that hold a plain name, not a reference object.
 _PLAIN_NAMES = {"modelName"}
 
-_SECRET_REF_RE = re.compile(r"^\$\{\{\s*secrets\.([^.\s{}]+)\.([^.\s{}]+)\s*\}\}$")
+# As the original read it: the Secret's name runs to the last dot (names may hold dots), the
+# key is what follows ("secrets.tls.certs.crt" is key "crt" of Secret "tls.certs").
+_SECRET_REF_RE = re.compile(r"^\$\{\{\s*secrets\.([^\s{}]+)\.([^.\s{}]+)\s*\}\}$")
 
 
 class CompatError(ValueError):
