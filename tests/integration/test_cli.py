@@ -45,6 +45,16 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def apply_project(
+    project: Path, files: dict[str, str], manifest: str, timeout: str = "120s"
+) -> subprocess.CompletedProcess[str]:
+    """A build context (``files``) and, beside it, its manifest; `sub apply --wait` that."""
+    for name, text in files.items():
+        write(project / name, text)
+    path = write(project / "manifest.yaml", "apiVersion: substratus.ai/v1\n" + manifest)
+    return sub("apply", "-f", str(path), "--wait", "--timeout", timeout)
+
+
 def test_apply_get_describe_logs_wait_delete(local: Local, tmp_path: Path) -> None:
     docs = MODEL.format(name="a", script="echo hi from a; echo 1 > artifacts/x")
     docs += "---\n" + MODEL.format(name="b", script="echo 2 > artifacts/y")

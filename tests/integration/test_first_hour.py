@@ -13,7 +13,7 @@ import pytest
 
 from substratus.runtimes.local.client import supervisor_running
 from tests.conftest import Local
-from tests.integration.test_cli import sub, write
+from tests.integration.test_cli import apply_project, sub, write
 
 pytestmark = pytest.mark.integration
 
@@ -95,14 +95,11 @@ def test_deleting_a_model_a_server_mounts_keeps_its_files_until_the_server_stops
 
 def test_an_uploaded_notebook_without_a_command_runs_jupyter(local: Local, tmp_path: Path) -> None:
     pytest.importorskip("jupyterlab")
-    project = tmp_path / "project"
-    write(project / "train.py", "print('hello from the upload')\n")
-    manifest = write(
-        project / "notebook.yaml",
-        "apiVersion: substratus.ai/v1\nkind: Notebook\nmetadata: {name: nb}\n"
-        "spec: {image: {upload: {}}}\n",
+    r = apply_project(
+        tmp_path / "project",
+        {"train.py": "print('hello from the upload')\n"},
+        "kind: Notebook\nmetadata: {name: nb}\nspec: {image: {upload: {}}}\n",
     )
-    r = sub("apply", "-f", str(manifest), "--wait", "--timeout", "120s")
     assert r.returncode == 0, r.stderr
     nb = local.get("Notebook", "nb")
     token = nb["status"]["token"]
@@ -116,14 +113,12 @@ def test_an_uploaded_notebook_without_a_command_runs_jupyter(local: Local, tmp_p
 def test_an_uploaded_server_without_a_command_names_the_field(
     local: Local, tmp_path: Path, model: dict[str, Any]
 ) -> None:
-    project = tmp_path / "project"
-    write(project / "serve.py", "print('no entrypoint')\n")
-    manifest = write(
-        project / "server.yaml",
-        "apiVersion: substratus.ai/v1\nkind: Server\nmetadata: {name: up}\n"
-        "spec: {image: {upload: {}}, model: m}\n",
+    r = apply_project(
+        tmp_path / "project",
+        {"serve.py": "print('no entrypoint')\n"},
+        "kind: Server\nmetadata: {name: up}\nspec: {image: {upload: {}}, model: m}\n",
+        timeout="60s",
     )
-    r = sub("apply", "-f", str(manifest), "--wait", "--timeout", "60s")
     assert r.returncode == 1
     assert "StartFailed" in r.stderr and "spec.command: required" in r.stderr
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import Local
-from tests.integration.test_cli import sub, write
+from tests.integration.test_cli import apply_project, sub, write
 from tests.workloads.fake_hub import FakeHub
 from tests.workloads.tiny import make_tiny_llama
 
@@ -49,14 +49,11 @@ def test_what_a_user_wrote_is_what_get_shows(local: Local) -> None:
 
 
 def test_an_upload_in_the_original_shape_is_sent_and_built(local: Local, tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    write(project / "run.sh", "echo built-from-upload > artifacts/out\n")
-    manifest = write(
-        project / "model.yaml",
-        "apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: up}\n"
-        "spec: {build: {upload: {}}, command: [sh, run.sh]}\n",
+    r = apply_project(
+        tmp_path / "project",
+        {"run.sh": "echo built-from-upload > artifacts/out\n"},
+        "kind: Model\nmetadata: {name: up}\nspec: {build: {upload: {}}, command: [sh, run.sh]}\n",
     )
-    r = sub("apply", "-f", str(manifest), "--wait", "--timeout", "120s")
     assert r.returncode == 0, r.stderr
     shown = yaml.safe_load(sub("get", "model/up", "-o", "yaml").stdout)
     upload = shown["spec"]["build"]["upload"]

@@ -31,7 +31,7 @@ from substratus.core.retry import RetryPolicy
 from substratus.runtimes.local import processes
 from substratus.runtimes.local.db import Run, StateDB
 from substratus.runtimes.local.engines import Engine, EngineError, detect_engine
-from substratus.runtimes.local.launch import image_problem
+from substratus.runtimes.local.launch import image_problem, service_url
 from substratus.runtimes.local.paths import LocalPaths
 from substratus.runtimes.local.ports import PortAllocator
 from substratus.runtimes.local.resources import GpuPool, capacity, detect_gpus
@@ -253,7 +253,7 @@ class Controller:
             restarts=len(failed),
             last_exit_code=last.exit_code if last else None,
             log_tail=processes.tail(self.paths.home / last.log) if last else "",
-            url=self.runner.service_url(ready[0].port) if ready else None,
+            url=service_url(ready[0].port) if ready and ready[0].port is not None else None,
             start_error=newest.message if newest.phase == "failed" and newest.pid is None else "",
         )
 

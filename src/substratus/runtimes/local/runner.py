@@ -30,7 +30,6 @@ from substratus.runtimes.local.launch import (
     confine,
     container_argv,
     prepare_workdir,
-    service_url,
     workload_argv,
     workload_env,
 )
@@ -51,9 +50,6 @@ class Runner:
         self.readiness = Readiness(self.db, ctl.enqueue)
 
     # -- shared helpers -------------------------------------------------------------------
-
-    def service_url(self, port: int | None) -> str | None:
-        return service_url(port) if port is not None else None
 
     def missing_secrets(self, obj: Resource) -> list[str]:
         problems = []
