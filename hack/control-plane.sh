@@ -3,6 +3,8 @@
 #   core: etcd, kube-apiserver                          (a real API server to test against)
 #   full: core + kube-controller-manager, kube-scheduler, kwok
 #         (Jobs, scheduling, simulated nodes with nvidia.com/gpu capacity)
+#         + kubelet, kube-proxy, pause, registry (the real node of tests/kube/node.py, which
+#         also needs hack/node.sh, and the local image registry)
 # from Go modules (hack/control-plane/*/go.mod; versions in hack/control-plane/versions.env)
 # into ${SUBSTRATUS_KUBE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/substratus-test/kube}/<kubernetes version>/.
 #
@@ -47,9 +49,13 @@ declare -A spec=(
   [kube-controller-manager]="kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager|$KUBERNETES_VERSION"
   [kube-scheduler]="kubernetes|k8s.io/kubernetes/cmd/kube-scheduler|$KUBERNETES_VERSION"
   [kwok]="kwok|sigs.k8s.io/kwok/cmd/kwok|$KWOK_VERSION"
+  [kubelet]="kubernetes|k8s.io/kubernetes/cmd/kubelet|$KUBERNETES_VERSION"
+  [kube-proxy]="kubernetes|k8s.io/kubernetes/cmd/kube-proxy|$KUBERNETES_VERSION"
+  [registry]="registry|github.com/distribution/distribution/v3/cmd/registry|$REGISTRY_VERSION"
+  [pause]="pause|substratus.test/control-plane/pause|$PAUSE_VERSION"
 )
 wanted=(etcd kube-apiserver)
-[ "$set_name" = full ] && wanted+=(kube-controller-manager kube-scheduler kwok)
+[ "$set_name" = full ] && wanted+=(kube-controller-manager kube-scheduler kwok kubelet kube-proxy registry pause)
 
 assets="${KUBEBUILDER_ASSETS:-}"
 from_assets() { [ -n "$assets" ] && [ -x "$assets/$1" ]; }
@@ -93,6 +99,7 @@ check_pin() {
 check_pin kubernetes k8s.io/kubernetes "$KUBERNETES_VERSION"
 check_pin etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 check_pin kwok sigs.k8s.io/kwok "$KWOK_VERSION"
+check_pin registry github.com/distribution/distribution/v3 "$REGISTRY_VERSION"
 
 mkdir -p "$dest"
 tmp="$(mktemp -d "$cache_root/.build.XXXXXX")" # same filesystem as $dest: mv is a rename
@@ -132,7 +139,7 @@ if [ -z "${GOCACHE:-}" ]; then
   own_gocache=1
 fi
 
-for mod in etcd kubernetes kwok; do
+for mod in etcd kubernetes kwok registry pause; do
   bins=() pkgs=()
   for b in "${missing[@]}"; do
     IFS='|' read -r m pkg _ <<<"${spec[$b]}"

@@ -162,9 +162,10 @@ class SeaweedS3(_Process):
     secret_key = "substratus-test-secret"
     region = "us-east-1"
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         super().__init__()
         self.port = 0
+        self.host = host  # another address than loopback lets pods reach it (the dev cluster)
 
     @staticmethod
     def binary() -> str:
@@ -176,7 +177,7 @@ class SeaweedS3(_Process):
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -208,8 +209,8 @@ class SeaweedS3(_Process):
                 weed,
                 "server",
                 f"-dir={data}",
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
+                f"-ip={self.host}",
+                f"-ip.bind={self.host}",
                 f"-master.port={p['m']}",
                 f"-master.port.grpc={p['mg']}",
                 "-master.volumeSizeLimitMB=64",

@@ -58,6 +58,10 @@ _VERSION_KEY = {
     "kube-controller-manager": "KUBERNETES_VERSION",
     "kube-scheduler": "KUBERNETES_VERSION",
     "kwok": "KWOK_VERSION",
+    "kubelet": "KUBERNETES_VERSION",
+    "kube-proxy": "KUBERNETES_VERSION",
+    "registry": "REGISTRY_VERSION",
+    "pause": "PAUSE_VERSION",
 }
 
 SERVICE_CIDR = "10.96.0.0/16"  # addresses in objects only: nothing routes or connects to them
@@ -643,6 +647,11 @@ class ControlPlane:
                 f"--service-account-key-file={pki.sa_pub}",
                 f"--service-account-signing-key-file={pki.sa_key}",
                 "--authorization-mode=RBAC",
+                # For a real node (node.py): logs, exec and port-forward reach its kubelet by
+                # address (its name resolves nowhere) with a client certificate it trusts.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                f"--kubelet-client-certificate={pki.admin_crt}",
+                f"--kubelet-client-key={pki.admin_key}",
                 "--allow-privileged=true",
                 "--profiling=false",
             ],

@@ -3,18 +3,22 @@
 - ``kube_control_plane`` (session): etcd + kube-apiserver on loopback.
 - ``kube_cluster`` (session): the same plus kube-controller-manager, kube-scheduler and kwok, with
   a simulated node ``GPU_NODE`` that has ``nvidia.com/gpu: 8``.
+- ``kube_node`` (session): ``kube_cluster`` plus a real node (node.py: containerd, kubelet,
+  kube-proxy running real containers) that pulls from ``local_registry`` (session, registry.py).
 - ``kube_client``: a lightkube client as the admin; ``kube_namespace``: a fresh namespace per test;
   ``substratus_crds``: deploy/crds applied and Established.
 
-Missing binaries skip these tests with the command that builds them (hack/control-plane.sh).
-Everything started is killed at the end of the session, also when a test fails or the run is
-interrupted.
+Missing binaries skip these tests with the command that builds them (hack/control-plane.sh,
+hack/node.sh); under CI (``CI`` set) a real node that is not prepared is an error instead, and
+only a machine that cannot run one (not root, no cgroups) skips. Everything started is stopped at
+the end of the session, also when a test fails or the run is interrupted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import urllib.error
 import uuid
@@ -24,6 +28,8 @@ from typing import Any
 import pytest
 
 from tests.kube.cluster import REPO, ControlPlane, ControlPlaneUnavailable
+from tests.kube.node import RealNode, machine_problem
+from tests.kube.registry import LocalRegistry
 
 CRD_DIR = REPO / "deploy" / "crds"
 _TIMINGS = pytest.StashKey[dict[str, float]]()
@@ -54,6 +60,50 @@ def kube_cluster(kube_control_plane: ControlPlane, request: pytest.FixtureReques
     timings = request.config.stash.setdefault(_TIMINGS, {})
     timings["controllers + kwok node ready"] = kube_control_plane.nodes_startup_s
     return kube_control_plane
+
+
+def _unprepared(e: Exception) -> None:
+    """Parts not built: an error under CI (which prepares them), a skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(str(e))
+    pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def local_registry() -> Iterator[LocalRegistry]:
+    """The distribution registry on loopback (plain HTTP), for pushes and the node's pulls."""
+    registry = LocalRegistry()
+    try:
+        registry.start()
+    except ControlPlaneUnavailable as e:
+        _unprepared(e)
+    try:
+        yield registry
+    finally:
+        registry.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_node(
+    kube_cluster: ControlPlane, local_registry: LocalRegistry, request: pytest.FixtureRequest
+) -> Iterator[RealNode]:
+    """``kube_cluster`` plus one Ready real node; kwok's node stays for scheduling tests, so
+    pods meant to run for real select ``kubernetes.io/hostname: <node.name>``. The teardown
+    fails the session if anything the node did to the host is left."""
+    problem = machine_problem()
+    if problem:
+        pytest.skip(problem)
+    node = RealNode(kube_cluster, registry=local_registry.address)
+    try:
+        node.start()
+    except ControlPlaneUnavailable as e:
+        _unprepared(e)
+    request.config.stash.setdefault(_TIMINGS, {})["real node Ready"] = node.startup_s
+    try:
+        yield node
+    finally:
+        left = node.stop()
+        assert not left, f"the real node's teardown left: {left}"
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +170,18 @@ def kube_namespace(kube_control_plane: ControlPlane) -> Iterator[str]:
         # The control plane may already be gone.
         with contextlib.suppress(urllib.error.URLError, OSError):
             kube_control_plane.api("DELETE", f"/api/v1/namespaces/{name}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start their own real node go first: the session's node, once started, holds
+    the machine's node lock until the session ends."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("node_exclusive") else 1)
+
+
+@pytest.fixture
+def kube_timings(request: pytest.FixtureRequest) -> dict[str, float]:
+    """Durations to print in the session's summary (name -> seconds)."""
+    return request.config.stash.setdefault(_TIMINGS, {})
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
