@@ -1,0 +1,98 @@
+"""`hack/dev-cluster.sh up|status|down`, as a person uses it: the printed line is eval-able,
+`up` twice is harmless, the cluster has the real node, our CRDs, the toolbox image, a registry
+and a bucket, and `down` stops every process it started (the node's teardown checks the host)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.kube.cluster import REPO, find_kubectl
+from tests.kube.devcluster import _alive
+from tests.kube.node import NODE_NAME, TOOLBOX_IMAGE, find_node_parts, machine_problem
+
+pytestmark = [pytest.mark.integration, pytest.mark.node_exclusive]
+
+
+def dev_cluster(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "hack/dev-cluster.sh", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+
+
+def test_up_status_down(tmp_path: Path) -> None:
+    problem = machine_problem()
+    if problem:
+        pytest.skip(problem)
+    try:
+        find_node_parts()
+    except Exception as e:
+        if os.environ.get("CI"):
+            pytest.fail(str(e))
+        pytest.skip(str(e))
+    state = tmp_path / "state"
+    # No project images: loading them is the images' own tests' business (and slow).
+    env = dict(
+        os.environ,
+        SUBSTRATUS_DEV_CLUSTER_DIR=str(state),
+        SUBSTRATUS_IMAGE_CACHE=str(tmp_path / "no-images"),
+    )
+    up = dev_cluster("up", env=env)
+    try:
+        assert up.returncode == 0, up.stderr
+        assert up.stdout == f"export KUBECONFIG={state / 'kubeconfig'}\n"
+        again = dev_cluster("up", env=env)
+        assert again.returncode == 0 and again.stdout == up.stdout
+        assert "already up" in again.stderr
+
+        status = dev_cluster("status", env=env)
+        assert status.returncode == 0, status.stderr
+        info = json.loads((state / "cluster.json").read_text())
+        assert TOOLBOX_IMAGE in info["images"]
+
+        kubectl = [str(find_kubectl()), f"--kubeconfig={state / 'kubeconfig'}"]
+        nodes = json.loads(
+            subprocess.run(
+                [*kubectl, "get", "nodes", "-o", "json"], capture_output=True, check=True
+            ).stdout
+        )
+        ready = {
+            n["metadata"]["name"]
+            for n in nodes["items"]
+            if any(
+                c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"]
+            )
+        }
+        assert {NODE_NAME, "kwok-gpu-0"} <= ready
+        crds = subprocess.run(
+            [*kubectl, "get", "crd", "-o", "name"], capture_output=True, text=True, check=True
+        )
+        assert "models.substratus.ai" in crds.stdout
+        with urllib.request.urlopen(f"http://{info['registry']}/v2/", timeout=5) as r:
+            assert r.status == 200
+        bucket = info["bucket"]
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=bucket["AWS_ENDPOINT_URL_S3"],
+            aws_access_key_id=bucket["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=bucket["AWS_SECRET_ACCESS_KEY"],
+            region_name=bucket["AWS_DEFAULT_REGION"],
+        )
+        s3.put_object(Bucket=bucket["url"].removeprefix("s3://"), Key="hello", Body=b"hi")
+    finally:
+        down = dev_cluster("down", env=env)
+    assert down.returncode == 0, down.stderr
+    assert not _alive(info["pid"]), "the dev cluster's process is still running"
+    assert dev_cluster("status", env=env).stdout == "down\n"
+    assert dev_cluster("down", env=env).stderr.strip() == "not running"
