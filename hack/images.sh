@@ -182,9 +182,13 @@ ensure_base() {
     podman load -q -i "$base_tar" >&2
     return 0
   fi
+  [ "$(id -u)" = 0 ] || { echo "images.sh: debootstrap needs root" >&2; exit 3; }
+  if ! command -v debootstrap >/dev/null && command -v apt-get >/dev/null; then
+    echo "installing debootstrap" >&2
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap; } >&2
+  fi
   command -v debootstrap >/dev/null ||
     { echo "images.sh: debootstrap is needed for the base image (apt-get install debootstrap)" >&2; exit 3; }
-  [ "$(id -u)" = 0 ] || { echo "images.sh: debootstrap needs root" >&2; exit 3; }
   t0=$(date +%s)
   rootfs="$(mktemp -d "${TMPDIR:-/tmp}/substratus-rootfs.XXXXXX")"
   echo "debootstrap $SUITE (minbase + $INCLUDE) for $BASE_IMAGE..." >&2
