@@ -67,7 +67,18 @@ def test_crashed_server_is_restarted(local: Local, model: dict[str, Any]) -> Non
         ),
         timeout=30,
     )
-    assert "Hello" not in get(obj["status"]["url"] + "/")
+    # `ready` may still be the killed replica's until the controller has seen the crash; the
+    # new process answers once it listens.
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            page = get(obj["status"]["url"] + "/")
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    assert "Hello" not in page
 
 
 def test_server_that_keeps_crashing_reports_its_exit_code(

@@ -42,8 +42,9 @@ HOST_PATHS = (
     "/var/log/pods",
     "/run/containerd",
     "/opt/containerd",
-    "/var/lib/cni",
 )
+# libcni's cache, shared with podman: only the node's files go, and the directories if empty.
+CNI_CACHE = Path("/var/lib/cni")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_NAMES = ("kubepods", "kubepods.slice", "k8s.io")
 NETNS_DIR = Path("/run/netns")
@@ -70,7 +71,7 @@ class Baseline:
 def snapshot() -> Baseline:
     return Baseline(
         sysctls={k: v for k in SYSCTLS if (v := read_sysctl(k)) is not None},
-        absent_paths=[p for p in HOST_PATHS if not os.path.lexists(p)],
+        absent_paths=[p for p in (*HOST_PATHS, str(CNI_CACHE)) if not os.path.lexists(p)],
         absent_cgroups=[str(c) for c in _cgroup_candidates() if not c.exists()],
         netns=sorted(_netns()),
         iptables={cmd: iptables_save(cmd) for cmd in IPTABLES if shutil.which(cmd)},
@@ -147,10 +148,11 @@ def pids_referring_to(path: Path, executables: set[str]) -> list[int]:
     return found
 
 
-def cgroup_pids() -> list[int]:
-    """Processes in the node's pod cgroups (containers whose shim is gone included)."""
+def cgroup_pids(before: Baseline) -> list[int]:
+    """Processes in the node's pod cgroups (containers whose shim is gone included): only
+    cgroups that did not exist before the node started, never another kubelet's."""
     pids: set[int] = set()
-    for c in _cgroup_candidates():
+    for c in map(Path, before.absent_cgroups):
         if c.is_dir():
             for procs in c.rglob("cgroup.procs"):
                 with contextlib.suppress(OSError, ValueError):
@@ -282,19 +284,24 @@ def remove_cgroups(before: Baseline) -> None:
 
 def remove_host_paths(before: Baseline) -> None:
     for path in before.absent_paths:
-        if os.path.lexists(path):
+        if path != str(CNI_CACHE) and os.path.lexists(path):
             unmount_under(Path(path))
             shutil.rmtree(path, ignore_errors=True)
 
 
-def remove_cni_cache(network: str) -> None:
-    """libcni's cached results for the node's network (``/var/lib/cni`` may be podman's too)."""
-    results = Path("/var/lib/cni/results")
+def remove_cni_cache(before: Baseline, network: str) -> None:
+    """libcni's cached results for the node's network, then its directories if they were not
+    there before and are left empty."""
+    results = CNI_CACHE / "results"
     for f in results.glob(f"{network}-*"):
         container = f.name.removeprefix(f"{network}-").rsplit("-", 1)[0]
         for g in (f, results / f"cni-loopback-{container}-lo"):
             with contextlib.suppress(OSError):
                 g.unlink()
+    if str(CNI_CACHE) in before.absent_paths:
+        for d in (results, CNI_CACHE):
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def leftovers(
@@ -304,7 +311,7 @@ def leftovers(
     found = []
     if pids := pids_referring_to(state, executables):
         found.append(f"processes still running: {pids}")
-    if pids := cgroup_pids():
+    if pids := cgroup_pids(before):
         found.append(f"processes in pod cgroups: {pids}")
     if points := mounts_under(state, *(Path(p) for p in before.absent_paths)):
         found.append(f"mounts: {points}")
@@ -325,9 +332,10 @@ def leftovers(
             found.append(f"sysctl {key} is {now_value}, was {value}")
     if cgroups := [c for c in before.absent_cgroups if Path(c).exists()]:
         found.append(f"cgroups: {cgroups}")
-    if paths := [p for p in before.absent_paths if os.path.lexists(p)]:
+    shared = str(CNI_CACHE)  # checked by its files above: podman may have made it meanwhile
+    if paths := [p for p in before.absent_paths if p != shared and os.path.lexists(p)]:
         found.append(f"paths: {paths}")
-    if cached := sorted(p.name for p in Path("/var/lib/cni/results").glob(f"{network}-*")):
+    if cached := sorted(p.name for p in (CNI_CACHE / "results").glob(f"{network}-*")):
         found.append(f"CNI cache: {cached}")
     if state.exists():
         found.append(f"state directory {state}")

@@ -86,7 +86,30 @@ def machine_problem() -> str | None:
         return "a real node needs cgroups (no memory controller under /sys/fs/cgroup)"
     if host_ip() is None:
         return "a real node needs a non-loopback IPv4 address (the kubelet refuses loopback)"
+    if _lock_free() and (others := _running("kubelet")):
+        return f"a kubelet not started by these tests runs here (pid {others[0]})"
     return None
+
+
+def _running(comm: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if d.name.isdigit() and (d / "comm").read_text().strip() == comm:
+                pids.append(int(d.name))
+    return pids
+
+
+def _lock_free() -> bool:
+    """No node of these tests holds the machine (so any kubelet running is someone else's)."""
+    try:
+        with open(_LOCK, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def host_ip() -> str | None:
@@ -561,8 +584,12 @@ def _owner(state: Path) -> int:
 def clean_stale_states() -> None:
     """Tear down state directories whose test process is gone (call with the lock held)."""
     for state in Path(tempfile.gettempdir()).glob(f"{_STATE_PREFIX}*"):
-        if state.is_dir() and not _pid_alive(_owner(state)):
+        if _pid_alive(_owner(state)):
+            continue
+        if state.is_dir():
             teardown(state)
+        elif state.suffix in (".json", ".log"):  # a reaper's report nobody read
+            state.unlink(missing_ok=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -679,7 +706,8 @@ def teardown(state: Path) -> list[str]:
     executables = set(info["executables"])
     for _ in range(3):
         left = sorted(
-            set(hoststate.cgroup_pids()) | set(hoststate.pids_referring_to(state, executables))
+            set(hoststate.cgroup_pids(before))
+            | set(hoststate.pids_referring_to(state, executables))
         )
         if not left:
             break
@@ -690,7 +718,7 @@ def teardown(state: Path) -> list[str]:
     hoststate.remove_link(info["bridge"])
     hoststate.remove_iptables(before, info["network"])
     hoststate.remove_nft_tables(before)
-    hoststate.remove_cni_cache(info["network"])
+    hoststate.remove_cni_cache(before, info["network"])
     hoststate.restore_sysctls(before)
     hoststate.remove_cgroups(before)
     hoststate.remove_host_paths(before)
