@@ -24,6 +24,6 @@ case "${1:-}" in
     bash hack/node.sh --check >&2
     ;;
   down | status) ;;
-  *) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
 exec .venv/bin/python -m tests.kube.devcluster "$@"

@@ -37,7 +37,7 @@ done
 cache="${SUBSTRATUS_NODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/substratus-test/node}"
 kube_bin="$(bash "$here/control-plane.sh" --print-dir)"
 packages=(runc containernetworking-plugins iptables nftables conntrack busybox-static)
-toolbox_key=$(cat /bin/busybox "$here/ociarchive.py" 2>/dev/null | sha256sum | cut -c1-12)
+toolbox_key() { cat /bin/busybox "$here/ociarchive.py" 2>/dev/null | sha256sum | cut -c1-12; }
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -51,7 +51,7 @@ if [ ! -x "$cache/containerd/usr/bin/containerd" ] || { [ -n "$want_containerd" 
   missing+=(containerd)
 fi
 [ -f "$cache/images/pause-$PAUSE_VERSION.tar" ] || missing+=(image:pause)
-[ -f "$cache/images/toolbox-$toolbox_key.tar" ] || missing+=(image:toolbox)
+[ -f "$cache/images/toolbox-$(toolbox_key).tar" ] || missing+=(image:toolbox)
 
 if [ "${#missing[@]}" = 0 ]; then
   echo "node: ready ($cache; containerd $have_containerd)"
@@ -108,7 +108,8 @@ if [ ! -f "$cache/images/pause-$PAUSE_VERSION.tar" ]; then
   rm -rf "$root"
 fi
 
-if [ ! -f "$cache/images/toolbox-$toolbox_key.tar" ]; then
+toolbox="$cache/images/toolbox-$(toolbox_key).tar" # after busybox-static is installed
+if [ ! -f "$toolbox" ]; then
   # A busybox shell and its applets (sh, wget, httpd, nc, dd, ...): what test pods and a
   # person poking at the dev cluster need. /tmp is world-writable for non-root pods.
   root=$(mktemp -d)
@@ -121,7 +122,7 @@ if [ ! -f "$cache/images/toolbox-$toolbox_key.tar" ]; then
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n' >"$root/etc/passwd"
   printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
   rm -f "$cache"/images/toolbox-*.tar
-  python3 "$here/ociarchive.py" "$root" "$cache/images/toolbox-$toolbox_key.tar" \
+  python3 "$here/ociarchive.py" "$root" "$toolbox" \
     substratus.local/toolbox:latest --cmd '["sh"]'
   rm -rf "$root"
 fi

@@ -346,11 +346,34 @@ class Proc:
             self.popen.wait(timeout=10)
 
 
+def spawn(
+    name: str,
+    argv: list[str],
+    log_path: Path,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Proc:
+    """Start a server: its own session (killed with its group), dying with the test process,
+    output appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        popen = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            env=env,
+        )
+    return Proc(name, popen, log_path)
+
+
 class _PortClash(Exception):
     pass
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -364,7 +387,7 @@ def remove_stale_dirs() -> None:
     """Remove temporary directories of control planes whose test process is gone (killed runs)."""
     for d in Path(tempfile.gettempdir()).glob(f"{_TMP_PREFIX}*"):
         m = re.match(rf"{_TMP_PREFIX}(\d+)-", d.name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -548,18 +571,7 @@ class ControlPlane:
 
     def _spawn(self, name: str, argv: list[str]) -> Proc:
         assert self.tmp is not None
-        log_path = self.tmp / f"{name}.log"
-        with open(log_path, "ab") as log:
-            popen = subprocess.Popen(
-                argv,
-                cwd=self.tmp,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        proc = Proc(name, popen, log_path)
+        proc = spawn(name, argv, self.tmp / f"{name}.log", cwd=self.tmp)
         self.procs.append(proc)
         return proc
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 import urllib.error
 import uuid
@@ -28,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.kube.cluster import REPO, ControlPlane, ControlPlaneUnavailable
-from tests.kube.node import RealNode, machine_problem
+from tests.kube.node import RealNode, machine_problem, unprepared
 from tests.kube.registry import LocalRegistry
 
 CRD_DIR = REPO / "deploy" / "crds"
@@ -62,13 +61,6 @@ def kube_cluster(kube_control_plane: ControlPlane, request: pytest.FixtureReques
     return kube_control_plane
 
 
-def _unprepared(e: Exception) -> None:
-    """Parts not built: an error under CI (which prepares them), a skip elsewhere."""
-    if os.environ.get("CI"):
-        pytest.fail(str(e))
-    pytest.skip(str(e))
-
-
 @pytest.fixture(scope="session")
 def local_registry() -> Iterator[LocalRegistry]:
     """The distribution registry on loopback (plain HTTP), for pushes and the node's pulls."""
@@ -76,7 +68,7 @@ def local_registry() -> Iterator[LocalRegistry]:
     try:
         registry.start()
     except ControlPlaneUnavailable as e:
-        _unprepared(e)
+        unprepared(str(e))
     try:
         yield registry
     finally:
@@ -97,7 +89,7 @@ def kube_node(
     try:
         node.start()
     except ControlPlaneUnavailable as e:
-        _unprepared(e)
+        unprepared(str(e))
     request.config.stash.setdefault(_TIMINGS, {})["real node Ready"] = node.startup_s
     try:
         yield node

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.kube.cluster import REPO, ControlPlane, dump_logs
+from tests.kube.hoststate import alive
 from tests.kube.node import RealNode
 from tests.kube.registry import LocalRegistry
 
@@ -44,19 +46,18 @@ def _say(msg: str) -> None:
 
 
 def _read_info(d: Path) -> dict[str, Any] | None:
+    """cluster.json, if the process that wrote it still runs (it survives a reboot or a
+    SIGKILL: its PID may be another process's by now)."""
     try:
         info: dict[str, Any] = json.loads((d / "cluster.json").read_text())
-    except (OSError, ValueError):
+        pid = int(info["pid"])
+    except (OSError, ValueError, KeyError):
         return None
-    try:
-        os.kill(int(info["pid"]), 0)
-    except (ProcessLookupError, ValueError, KeyError):
-        return None
-    return info
+    return info if pid == _serving_pid(d) else None
 
 
 def image_archives() -> list[Path]:
-    """The archives hack/images.sh has built (newest per image)."""
+    """The archives hack/images.sh has built (its base image included: a FROM for builds)."""
     r = subprocess.run(
         ["bash", "hack/images.sh", "--print-dir"], cwd=REPO, capture_output=True, text=True
     )
@@ -139,9 +140,14 @@ def serve(d: Path, gpu_nodes: int) -> None:
 
 
 def up(d: Path, gpu_nodes: int, timeout: float) -> int:
+    d.mkdir(parents=True, exist_ok=True)
+    lock = open(d / ".lock", "a")  # noqa: SIM115 - two `up` at once start one cluster
+    fcntl.flock(lock, fcntl.LOCK_EX)
     info = _read_info(d)
+    if info is None and _serving_pid(d):
+        _say("a dev cluster is still starting or stopping; try again in a minute")
+        return 1
     if info is None:
-        d.mkdir(parents=True, exist_ok=True)
         (d / "cluster.json").unlink(missing_ok=True)
         log = d / "cluster.log"
         with open(log, "wb") as out:
@@ -165,8 +171,9 @@ def up(d: Path, gpu_nodes: int, timeout: float) -> int:
         while (info := _read_info(d)) is None:
             if daemon.poll() is not None or time.monotonic() > deadline:
                 if daemon.poll() is None:
-                    daemon.terminate()
-                    daemon.wait(timeout=200)
+                    daemon.terminate()  # it tears down what it started
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        daemon.wait(timeout=200)
                 _say(f"the dev cluster did not start; the end of {log}:")
                 _say("\n".join(log.read_text(errors="replace").splitlines()[-40:]))
                 return 1
@@ -182,15 +189,14 @@ def up(d: Path, gpu_nodes: int, timeout: float) -> int:
 
 
 def down(d: Path, timeout: float) -> int:
-    info = _read_info(d)
-    pid = int(info["pid"]) if info else _pid_from_log(d)
+    pid = _serving_pid(d)
     if not pid:
         _say("not running")
         return 0
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while alive(pid):
         if time.monotonic() > deadline:
             _say(
                 f"pid {pid} did not stop in {timeout:.0f}s; "
@@ -216,8 +222,9 @@ def down(d: Path, timeout: float) -> int:
     return 1 if left else 0
 
 
-def _pid_from_log(d: Path) -> int:
-    """A background process still starting (no cluster.json yet) is found by its command line."""
+def _serving_pid(d: Path) -> int:
+    """The background process serving ``d``, found by its command line and environment (also
+    while it starts, before cluster.json exists); 0 if none."""
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             with contextlib.suppress(OSError):
@@ -226,14 +233,6 @@ def _pid_from_log(d: Path) -> int:
                 if b"tests.kube.devcluster" in argv and b"serve" in argv and str(d).encode() in env:
                     return int(proc.name)
     return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def status(d: Path) -> int:

@@ -24,17 +24,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# The kubelet sets the first six (unless protectKernelDefaults, which refuses to start instead);
-# the bridge plugin turns on forwarding.
-SYSCTLS = (
-    "vm.overcommit_memory",
-    "vm.panic_on_oom",
-    "kernel.panic",
-    "kernel.panic_on_oops",
-    "kernel.keys.root_maxkeys",
-    "kernel.keys.root_maxbytes",
-    "net.ipv4.ip_forward",
-)
+# What the kubelet sets (setupKernelTunables; protectKernelDefaults would refuse to start
+# instead). Teardown puts back a value only while it is still the kubelet's: one that something
+# else changed since is left alone. (IPv4 forwarding, which the bridge plugin turns on as podman
+# and every container engine do, stays on.)
+KUBELET_SYSCTLS = {
+    "vm.overcommit_memory": "1",
+    "vm.panic_on_oom": "0",
+    "kernel.panic": "10",
+    "kernel.panic_on_oops": "1",
+    "kernel.keys.root_maxkeys": "1000000",
+    "kernel.keys.root_maxbytes": "25000000",
+}
 # Written by the kubelet and containerd whatever their configured directories are.
 HOST_PATHS = (
     "/var/lib/kubelet",
@@ -70,7 +71,7 @@ class Baseline:
 
 def snapshot() -> Baseline:
     return Baseline(
-        sysctls={k: v for k in SYSCTLS if (v := read_sysctl(k)) is not None},
+        sysctls={k: v for k in KUBELET_SYSCTLS if (v := read_sysctl(k)) is not None},
         absent_paths=[p for p in (*HOST_PATHS, str(CNI_CACHE)) if not os.path.lexists(p)],
         absent_cgroups=[str(c) for c in _cgroup_candidates() if not c.exists()],
         netns=sorted(_netns()),
@@ -131,20 +132,18 @@ def nft_tables() -> list[str]:
 # Undoing
 
 
-def pids_referring_to(path: Path, executables: set[str]) -> list[int]:
-    """Processes whose command line names ``path`` or whose binary is one of ``executables``."""
-    needle = str(path).encode()
+def pids_of(state: Path, executables: set[str]) -> list[int]:
+    """The node's own processes: one of its binaries, with its state directory on the command
+    line (every one it starts has: a config file, a socket). Not a `tail -f` of its log, not
+    another node's kubelet."""
+    needle = str(state).encode()
     found = []
     for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
+        if not d.name.isdigit():
             continue
-        try:
-            if needle in (d / "cmdline").read_bytes() or (
-                executables and os.readlink(d / "exe") in executables
-            ):
+        with contextlib.suppress(OSError):
+            if needle in (d / "cmdline").read_bytes() and os.readlink(d / "exe") in executables:
                 found.append(int(d.name))
-        except OSError:
-            continue
     return found
 
 
@@ -168,11 +167,12 @@ def kill_all(pids: list[int], grace: float = 0) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 5)
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(alive(p) for p in pids):
             time.sleep(0.1)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Running (a zombie is not)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -196,13 +196,26 @@ def unmount_under(*dirs: Path) -> None:
         subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
 
 
-def remove_netns(before: Baseline) -> None:
-    """Network namespaces the container runtime made (``cni-*``) that were not there before."""
-    for name in sorted(_netns() - set(before.netns)):
-        if name.startswith("cni-"):
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
-            with contextlib.suppress(OSError):
-                (NETNS_DIR / name).unlink()
+def netns_of(pids: list[int]) -> set[str]:
+    """The names (in /run/netns) of the network namespaces these processes are in."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            inodes.add(os.stat(f"/proc/{pid}/ns/net").st_ino)
+    names = set()
+    for name in _netns():
+        with contextlib.suppress(OSError):
+            if os.stat(NETNS_DIR / name).st_ino in inodes:
+                names.add(name)
+    return names
+
+
+def remove_netns(names: set[str]) -> None:
+    """The pods' network namespaces that CNI DEL did not remove (the node was killed)."""
+    for name in sorted(names & _netns()):
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
+        with contextlib.suppress(OSError):
+            (NETNS_DIR / name).unlink()
 
 
 def remove_link(name: str) -> None:
@@ -210,11 +223,16 @@ def remove_link(name: str) -> None:
         subprocess.run(["ip", "link", "delete", name], capture_output=True, timeout=30)
 
 
+PORTMAP_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
+
+
 def _our_chains(
     table: list[str], before: list[str], network: str
 ) -> tuple[list[list[str]], list[str]]:
-    """New jump rules to delete and new chains to remove in one table: ``KUBE-*`` chains, and
-    ``CNI-*`` chains that a rule naming ``network`` jumps to (podman's are named ``podman``)."""
+    """New jump rules to delete and new chains to remove in one table: ``KUBE-*`` chains (one
+    node per machine: kube-proxy's are the node's), ``CNI-*`` chains that a rule naming
+    ``network`` jumps to (podman's rules name ``podman``), and portmap's chains, which every CNI
+    network shares, only if they are new and hold no other network's rules."""
     old = set(before)
     new_chains = [line[1:].split()[0] for line in table if line.startswith(":") and line not in old]
     ours = {c for c in new_chains if c.startswith("KUBE-")}
@@ -224,7 +242,12 @@ def _our_chains(
             m = re.search(r" -j (CNI-\S+)", line)
             if m and m.group(1) in new_chains:
                 ours.add(m.group(1))
-    ours |= {c for c in new_chains if c.startswith("CNI-HOSTPORT-") or c.startswith("CNI-DN-")}
+    portmap = [c for c in PORTMAP_CHAINS if c in new_chains]
+    shared = any(
+        line.startswith(f"-A {PORTMAP_CHAINS[0]} ") and marker not in line for line in table
+    )
+    if portmap and not shared:
+        ours |= set(portmap)
     rules = []
     for line in table:
         if not line.startswith("-A ") or line in old:
@@ -244,7 +267,9 @@ def remove_iptables(before: Baseline, network: str) -> None:
                 subprocess.run([cmd, "-w", "-t", name, *rule], capture_output=True, timeout=30)
             for op in ("-F", "-X"):
                 for chain in chains:
-                    subprocess.run([cmd, "-w", "-t", name, op, chain], capture_output=True)
+                    subprocess.run(
+                        [cmd, "-w", "-t", name, op, chain], capture_output=True, timeout=30
+                    )
 
 
 def remove_nft_tables(before: Baseline) -> None:
@@ -260,12 +285,19 @@ def remove_nft_tables(before: Baseline) -> None:
             if s and s != "}" and not s.startswith(("table ", "chain ", "type "))
         ]
         if not body:
-            subprocess.run(["nft", "delete", "table", family, name], capture_output=True)
+            subprocess.run(
+                ["nft", "delete", "table", family, name], capture_output=True, timeout=30
+            )
+
+
+def _changed_by_kubelet(key: str, before: str) -> bool:
+    now = read_sysctl(key)
+    return now != before and now == KUBELET_SYSCTLS.get(key)
 
 
 def restore_sysctls(before: Baseline) -> None:
     for key, value in before.sysctls.items():
-        if read_sysctl(key) != value:
+        if _changed_by_kubelet(key, value):
             with contextlib.suppress(OSError):
                 (Path("/proc/sys") / key.replace(".", "/")).write_text(value)
 
@@ -309,7 +341,7 @@ def leftovers(
 ) -> list[str]:
     """What the node left on the host, as sentences (empty: the host is as it was)."""
     found = []
-    if pids := pids_referring_to(state, executables):
+    if pids := pids_of(state, executables):
         found.append(f"processes still running: {pids}")
     if pids := cgroup_pids(before):
         found.append(f"processes in pod cgroups: {pids}")
@@ -328,8 +360,8 @@ def leftovers(
     if new_tables := sorted(set(nft_tables()) - set(before.nft_tables)):
         found.append(f"nft tables: {new_tables}")
     for key, value in before.sysctls.items():
-        if (now_value := read_sysctl(key)) != value:
-            found.append(f"sysctl {key} is {now_value}, was {value}")
+        if _changed_by_kubelet(key, value):
+            found.append(f"sysctl {key} is {read_sysctl(key)}, was {value}")
     if cgroups := [c for c in before.absent_cgroups if Path(c).exists()]:
         found.append(f"cgroups: {cgroups}")
     shared = str(CNI_CACHE)  # checked by its files above: podman may have made it meanwhile

@@ -4,20 +4,13 @@
 images made locally (``hack/node.sh``: the pause and toolbox images; ``hack/images.sh``: ours).
 Everything lives under a private state directory (``$TMPDIR/substratus-node-<pid>-*``): the
 kubelet's root and certificates, containerd's root, state and sockets, the CNI configuration
-and address leases, logs. One node per machine at a time (a lock file), since the kubelet and
-kube-proxy also change the host (see :mod:`tests.kube.hoststate`).
+(:mod:`tests.kube.nodeconfig`) and address leases, logs. One node per machine at a time (a lock
+file), since the kubelet and kube-proxy also change the host (see :mod:`tests.kube.hoststate`).
 
-Teardown is one code path, :func:`teardown`, run by a small reaper process that outlives the test
-process: :meth:`RealNode.stop` closes a pipe and waits for it; when the test process is killed the
-pipe closes all the same (and the kernel has already killed containerd, the kubelet and
-kube-proxy, started with ``PR_SET_PDEATHSIG``), so the reaper cleans up then. It cordons the node
-and deletes its pods while the API server answers (the kubelet then stops each sandbox, which runs
-CNI DEL), stops kube-proxy (and removes its rules), the kubelet and containerd by PID, kills any
-container process or shim left, unmounts what is under the state directory, removes the pods'
-network namespaces, the bridge, the node's iptables chains and empty nf_tables tables, restores
-the kernel settings the kubelet changed, removes the pod cgroups and the fixed host paths that did
-not exist before, then checks (:func:`tests.kube.hoststate.leftovers`) and reports what remains.
-A state directory left by a run whose reaper could not finish is cleaned by the next start.
+Teardown is one code path, :func:`tests.kube.reaper.teardown`, run by a small reaper process that
+outlives the test process: :meth:`RealNode.stop` closes a pipe and waits for it; when the test
+process is killed the pipe closes all the same (and the kernel has already killed containerd, the
+kubelet and kube-proxy, started with ``PR_SET_PDEATHSIG``), so the reaper cleans up then.
 
 Needs Linux, root and cgroups; :func:`machine_problem` says why a machine cannot run it.
 """
@@ -25,44 +18,38 @@ Needs Linux, root and cgroups; :func:`machine_problem` says why a machine cannot
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
-import signal
 import socket
-import ssl
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, NoReturn
 
-from tests.kube import hoststate
+from tests.kube import hoststate, nodeconfig, reaper
 from tests.kube.cluster import (
     REPO,
     ControlPlane,
     ControlPlaneUnavailable,
     Proc,
-    _die_with_parent,
     find_binaries,
     free_port,
     pinned_versions,
+    spawn,
 )
+from tests.kube.nodeconfig import BRIDGE, NETWORK
+
+__all__ = ["BRIDGE", "NETWORK", "NODE_NAME", "TOOLBOX_IMAGE", "RealNode", "machine_problem"]
 
 NODE_NAME = "substratus-node"
-NETWORK = "substratus-node"  # the CNI network's name: its iptables rules carry it
-BRIDGE = "substratus0"
-POD_CIDR = "10.245.0.0/24"  # apart from kwok's 10.244.0.0/16 and podman's 10.88.0.0/16
 TOOLBOX_IMAGE = "substratus.local/toolbox:latest"
-_STATE_PREFIX = "substratus-node-"
-_LOCK = Path(tempfile.gettempdir()) / "substratus-node.lock"
 NODE_SCRIPT = "hack/node.sh"
 
 
@@ -86,9 +73,37 @@ def machine_problem() -> str | None:
         return "a real node needs cgroups (no memory controller under /sys/fs/cgroup)"
     if host_ip() is None:
         return "a real node needs a non-loopback IPv4 address (the kubelet refuses loopback)"
-    if _lock_free() and (others := _running("kubelet")):
+    # A reaper may still be finishing a teardown: give it a minute.
+    if not reaper.lock_free(wait=60):
+        return (
+            f"another real node holds this machine ({reaper.LOCK}): a dev cluster? "
+            "(bash hack/dev-cluster.sh down)"
+        )
+    if others := _running("kubelet"):
         return f"a kubelet not started by these tests runs here (pid {others[0]})"
     return None
+
+
+def unprepared(reason: str) -> NoReturn:
+    """Parts not built: an error under CI (which prepares them), a skip elsewhere."""
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def skip_unless_a_node_can_run() -> None:
+    """For tests that start their own node: skip where the machine cannot run one (with the
+    reason), fail under CI where its parts are missing."""
+    import pytest
+
+    if problem := machine_problem():
+        pytest.skip(problem)
+    try:
+        find_node_parts()
+    except NodeUnavailable as e:
+        unprepared(str(e))
 
 
 def _running(comm: str) -> list[int]:
@@ -98,18 +113,6 @@ def _running(comm: str) -> list[int]:
             if d.name.isdigit() and (d / "comm").read_text().strip() == comm:
                 pids.append(int(d.name))
     return pids
-
-
-def _lock_free() -> bool:
-    """No node of these tests holds the machine (so any kubelet running is someone else's)."""
-    try:
-        with open(_LOCK, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def host_ip() -> str | None:
@@ -217,11 +220,14 @@ class RealNode:
         assert self.plane.pki is not None and self.plane.url, "start the control plane first"
         self.parts = find_node_parts()
         self.ip = host_ip() or ""
-        self._lock = _take_lock(timeout=120)
+        try:
+            self._lock = reaper.take_lock(timeout=60)
+        except TimeoutError as e:
+            raise NodeUnavailable(f"{e}: a dev cluster? (bash hack/dev-cluster.sh down)") from None
         t0 = time.monotonic()
         try:
-            clean_stale_states()
-            self.state = Path(tempfile.mkdtemp(prefix=f"{_STATE_PREFIX}{os.getpid()}-"))
+            reaper.clean_stale_states()
+            self.state = Path(tempfile.mkdtemp(prefix=f"{reaper.STATE_PREFIX}{os.getpid()}-"))
             for d in ("logs", "pids", "pki", "cni/net.d", "cni/ipam", "kubelet", "pod-logs"):
                 (self.state / d).mkdir(parents=True, exist_ok=True)
             hoststate.snapshot().save(self.state / "baseline.json")
@@ -232,27 +238,28 @@ class RealNode:
                 self.load_image(archive)
             self._start_kubelet(timeout)
             self._start_kube_proxy(timeout)
-        except BaseException:
-            self.stop()
+        except BaseException as e:
+            for line in self.stop():
+                e.add_note(f"teardown after the failed start left: {line}")
             raise
         self.startup_s = time.monotonic() - t0
         return self
 
     def stop(self) -> list[str]:
         """Tear down (see the module's docstring); return what was left on the host, if any."""
-        reaper, self._reaper = self._reaper, None
+        process, self._reaper = self._reaper, None
         report: list[str] = []
-        if reaper is not None:
-            assert reaper.stdin is not None
-            reaper.stdin.close()  # EOF: the reaper tears down now
+        if process is not None:
+            assert process.stdin is not None
+            process.stdin.close()  # EOF: the reaper tears down now
             try:
-                reaper.wait(timeout=180)
+                process.wait(timeout=180)
             except subprocess.TimeoutExpired:
-                reaper.kill()
+                process.kill()
                 report.append("the reaper did not finish in 180 s")
-            report += _read_report(self.state)
+            report += reaper.read_report(self.state)
         elif self.state.name and self.state.exists():
-            report += teardown(self.state)
+            report += reaper.teardown(self.state)
         self.procs = []
         if self._lock is not None:
             self._lock.close()
@@ -289,8 +296,7 @@ class RealNode:
 
     @staticmethod
     def images_in(archive: Path) -> list[str]:
-        import tarfile
-
+        """The names in an OCI archive's index (hack/ociarchive.py's)."""
         with tarfile.open(archive) as tar:
             member = tar.extractfile("index.json")
             index = json.load(member) if member else {}
@@ -336,10 +342,9 @@ class RealNode:
 
     def _start_reaper(self) -> None:
         assert self._lock is not None
-        log = open(self.state.parent / f"{self.state.name}.reaper.log", "ab")  # noqa: SIM115
-        with log:
+        with open(reaper.log_path(self.state), "ab") as log:
             self._reaper = subprocess.Popen(
-                [sys.executable, "-m", "tests.kube.node", "reap", str(self.state)],
+                [sys.executable, "-m", "tests.kube.reaper", str(self.state)],
                 cwd=REPO,
                 stdin=subprocess.PIPE,
                 stdout=log,
@@ -351,24 +356,12 @@ class RealNode:
             )
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
-        log_path = self.state / "logs" / f"{name}.log"
-        with open(log_path, "ab") as log:
-            popen = subprocess.Popen(
-                argv,
-                cwd=self.state,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-                env=env,
-            )
-        (self.state / "pids" / f"{name}.pid").write_text(str(popen.pid))
-        proc = Proc(name, popen, log_path)
+        proc = spawn(name, argv, self.state / "logs" / f"{name}.log", cwd=self.state, env=env)
+        (self.state / "pids" / f"{name}.pid").write_text(str(proc.pid))
         self.procs.append(proc)
         return proc
 
-    def _wait(self, what: str, ready: Any, timeout: float, proc: Proc) -> None:
+    def _wait(self, what: str, ready: Callable[[], object], timeout: float, proc: Proc) -> None:
         deadline = time.monotonic() + timeout
         while True:
             if not proc.alive():
@@ -384,42 +377,19 @@ class RealNode:
         assert self.parts is not None
         d = self.state / "containerd"
         d.mkdir(exist_ok=True)
-        (self.state / "cni" / "net.d" / "10-substratus-node.conflist").write_text(
-            json.dumps(
-                {
-                    "cniVersion": "1.0.0",
-                    "name": NETWORK,
-                    "plugins": [
-                        {
-                            "type": "bridge",
-                            "bridge": BRIDGE,
-                            "isGateway": True,
-                            "ipMasq": True,
-                            "hairpinMode": True,
-                            "ipam": {
-                                "type": "host-local",
-                                "dataDir": str(self.state / "cni" / "ipam"),
-                                "ranges": [[{"subnet": POD_CIDR}]],
-                                "routes": [{"dst": "0.0.0.0/0"}],
-                            },
-                        },
-                        {"type": "portmap", "capabilities": {"portMappings": True}},
-                    ],
-                }
-            )
-        )
+        conflist = self.state / "cni" / "net.d" / "10-substratus-node.conflist"
+        conflist.write_text(nodeconfig.cni_conflist(self.state / "cni" / "ipam"))
         hosts = self.state / "containerd" / "certs.d"
         if self.registry:
-            host_dir = hosts / self.registry
-            host_dir.mkdir(parents=True)
-            (host_dir / "hosts.toml").write_text(
-                f'server = "http://{self.registry}"\n\n'
-                f'[host."http://{self.registry}"]\n'
-                '  capabilities = ["pull", "resolve", "push"]\n'
+            (hosts / self.registry).mkdir(parents=True)
+            (hosts / self.registry / "hosts.toml").write_text(
+                nodeconfig.registry_hosts(self.registry)
             )
         pause = RealNode.images_in(self.parts.images[0])[0]
         (d / "config.toml").write_text(
-            containerd_config(self.state, pause, self.parts.runc, self.parts.cni_bin, hosts)
+            nodeconfig.containerd_config(
+                self.state, pause, self.parts.runc, self.parts.cni_bin, hosts
+            )
         )
         env = dict(os.environ, PATH=f"{self.parts.containerd_bin}:{os.environ.get('PATH', '')}")
         proc = self._spawn(
@@ -434,7 +404,9 @@ class RealNode:
         port, healthz = free_port(), free_port()
         config = self.state / "kubelet" / "config.yaml"
         config.write_text(
-            kubelet_config(self.state, self._socket, self.ip, port, healthz, self.plane.pki.ca_crt)
+            nodeconfig.kubelet_config(
+                self.state, self._socket, self.ip, port, healthz, self.plane.pki.ca_crt
+            )
         )
         proc = self._spawn(
             "kubelet",
@@ -456,19 +428,7 @@ class RealNode:
         healthz, metrics = free_port(), free_port()
         config = self.state / "kube-proxy.yaml"
         config.write_text(
-            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\n"
-            "kind: KubeProxyConfiguration\n"
-            f'clientConnection: {{kubeconfig: "{self.plane.kubeconfig}"}}\n'
-            f"hostnameOverride: {self.name}\n"
-            "mode: iptables\n"
-            f"clusterCIDR: {POD_CIDR}\n"
-            "bindAddress: 127.0.0.1\n"
-            f"healthzBindAddress: 127.0.0.1:{healthz}\n"
-            f"metricsBindAddress: 127.0.0.1:{metrics}\n"
-            # Zeros leave the host's conntrack settings alone; no route_localnet either.
-            "conntrack: {maxPerCore: 0, min: 0,"
-            " tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}\n"
-            "iptables: {localhostNodePorts: false}\n"
+            nodeconfig.kube_proxy_config(self.plane.kubeconfig, self.name, healthz, metrics)
         )
         proc = self._spawn(
             "kube-proxy", [str(self.parts.kube_proxy), f"--config={config}", "--v=1"]
@@ -480,276 +440,3 @@ class RealNode:
                 return bool(r.status == 200)
 
         self._wait("kube-proxy", healthy, timeout, proc)
-
-
-def containerd_config(state: Path, pause: str, runc: Path, cni_bin: Path, hosts: Path) -> str:
-    """containerd 1.6's configuration (version 2): every directory and socket private."""
-    d = state / "containerd"
-    return f"""version = 2
-root = "{d / "root"}"
-state = "{d / "state"}"
-oom_score = 0
-[grpc]
-  address = "{d / "containerd.sock"}"
-[ttrpc]
-  address = "{d / "containerd.sock.ttrpc"}"
-[debug]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d / "opt"}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  # No CAP_SYS_RESOURCE in these VMs: runc cannot lower oom_score_adj (the sandbox asks for -998).
-  restrict_oom_score_adj = true
-  enable_cdi = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{cni_bin}"
-    conf_dir = "{state / "cni" / "net.d"}"
-    max_conf_num = 1
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{hosts}"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        BinaryName = "{runc}"
-"""
-
-
-def kubelet_config(
-    state: Path, socket_path: Path, ip: str, port: int, healthz: int, ca: Path
-) -> str:
-    return f"""apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-# cgroup v1 here: 1.35+ refuses it unless told (it then only warns).
-failCgroupV1: false
-cgroupDriver: cgroupfs
-failSwapOn: false
-containerRuntimeEndpoint: unix://{socket_path}
-address: {ip}
-port: {port}
-readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
-healthzPort: {healthz}
-authentication:
-  anonymous: {{enabled: false}}
-  webhook: {{enabled: true}}
-  x509: {{clientCAFile: "{ca}"}}
-authorization: {{mode: Webhook}}
-podLogsDir: {state / "pod-logs"}
-volumePluginDir: {state / "kubelet" / "volume-plugins"}
-resolvConf: /etc/resolv.conf
-clusterDomain: cluster.local
-registerNode: true
-makeIPTablesUtilChains: false
-# Never garbage-collect images: they are imported, not pulled, and cannot come back.
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-evictionHard: {{memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}}
-shutdownGracePeriod: 0s
-"""
-
-
-# ---------------------------------------------------------------------------------------------
-# Teardown
-
-
-def _take_lock(timeout: float) -> IO[str]:
-    """One node per machine; a second start waits for the first one's teardown."""
-    f = open(_LOCK, "a")  # noqa: SIM115
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return f
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                f.close()
-                raise NodeUnavailable(
-                    f"another real node runs on this machine (lock {_LOCK}); stop it first"
-                ) from None
-            time.sleep(0.5)
-
-
-def _owner(state: Path) -> int:
-    try:
-        return int(state.name.removeprefix(_STATE_PREFIX).split("-", 1)[0])
-    except ValueError:
-        return 0
-
-
-def clean_stale_states() -> None:
-    """Tear down state directories whose test process is gone (call with the lock held)."""
-    for state in Path(tempfile.gettempdir()).glob(f"{_STATE_PREFIX}*"):
-        if _pid_alive(_owner(state)):
-            continue
-        if state.is_dir():
-            teardown(state)
-        elif state.suffix in (".json", ".log"):  # a reaper's report nobody read
-            state.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _report_path(state: Path) -> Path:
-    return state.parent / f"{state.name}.report.json"
-
-
-def _read_report(state: Path) -> list[str]:
-    path = _report_path(state)
-    try:
-        report = list(json.loads(path.read_text()))
-    except (OSError, ValueError):
-        return [f"no teardown report ({path})"]
-    path.unlink(missing_ok=True)
-    log = state.parent / f"{state.name}.reaper.log"
-    if not report:
-        log.unlink(missing_ok=True)
-    return report
-
-
-class _Api:
-    """Just enough of the API for teardown, with the admin certificate kept in the state."""
-
-    def __init__(self, state: Path, url: str) -> None:
-        self.url = url
-        pki = state / "pki"
-        self.ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-        self.ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-
-    def __call__(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        ctype = "application/merge-patch+json" if method == "PATCH" else "application/json"
-        req.add_header("Content-Type", ctype)
-        with urllib.request.urlopen(req, context=self.ctx, timeout=5) as r:
-            return json.loads(r.read() or b"null")
-
-
-def _stop_pid(state: Path, name: str, grace: float) -> None:
-    """Stop a process of this node by its PID file, if it is still that process."""
-    try:
-        pid = int((state / "pids" / f"{name}.pid").read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return
-    if str(state).encode() in cmdline:  # not a reused PID
-        hoststate.kill_all([pid], grace=grace)
-
-
-def teardown(state: Path) -> list[str]:
-    """Stop everything the node in ``state`` started and undo its changes to the host; return
-    what is left (empty when the host is as it was). Idempotent; call with the node lock."""
-    try:
-        info = json.loads((state / "node.json").read_text())
-        before = hoststate.Baseline.load(state / "baseline.json")
-    except (OSError, ValueError):
-        shutil.rmtree(state, ignore_errors=True)
-        return []
-    ctr = [info["ctr"], "--address", str(state / "containerd" / "containerd.sock"), "-n", "k8s.io"]
-
-    def tasks() -> list[str]:
-        r = subprocess.run(
-            [*ctr, "tasks", "list", "-q"], capture_output=True, text=True, timeout=10
-        )
-        return r.stdout.split() if r.returncode == 0 else []
-
-    # 1. While the API server and the kubelet answer: no new pods, and every pod stopped by the
-    #    kubelet itself (StopPodSandbox runs CNI DEL: addresses, rules, namespaces go).
-    with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
-        api = _Api(state, info["api"])
-        node = info["node"]
-        api("PATCH", f"/api/v1/nodes/{node}", {"spec": {"unschedulable": True}})
-        selector = urllib.parse.quote(f"spec.nodeName={node}")
-        for pod in api("GET", f"/api/v1/pods?fieldSelector={selector}")["items"]:
-            meta = pod["metadata"]
-            with contextlib.suppress(urllib.error.HTTPError):
-                api(
-                    "DELETE",
-                    f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}?gracePeriodSeconds=0",
-                )
-        deadline = time.monotonic() + 30
-        while tasks() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        with contextlib.suppress(urllib.error.HTTPError):
-            api("DELETE", f"/api/v1/nodes/{node}")
-    # 2. kube-proxy, then its rules; the kubelet; what containers remain; containerd.
-    _stop_pid(state, "kube-proxy", grace=5)
-    kp_config = state / "kube-proxy.yaml"
-    if kp_config.exists():
-        subprocess.run(
-            [info["kube_proxy"], f"--config={kp_config}", "--cleanup"],
-            capture_output=True,
-            timeout=60,
-        )
-    _stop_pid(state, "kubelet", grace=10)
-    for task in tasks():
-        subprocess.run(
-            [*ctr, "tasks", "kill", "-s", "SIGKILL", task], capture_output=True, timeout=10
-        )
-    _stop_pid(state, "containerd", grace=10)
-    # 3. Anything still running: container processes (in the pod cgroups), shims (their command
-    #    lines name this state directory), a kubelet whose PID file was not written.
-    executables = set(info["executables"])
-    for _ in range(3):
-        left = sorted(
-            set(hoststate.cgroup_pids(before))
-            | set(hoststate.pids_referring_to(state, executables))
-        )
-        if not left:
-            break
-        hoststate.kill_all(left)
-    # 4. The host.
-    hoststate.unmount_under(state)
-    hoststate.remove_netns(before)
-    hoststate.remove_link(info["bridge"])
-    hoststate.remove_iptables(before, info["network"])
-    hoststate.remove_nft_tables(before)
-    hoststate.remove_cni_cache(before, info["network"])
-    hoststate.restore_sysctls(before)
-    hoststate.remove_cgroups(before)
-    hoststate.remove_host_paths(before)
-    shutil.rmtree(state, ignore_errors=True)
-    return hoststate.leftovers(before, state, info["network"], info["bridge"], executables)
-
-
-def _reap(state: Path) -> None:
-    """The reaper: wait for EOF on stdin (the test process stopped or died), then tear down."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    while sys.stdin.buffer.read(65536):
-        pass
-    report = teardown(state)  # the node lock, inherited, is released when this process exits
-    tmp = _report_path(state).with_suffix(".part")
-    tmp.write_text(json.dumps(report))
-    tmp.replace(_report_path(state))
-    for line in report:
-        print(f"left behind: {line}", flush=True)
-
-
-def _main(argv: Sequence[str]) -> None:
-    if len(argv) == 2 and argv[0] == "reap":
-        _reap(Path(argv[1]))
-        return
-    if argv and argv[0] == "clean":  # by hand: tear down what a dead run left
-        with contextlib.closing(_take_lock(timeout=600)):
-            clean_stale_states()
-        return
-    print("usage: python -m tests.kube.node reap STATE_DIR | clean", file=sys.stderr)
-    sys.exit(2)
-
-
-if __name__ == "__main__":
-    _main(sys.argv[1:])

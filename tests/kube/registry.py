@@ -1,20 +1,20 @@
 """A local image registry for the tests: the CNCF distribution registry on loopback, plain HTTP.
 
-Built by ``hack/control-plane.sh`` from ``github.com/distribution/distribution/v3``. In-cluster
-builds push to it and the real node (:mod:`tests.kube.node`, told its address) pulls from it.
+Built by ``hack/control-plane.sh`` from ``github.com/distribution/distribution/v3``. The real
+node (:mod:`tests.kube.node`, told its address) pulls from it and the host pushes to it; pods
+cannot reach loopback, so in-cluster builds will need it on the node's address.
 Storage is a temporary directory; the process dies with the test process (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from tests.kube.cluster import Proc, _die_with_parent, find_binaries, free_port
+from tests.kube.cluster import Proc, find_binaries, free_port, spawn
 
 
 class LocalRegistry:
@@ -45,17 +45,9 @@ class LocalRegistry:
             f"  addr: {self.address}\n"
             f"  debug: {{addr: 127.0.0.1:{debug}}}\n"
         )
-        log = self.tmp / "registry.log"
-        with open(log, "ab") as out:
-            popen = subprocess.Popen(
-                [str(binary), "serve", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        self.proc = Proc("registry", popen, log)
+        self.proc = spawn(
+            "registry", [str(binary), "serve", str(config)], self.tmp / "registry.log"
+        )
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -4,6 +4,7 @@ and a bucket, and `down` stops every process it started (the node's teardown che
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -14,8 +15,8 @@ import boto3
 import pytest
 
 from tests.kube.cluster import REPO, find_kubectl
-from tests.kube.devcluster import _alive
-from tests.kube.node import NODE_NAME, TOOLBOX_IMAGE, find_node_parts, machine_problem
+from tests.kube.hoststate import alive
+from tests.kube.node import NODE_NAME, TOOLBOX_IMAGE, skip_unless_a_node_can_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.node_exclusive]
 
@@ -31,16 +32,22 @@ def dev_cluster(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[
     )
 
 
+def descendants(pid: int) -> list[int]:
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, pp in parents.items() if pp in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
 def test_up_status_down(tmp_path: Path) -> None:
-    problem = machine_problem()
-    if problem:
-        pytest.skip(problem)
-    try:
-        find_node_parts()
-    except Exception as e:
-        if os.environ.get("CI"):
-            pytest.fail(str(e))
-        pytest.skip(str(e))
+    skip_unless_a_node_can_run()
     state = tmp_path / "state"
     # No project images: loading them is the images' own tests' business (and slow).
     env = dict(
@@ -59,6 +66,10 @@ def test_up_status_down(tmp_path: Path) -> None:
         status = dev_cluster("status", env=env)
         assert status.returncode == 0, status.stderr
         info = json.loads((state / "cluster.json").read_text())
+        assert f"registry     {info['registry']}" in status.stdout
+        # etcd, the API server, controllers, kwok, registry, node, bucket, the node's reaper
+        children = descendants(info["pid"])
+        assert len(children) >= 8, children
         assert TOOLBOX_IMAGE in info["images"]
 
         kubectl = [str(find_kubectl()), f"--kubeconfig={state / 'kubeconfig'}"]
@@ -93,6 +104,6 @@ def test_up_status_down(tmp_path: Path) -> None:
     finally:
         down = dev_cluster("down", env=env)
     assert down.returncode == 0, down.stderr
-    assert not _alive(info["pid"]), "the dev cluster's process is still running"
+    assert not [p for p in [info["pid"], *children] if alive(p)], "processes still running"
     assert dev_cluster("status", env=env).stdout == "down\n"
     assert dev_cluster("down", env=env).stderr.strip() == "not running"

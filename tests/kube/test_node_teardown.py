@@ -17,7 +17,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import pytest
 
 from tests.kube import hoststate
 from tests.kube.cluster import REPO
-from tests.kube.node import BRIDGE, NETWORK, find_node_parts, machine_problem
+from tests.kube.node import BRIDGE, NETWORK, find_node_parts, skip_unless_a_node_can_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.node_exclusive]
 
@@ -66,17 +65,9 @@ CHILD = textwrap.dedent(
 
 
 @pytest.fixture
-def baseline() -> Iterator[hoststate.Baseline]:
-    problem = machine_problem()
-    if problem:
-        pytest.skip(problem)
-    try:
-        find_node_parts()
-    except Exception as e:
-        if os.environ.get("CI"):
-            pytest.fail(str(e))
-        pytest.skip(str(e))
-    yield hoststate.snapshot()
+def baseline() -> hoststate.Baseline:
+    skip_unless_a_node_can_run()
+    return hoststate.snapshot()
 
 
 def start_child() -> tuple[subprocess.Popen[str], Path]:
@@ -104,9 +95,12 @@ def assert_node_changed_the_host(state: Path, before: hoststate.Baseline) -> Non
     text = "\n".join(changed)
     for what in (
         "processes still running",
+        "processes in pod cgroups",
+        "mounts",
         "network namespaces",
         f"bridge {BRIDGE}",
         "iptables -t nat",
+        "cgroups: [",
         "state directory",
     ):
         assert what in text, f"expected the running node to show {what!r}:\n{text}"
@@ -135,7 +129,7 @@ def ours(iptables: dict[str, dict[str, list[str]]]) -> list[str]:
         for cmd, tables in iptables.items()
         for table, lines in tables.items()
         for line in lines
-        if "KUBE-" in line or NETWORK in line or "CNI-DN-" in line
+        if "KUBE-" in line or NETWORK in line or "CNI-DN-" in line or "CNI-HOSTPORT" in line
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import threading
@@ -22,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.kube.cluster import GPU_NODE, REPO, find_kubectl
-from tests.kube.node import TOOLBOX_IMAGE, RealNode
+from tests.kube.cluster import GPU_NODE, REPO, find_kubectl, pinned_versions
+from tests.kube.node import TOOLBOX_IMAGE, RealNode, unprepared
 from tests.kube.registry import LocalRegistry
 
 pytestmark = pytest.mark.integration
@@ -91,7 +90,7 @@ def test_node_is_ready_beside_the_kwok_node(kube_node: RealNode) -> None:
     by_name = {n["metadata"]["name"]: n for n in nodes}
     assert {kube_node.name, GPU_NODE} <= set(by_name)
     info = by_name[kube_node.name]["status"]["nodeInfo"]
-    assert info["kubeletVersion"] == "v1.37.2"
+    assert info["kubeletVersion"] == pinned_versions()["KUBERNETES_VERSION"]
     assert info["containerRuntimeVersion"].startswith("containerd://1.")
     addresses = by_name[kube_node.name]["status"]["addresses"]
     assert {"type": "InternalIP", "address": kube_node.ip} in addresses
@@ -349,18 +348,17 @@ def dataset_loader_image(kube_node: RealNode) -> str:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=1500,
     )
     if r.returncode != 0:
-        message = f"hack/images.sh dataset-loader failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unprepared(f"hack/images.sh dataset-loader failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
     archive = Path(r.stdout.strip().splitlines()[-1])
     names = kube_node.load_image(archive)
     return next(n for n in names if n.endswith(":latest"))
 
 
+# The first run on a machine builds the image (hack/images.sh: minutes), within this test's time.
+@pytest.mark.timeout(1800)
 def test_our_dataset_loader_image_runs_as_a_job_and_writes_its_artifacts(
     kube_node: RealNode, kube_namespace: str, dataset_loader_image: str, tmp_path: Path
 ) -> None:

@@ -30,6 +30,7 @@ NOW = [
     ":CNI-def456 -",
     ":CNI-DN-789 -",
     ":CNI-podman2 -",
+    ":CNI-DN-podman -",
     '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
     '-A POSTROUTING -s 10.245.0.4/32 -m comment --comment "name: \\"substratus-node\\" '
     'id: \\"c1\\"" -j CNI-def456',
@@ -37,6 +38,8 @@ NOW = [
     "-j CNI-podman2",
     '-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"substratus-node\\" '
     'id: \\"c1\\"" -m multiport --dports 18080 -j CNI-DN-789',
+    '-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"podman\\" '
+    'id: \\"p2\\"" -m multiport --dports 8080 -j CNI-DN-podman',
     "-A KUBE-SERVICES -j KUBE-SVC-X",
     "-A CNI-def456 -d 10.245.0.0/24 -j ACCEPT",
 ]
@@ -58,6 +61,34 @@ def test_only_the_nodes_new_chains_and_the_rules_that_jump_to_them_are_removed()
 
 def test_nothing_is_removed_when_nothing_is_new() -> None:
     assert _our_chains(BEFORE, BEFORE, "substratus-node") == ([], [])
+
+
+PORTMAP = [
+    ":PREROUTING ACCEPT",
+    ":CNI-HOSTPORT-DNAT -",
+    ":CNI-HOSTPORT-MASQ -",
+    ":CNI-HOSTPORT-SETMARK -",
+    ":CNI-DN-1 -",
+    "-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT",
+    "-A CNI-HOSTPORT-MASQ -m mark --mark 0x2000/0x2000 -j MASQUERADE",
+    '-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"substratus-node\\" '
+    'id: \\"c1\\"" -m multiport --dports 18080 -j CNI-DN-1',
+]
+PODMAN_PORT = (
+    '-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"podman\\" id: \\"p\\"" '
+    "-m multiport --dports 8080 -j CNI-DN-2"
+)
+
+
+def test_portmaps_shared_chains_go_only_when_new_and_holding_nothing_else() -> None:
+    base = [":PREROUTING ACCEPT"]
+    rules, chains = _our_chains(PORTMAP, base, "substratus-node")
+    assert chains == ["CNI-DN-1", "CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK"]
+    assert [r[1] for r in rules] == ["PREROUTING"]
+    # A podman container publishes a port through the same chains meanwhile: only ours go.
+    rules, chains = _our_chains([*PORTMAP, ":CNI-DN-2 -", PODMAN_PORT], base, "substratus-node")
+    assert chains == ["CNI-DN-1"]
+    assert [r[1] for r in rules] == ["CNI-HOSTPORT-DNAT"]
 
 
 def test_ociarchive_writes_an_oci_layout_with_every_name(tmp_path: Path) -> None:
