@@ -303,3 +303,22 @@ def test_running_server_keeps_serving_when_its_model_is_deleted() -> None:
     crashed = ServiceState(1, "substratusai/base", replicas=0, restarts=1, last_exit_code=1)
     d = decide(obj, Observed(now=0, deps={"model": DepState(False)}, service=crashed))
     assert ready_reason(d)[1] == "ModelNotFound" and d.actions == []
+
+
+@pytest.mark.parametrize("phase", [Phase.COMMITTING, Phase.SUCCEEDED])
+def test_a_finished_job_whose_artifacts_are_not_committed_is_never_retried(phase: Phase) -> None:
+    # SUCCEEDED without artifacts: a runtime saw the command exit 0 before the commit landed.
+    job = JobState(generation=1, phase=phase, attempts=3, exit_code=0, finished_at=0)
+    d = decide(make("Model", BASE), Observed(now=10_000, job=job), RetryPolicy(max_attempts=3))
+    assert d.actions == []
+    assert ready_reason(d) == (
+        False,
+        "JobCommitting",
+        "the command succeeded; storing its artifacts",
+    )
+
+
+def test_a_committing_job_is_not_gated_on_its_dependencies_again() -> None:
+    job = JobState(generation=1, phase=Phase.COMMITTING)
+    d = decide(make("Model", FT), Observed(now=0, job=job))
+    assert ready_reason(d)[1] == "JobCommitting"

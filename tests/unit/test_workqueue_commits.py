@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from substratus.core.workqueue import WorkQueue
 from substratus.runtimes.local.commits import commit_artifacts, delete_versions, sweep_retired
 from substratus.runtimes.local.db import Run, StateDB
-from substratus.runtimes.local.workqueue import WorkQueue
 from substratus.storage import ArtifactStore, StorageError
 
 
@@ -30,6 +30,27 @@ def test_queue_deduplicates_keys_and_delayed_wakeups() -> None:
     q.close()
     t.join(1)
     assert popped == [None]
+
+
+def test_a_key_added_while_processed_waits_for_done() -> None:
+    q: WorkQueue[str] = WorkQueue()
+    q.add("a")
+    assert q.get() == "a"
+    q.add("a")  # an event arrives while a worker reconciles "a"
+    q.add("b")
+    assert q.get() == "b"  # a second worker gets the other key, not "a" again
+    popped: list[str | None] = []
+    t = threading.Thread(target=lambda: popped.append(q.get()))
+    t.start()
+    time.sleep(0.1)
+    assert popped == []
+    q.done("a")  # the first worker finishes: "a" is due again, for one worker
+    t.join(1)
+    assert popped == ["a"]
+    q.done("b")
+    q.done("a")
+    q.add("a", delay=0.01)
+    assert q.get() == "a"
 
 
 def _artifacts(tmp: Path) -> Path:

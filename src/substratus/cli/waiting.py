@@ -8,17 +8,7 @@ from typing import Any
 from rich.console import Console
 
 from substratus.core.client import Client
-
-# Reasons after which waiting for Ready is pointless until the spec changes. (Capacity
-# reasons such as InsufficientGPU are not: another workload may free what is needed.) A
-# crash-looping service may recover, but a user waiting on it wants to see why now.
-TERMINAL_REASONS = {
-    "JobFailed",
-    "BuildFailed",
-    "ImageUnavailable",
-    "CrashLoopBackOff",
-    "StartFailed",
-}
+from substratus.core.conditions import TERMINAL_REASONS
 
 
 class WaitFailed(Exception):

@@ -55,10 +55,11 @@ class Client(Protocol):
         kind: str | None,
         namespace: str | None,
         name: str | None = None,
-        resource_version: int | None = None,
+        resource_version: str | None = None,
         timeout: float = 3600,
     ) -> Iterator[dict[str, Any]]:
-        """Events {type: ADDED|MODIFIED|DELETED|BOOKMARK, object}; current objects first."""
+        """Events {type: ADDED|MODIFIED|DELETED|BOOKMARK, object}; current objects first.
+        ``resource_version`` is opaque (as Kubernetes says): pass back one the runtime gave."""
         ...
 
     def logs(

@@ -11,6 +11,13 @@ BUILT = "ImageBuilt"
 COMPLETE = "JobComplete"
 SERVING = "Serving"
 
+# Ready reasons after which waiting is pointless until the spec changes; `sub wait` stops on
+# them. (Capacity reasons such as InsufficientGPU are not: another workload may free what is
+# needed. A crash-looping service may recover, but a user waiting on it wants to see why now.)
+TERMINAL_REASONS = frozenset(
+    {"JobFailed", "BuildFailed", "ImageUnavailable", "CrashLoopBackOff", "StartFailed"}
+)
+
 
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

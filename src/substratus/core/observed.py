@@ -16,6 +16,8 @@ class DepState:
 class Phase(StrEnum):
     NONE = "none"
     RUNNING = "running"
+    # The command exited 0 and its artifacts are being stored: neither done nor failed.
+    COMMITTING = "committing"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 

@@ -156,7 +156,7 @@ def decide(
     started = (
         job is not None
         and job.generation == s.gen
-        and job.phase in (Phase.RUNNING, Phase.SUCCEEDED)
+        and job.phase in (Phase.RUNNING, Phase.COMMITTING, Phase.SUCCEEDED)
     ) or (svc is not None and svc.generation == s.gen and svc.replicas > 0)
     for dep in [] if started else dependencies(obj):
         state = obs.deps.get(dep.field)
@@ -243,6 +243,13 @@ def _decide_job(
         msg = f"attempt {job.attempts} of {policy.max_attempts}"
         s.cond(C.COMPLETE, False, "Running", msg)
         s.ready(False, "JobRunning", msg)
+        return s.done()
+    if job.phase == Phase.COMMITTING or (job.phase == Phase.SUCCEEDED and job.artifacts is None):
+        # A finished command whose artifacts are not committed yet is never a failure to
+        # retry; a commit that fails is reported by the runtime as FAILED, with the reason.
+        msg = "the command succeeded; storing its artifacts"
+        s.cond(C.COMPLETE, False, "Committing", msg)
+        s.ready(False, "JobCommitting", msg)
         return s.done()
     if job.phase == Phase.SUCCEEDED and job.artifacts is not None:
         st = s.status

@@ -102,7 +102,7 @@ class LocalClient:
         kind: str | None,
         namespace: str | None,
         name: str | None = None,
-        resource_version: int | None = None,
+        resource_version: str | None = None,
         timeout: float = 3600,
     ) -> Iterator[dict[str, Any]]:
         params: dict[str, Any] = {"timeoutSeconds": timeout}

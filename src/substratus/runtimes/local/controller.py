@@ -14,12 +14,12 @@ from typing import Any
 from substratus.api.kinds import Resource
 from substratus.api.loading import parse_object
 from substratus.core.actions import Action, EnsureService, StartBuild, StartJob, StopWorkload
-from substratus.core.graph import Key, dependencies, dependents
+from substratus.core.graph import Key, dependents
 from substratus.core.images import builtin_module
+from substratus.core.naming import upload_file_name
 from substratus.core.observed import (
     Artifacts,
     BuildState,
-    DepState,
     JobState,
     Observed,
     Phase,
@@ -28,6 +28,7 @@ from substratus.core.observed import (
 )
 from substratus.core.reconcile import decide
 from substratus.core.retry import RetryPolicy
+from substratus.core.world import dependency_states, missing_secrets
 from substratus.runtimes.local import processes
 from substratus.runtimes.local.db import Run, StateDB
 from substratus.runtimes.local.engines import Engine, EngineError, detect_engine
@@ -43,7 +44,7 @@ log = logging.getLogger("substratus.supervisor")
 # A "stopped" run (by a restart or a spec change) maps to NONE: nothing in progress.
 _PHASES = {
     "running": Phase.RUNNING,
-    "committing": Phase.RUNNING,
+    "committing": Phase.COMMITTING,
     "succeeded": Phase.SUCCEEDED,
     "failed": Phase.FAILED,
 }
@@ -51,7 +52,7 @@ _PHASES = {
 
 class Controller:
     def __init__(self, paths: LocalPaths, db: StateDB, policy: RetryPolicy | None = None):
-        from substratus.runtimes.local.workqueue import WorkQueue
+        from substratus.core.workqueue import WorkQueue
 
         self.paths = paths
         self.db = db
@@ -104,6 +105,8 @@ class Controller:
             except Exception:
                 log.exception("reconciling %s failed; retrying in 5s", key)
                 self.enqueue(key, 5.0)
+            finally:
+                self.queue.done(key)
 
     # -- reconcile ------------------------------------------------------------------------
 
@@ -150,23 +153,16 @@ class Controller:
             self.enqueue(obj.key)
 
     def observe(self, obj: Resource) -> Observed:
-        deps: dict[str, DepState] = {}
-        for dep in dependencies(obj):
-            body = self.db.get(*dep.key)
-            status = (body or {}).get("status") or {}
-            deps[dep.field] = DepState(
-                found=body is not None, ready=bool(status.get("ready")), url=status.get("url")
-            )
         build = self._build_state(obj)
         return Observed(
             now=time.time(),
-            deps=deps,
+            deps=dependency_states(obj, lambda key: self.db.get(*key)),
             build=build,
             upload=self._upload_state(obj),
             job=self._job_state(obj) if obj.IS_JOB else None,
             service=None if obj.IS_JOB else self._service_state(obj),
             capacity=capacity(self.gpus, self.paths.home),
-            missing_secrets=tuple(self.runner.missing_secrets(obj)),
+            missing_secrets=tuple(missing_secrets(obj, self.db.get_secret)),
             image_error=self._image_error(obj, build),
         )
 
@@ -201,10 +197,8 @@ class Controller:
         upload = obj.spec.image.upload
         if upload is None:
             return None
-        # Keyed by content too: a reused requestId with new contents is a new upload.
-        ident = "-".join(p for p in (upload.request_id or "pending", upload.md5) if p)
         base = self.uploads.object_url(obj.metadata.namespace, obj.PLURAL, obj.metadata.name)
-        return f"{base}{ident}.tar.gz"
+        return base + upload_file_name(upload)
 
     def _upload_state(self, obj: Resource) -> UploadState:
         url = self.upload_url(obj)

@@ -174,6 +174,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(200, {"object": deleted, "inUseBy": in_use})
             case "GET", ["watch"]:
                 rv = q.get("resourceVersion")
+                if rv and not rv.isdigit():
+                    raise ValueError(f"resourceVersion: {rv!r} is not one this supervisor gave")
                 events = svc.watch(
                     q.get("kind"),
                     q.get("namespace"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import json
-import math
 import os
 import shutil
 import sys
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from substratus.api.kinds import Notebook, Resource, Server
+from substratus.core.contract import contract_env
 from substratus.core.images import BASE_IMAGE, NOTEBOOK_IMAGE, builtin_module, image_repository
 from substratus.core.params import params_env, params_json
 from substratus.runtimes.local import limits
@@ -27,7 +27,6 @@ RESERVED = {"model", "data", "artifacts", "params.json"}
 BUILD_MARKER = ".substratus-build"  # the image ref whose files a working directory holds
 BIND_ENV = "SUBSTRATUS_BIND_ADDRESS"
 MAX_ARG_BYTES = 128 * 1024  # the kernel's MAX_ARG_STRLEN, which counts the final NUL
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS")
 
 
 class LaunchError(Exception):
@@ -144,16 +143,8 @@ def workload_env(
         bin_dirs.insert(0, str(image.root))
     env["PATH"] = os.pathsep.join([*bin_dirs, env.get("PATH", "/usr/bin:/bin")])
     env.pop("VIRTUAL_ENV", None)
-    env.update(params_env(obj.spec.params))
+    env.update(contract_env(obj))
     env.update(secrets)
-    env["SUBSTRATUS_KIND"] = obj.KIND
-    env["SUBSTRATUS_NAME"] = obj.metadata.name
-    env["SUBSTRATUS_NAMESPACE"] = obj.metadata.namespace
-    env["PYTHONUNBUFFERED"] = "1"
-    cpu = obj.spec.resources.cpu
-    if cpu is not None:
-        for var in THREAD_VARS:
-            env[var] = str(max(1, math.ceil(cpu)))
     # Only the GPUs given to this workload are visible, none when it asked for none.
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus or [])
     if port is not None:

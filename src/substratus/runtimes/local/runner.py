@@ -16,7 +16,9 @@ from substratus.api.kinds import KINDS, Notebook, NotebookStatus, Resource
 from substratus.core.actions import EnsureService, StartJob
 from substratus.core.graph import Key
 from substratus.core.images import builtin_module
+from substratus.core.naming import artifact_version
 from substratus.core.observed import DepState, Observed
+from substratus.core.world import mount_sources
 from substratus.runtimes.local import limits, processes
 from substratus.runtimes.local.builder import start_build
 from substratus.runtimes.local.commits import commit_artifacts, sweep_retired
@@ -51,18 +53,6 @@ class Runner:
 
     # -- shared helpers -------------------------------------------------------------------
 
-    def missing_secrets(self, obj: Resource) -> list[str]:
-        problems = []
-        for name, value in obj.spec.env.items():
-            if isinstance(value, EnvFrom):
-                ref = value.secret_key_ref
-                data = self.db.get_secret(obj.metadata.namespace, ref.name)
-                if data is None:
-                    problems.append(f"env.{name}: secret {ref.name!r} not found")
-                elif ref.key not in data:
-                    problems.append(f"env.{name}: secret {ref.name!r} has no key {ref.key!r}")
-        return problems
-
     def _env_values(self, obj: Resource) -> dict[str, str]:
         out = {}
         for name, value in obj.spec.env.items():
@@ -83,9 +73,8 @@ class Runner:
         return self.ctl.store.fetch(dep.url, self.paths.cache / "mounts" / digest)
 
     def _mounts(self, obj: Resource, obs: Observed) -> Mounts:
-        model = obs.deps.get("baseModel") or obs.deps.get("model")
-        data = obs.deps.get("trainingDataset") or obs.deps.get("dataset")
-        return Mounts(model=self._mount(model), data=self._mount(data))
+        sources = mount_sources(obs.deps)
+        return Mounts(model=self._mount(sources.model), data=self._mount(sources.data))
 
     def image_info(self, obj: Resource, image: str) -> ImageInfo:
         if builtin_module(image) is not None and not obj.spec.image.has_build:
@@ -263,7 +252,7 @@ class Runner:
             result = commit_artifacts(
                 store,
                 object_url,
-                f"g{run.generation}-a{run.attempt}-{run.id}",
+                artifact_version(run.generation, run.attempt, run.id),
                 Path(run.workdir) / "artifacts",
                 set(self.db.mounted_urls()),
                 self.db.retire,

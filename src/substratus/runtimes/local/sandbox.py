@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from substratus.core.contract import SEED_MODEL_PATH, WORKDIR
+
 MODE_ENV = "SUBSTRATUS_MOUNT_NAMESPACE"  # auto (default) | root | user | none
-CONTENT = "/content"
-SAVED_MODEL = "/model/saved"
+CONTENT = WORKDIR
+SAVED_MODEL = SEED_MODEL_PATH
 
 # $1 the run directory, $2 "uid:gid" to map the workload back to (user mode) or "", then
 # "source target" pairs to bind read-only (targets relative to the new root) up to "--", then

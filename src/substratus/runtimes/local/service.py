@@ -16,13 +16,12 @@ from substratus.api.loading import ValidationFailed, kind_of, parse_object
 from substratus.api.secrets import parse_secret
 from substratus.core.admission import admission_problems
 from substratus.core.graph import Key
+from substratus.core.naming import retains_artifacts
 from substratus.runtimes.local import processes
 from substratus.runtimes.local.buildcache import prune_build_cache
 from substratus.runtimes.local.commits import delete_versions, sweep_retired
 from substratus.runtimes.local.controller import Controller
 from substratus.runtimes.local.db import StateDB
-
-RETAIN_ANNOTATION = "substratus.ai/retain-artifacts"
 
 
 class NotFound(LookupError):
@@ -136,7 +135,7 @@ class LocalService:
                 {u for url, keys in mounted.items() if url.startswith(object_url) for u in keys}
             )
             annotations = body["metadata"].get("annotations") or {}
-            retain = retain or annotations.get(RETAIN_ANNOTATION, "").lower() == "true"
+            retain = retains_artifacts(annotations, retain)
             if cls.HAS_ARTIFACTS and not retain:
                 delete_versions(store, object_url, set(), set(mounted), self.db.retire)
                 # A user that stopped between reading `mounted` and retiring swept too early.
@@ -220,7 +219,7 @@ class LocalService:
             with self.db.changed:
                 if self.db.current_rv() == since:
                     self.db.changed.wait(min(remaining, 1.0))
-            yield {"type": "BOOKMARK", "resourceVersion": since}
+            yield {"type": "BOOKMARK", "resourceVersion": str(since)}
 
     def log_path(self, kind: str, namespace: str, name: str) -> tuple[Path | None, bool]:
         """The newest log of an object's workload (or build) and whether it is still growing."""

@@ -21,15 +21,6 @@ from substratus.runtimes.local.paths import LocalPaths
 from substratus.runtimes.local.service import LocalService
 
 
-def policy_from_env() -> RetryPolicy:
-    default = RetryPolicy()
-    return RetryPolicy(
-        max_attempts=int(os.environ.get("SUBSTRATUS_JOB_ATTEMPTS", default.max_attempts)),
-        base_delay=float(os.environ.get("SUBSTRATUS_BACKOFF_SECONDS", default.base_delay)),
-        max_delay=float(os.environ.get("SUBSTRATUS_BACKOFF_MAX_SECONDS", default.max_delay)),
-    )
-
-
 def main() -> int:
     paths = LocalPaths.from_env()
     paths.ensure()
@@ -44,7 +35,7 @@ def main() -> int:
         print(f"a supervisor already runs for {paths.home}", file=sys.stderr)
         return 1
     db = StateDB(paths.db)
-    ctl = Controller(paths, db, policy_from_env())
+    ctl = Controller(paths, db, RetryPolicy.from_env(os.environ))
     stopping = threading.Event()
 
     def shutdown() -> None:

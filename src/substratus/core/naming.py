@@ -1,0 +1,28 @@
+"""Names every runtime gives the same things: artifact versions, uploaded build contexts, and
+the annotation that keeps artifacts when an object is deleted."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from substratus.api.common import UploadSource
+
+RETAIN_ANNOTATION = "substratus.ai/retain-artifacts"
+
+
+def artifact_version(generation: int, attempt: int, run: int | str) -> str:
+    """The directory of one job run's committed artifacts: generation, attempt, then the
+    runtime's id of the run (unique even when an attempt is started twice)."""
+    return f"g{generation}-a{attempt}-{run}"
+
+
+def upload_file_name(upload: UploadSource) -> str:
+    """The uploaded context's object name, keyed by request and content: a reused requestId
+    with new contents is a new upload."""
+    ident = "-".join(p for p in (upload.request_id or "pending", upload.md5) if p)
+    return f"{ident}.tar.gz"
+
+
+def retains_artifacts(annotations: Mapping[str, str] | None, requested: bool = False) -> bool:
+    """Whether deleting the object keeps its artifacts (asked for, or annotated so)."""
+    return requested or (annotations or {}).get(RETAIN_ANNOTATION, "").lower() == "true"
