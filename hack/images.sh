@@ -75,7 +75,9 @@ mapfile -t names < <(printf '%s\n' "${names[@]}" | awk '!seen[$0]++')
 BASE_IMAGE=substratus.local/python:3.11-bookworm
 BASE_REV=1
 SUITE=bookworm
-INCLUDE=python3,python3-venv,python-is-python3,ca-certificates,passwd
+# busybox-static: the operator's contract helper copies its static shell into workload pods
+# (src/substratus/runtimes/kubernetes/podhelper.py), so an image built here can be the helper.
+INCLUDE=python3,python3-venv,python-is-python3,ca-certificates,passwd,busybox-static
 base_key="$(printf '%s\n' "$BASE_IMAGE" "$BASE_REV" "$SUITE" "$INCLUDE" | sha256sum | cut -c1-16)"
 base_tar="$cache/python-3.11-bookworm-$base_key.tar"
 KEY_REV=1 # bump when the way images are built or tagged changes

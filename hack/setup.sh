@@ -12,7 +12,7 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 step() { printf '==> %s\n' "$*"; }
 
-extras="s3,gcs,azure,workloads,client"
+extras="s3,gcs,azure,workloads,client,kubernetes"
 if [ "${1:-}" = "--test" ]; then
   extras="$extras,test"
 fi

@@ -562,7 +562,9 @@ class ControlPlane:
                     **(labels or {}),
                 },
             },
-            "spec": {},
+            # Tainted as GPU pools are, so that only pods asking for GPUs (and tolerating it)
+            # go there, and everything else runs on a real node.
+            "spec": {"taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]},
             "status": {"capacity": resources, "allocatable": resources},
         }
         return self.api("POST", "/api/v1/nodes", node)

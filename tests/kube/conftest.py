@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import time
 import urllib.error
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -96,6 +98,43 @@ def kube_node(
     finally:
         left = node.stop()
         assert not left, f"the real node's teardown left: {left}"
+
+
+@pytest.fixture(scope="session")
+def dataset_loader_image(kube_node: RealNode) -> str:
+    """Our dataset-loader image (hack/images.sh builds and caches it), loaded into the node. It
+    holds the project, the bucket libraries and a static busybox: the operator's tests also use
+    it as the contract's helper image."""
+    r = subprocess.run(
+        ["bash", "hack/images.sh", "dataset-loader"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    if r.returncode != 0:
+        unprepared(f"hack/images.sh dataset-loader failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    archive = Path(r.stdout.strip().splitlines()[-1])
+    names = kube_node.load_image(archive)
+    return next(n for n in names if n.endswith(":latest"))
+
+
+@pytest.fixture(scope="session")
+def node_bucket(kube_node: RealNode) -> Iterator[Any]:
+    """An S3-compatible bucket (SeaweedFS) on the node's address, so pods reach it too:
+    ``.endpoint``, ``.env`` (AWS_* for clients), bucket ``artifacts``."""
+    from tests.integration.servers import SeaweedS3, ServerUnavailable
+
+    server = SeaweedS3(host=kube_node.ip)
+    try:
+        server.start()
+    except ServerUnavailable as e:
+        unprepared(str(e))
+    try:
+        server.create_bucket("artifacts")
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -47,6 +47,7 @@ from lightkube.models.core_v1 import (  # noqa: E402
     PodSpec,
     PodTemplateSpec,
     ResourceRequirements,
+    Toleration,
 )
 from lightkube.models.meta_v1 import ObjectMeta  # noqa: E402
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition  # noqa: E402
@@ -56,6 +57,7 @@ from lightkube.types import PatchType  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
+GPU_TOLERATION = Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
 Model = create_namespaced_resource("substratus.ai", "v1", "Model", "models")
 
 
@@ -341,6 +343,7 @@ def test_gpu_job_is_scheduled_on_the_kwok_node_and_completes(
             template=PodTemplateSpec(
                 spec=PodSpec(
                     restartPolicy="Never",
+                    tolerations=[GPU_TOLERATION],
                     containers=[
                         Container(
                             name="main",
@@ -383,13 +386,14 @@ def test_more_gpus_than_the_node_has_stays_unschedulable(
     pod = Pod(
         metadata=ObjectMeta(name="greedy"),
         spec=PodSpec(
+            tolerations=[GPU_TOLERATION],
             containers=[
                 Container(
                     name="main",
                     image="x",
                     resources=ResourceRequirements(requests=too_many, limits=too_many),
                 )
-            ]
+            ],
         ),
     )
     kube_client.create(pod, namespace=ns)

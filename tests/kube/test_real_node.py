@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.kube.cluster import GPU_NODE, REPO, find_kubectl, pinned_versions
-from tests.kube.node import TOOLBOX_IMAGE, RealNode, unprepared
+from tests.kube.cluster import GPU_NODE, find_kubectl, pinned_versions
+from tests.kube.node import TOOLBOX_IMAGE, RealNode
 from tests.kube.registry import LocalRegistry
 
 pytestmark = pytest.mark.integration
@@ -338,23 +338,6 @@ def serve_file(body: bytes, host: str) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture(scope="session")
-def dataset_loader_image(kube_node: RealNode) -> str:
-    """Our dataset-loader image (hack/images.sh builds and caches it), loaded into the node."""
-    r = subprocess.run(
-        ["bash", "hack/images.sh", "dataset-loader"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    if r.returncode != 0:
-        unprepared(f"hack/images.sh dataset-loader failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
-    archive = Path(r.stdout.strip().splitlines()[-1])
-    names = kube_node.load_image(archive)
-    return next(n for n in names if n.endswith(":latest"))
 
 
 # The first run on a machine builds the image (hack/images.sh: minutes), within this test's time.

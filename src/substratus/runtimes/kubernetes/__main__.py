@@ -1,0 +1,52 @@
+"""``python -m substratus.runtimes.kubernetes``: run the operator (see config.py for settings).
+
+Needs a kubeconfig (``KUBECONFIG``) or an in-cluster ServiceAccount. Exits 2 with the setting's
+name when the configuration is incomplete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+from substratus.core.retry import RetryPolicy
+from substratus.runtimes.kubernetes.config import ConfigError, load_config
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # One line per API request, and per handler call, would drown what the operator says.
+    for noisy in ("httpx", "httpx2", "kopf.objects"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        cfg = load_config()
+    except ConfigError as e:
+        print(f"substratus-operator: {e}", file=sys.stderr)
+        return 2
+    import kopf
+    from lightkube import Client
+
+    from substratus.runtimes.kubernetes.kopf_handlers import registry
+    from substratus.runtimes.kubernetes.operator import Operator
+
+    op = Operator(
+        Client(field_manager="substratus-operator"), cfg, RetryPolicy.from_env(os.environ)
+    )
+    namespaces = list(cfg.namespaces)
+    asyncio.run(
+        kopf.operator(
+            registry=registry(op),
+            standalone=True,  # one replica acts (Recreate); no kopf peering objects needed
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The operator's configuration: one documented source, checked before anything starts.
+
+Read from ``SUBSTRATUS_*`` environment variables, over a YAML file (a mounted ConfigMap) named by
+``SUBSTRATUS_OPERATOR_CONFIG`` whose keys are the same names in lower case without the prefix
+(``artifact_url``, ``helper_image``, ...). The environment wins.
+
+Job retries follow ``SUBSTRATUS_JOB_ATTEMPTS``, ``SUBSTRATUS_BACKOFF_SECONDS`` and
+``SUBSTRATUS_BACKOFF_MAX_SECONDS``, as locally (``core/retry.py``).
+
+Bucket credentials are never in this configuration: the operator's own environment holds them
+(``AWS_*``, ``GOOGLE_*``, ``AZURE_*``, ``STORAGE_EMULATOR_HOST``), and it copies them into a
+Secret in each namespace it runs workloads in, for the containers that fetch and commit
+artifacts; with workload identity there is nothing to copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from substratus.core.images import BUILTIN_IMAGES
+
+CLOUDS = ("generic", "gke", "eks", "aks")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+CREDENTIAL_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCSFS_")
+CREDENTIAL_NAMES = ("STORAGE_EMULATOR_HOST",)
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    artifact_url: str  # where artifacts are committed: s3://, gs://, az:// (file:// in tests)
+    helper_image: str  # runs the contract's helper (fetch, commit) in every workload pod
+    image_tag: str = "latest"
+    # Built-in image name (core/images.py) -> the image a pod runs.
+    images: Mapping[str, str] = field(default_factory=dict)
+    image_pull_policy: str = "IfNotPresent"
+    cloud: str = "generic"
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    # Copied into each workload namespace's credentials Secret (see the module docstring).
+    credentials: Mapping[str, str] = field(default_factory=dict)
+
+    def image(self, name: str) -> str:
+        """The image a pod runs for ``spec.image.name``: built-in names map to the configured
+        images; anything else is used as written."""
+        from substratus.core.images import ORIGINAL_IMAGES, image_repository
+
+        repo = image_repository(name)
+        original = ORIGINAL_IMAGES.get(repo)
+        catalog = original.catalog if original is not None else repo
+        if catalog in BUILTIN_IMAGES:
+            return self.images.get(catalog) or f"docker.io/{catalog}:{self.image_tag}"
+        return name
+
+
+def _setting(env: Mapping[str, str], file: Mapping[str, Any], name: str) -> Any:
+    value = env.get(f"SUBSTRATUS_{name.upper()}")
+    return value if value not in (None, "") else file.get(name)
+
+
+def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
+    """The configuration from ``env`` (default: the process's), or ConfigError naming what is
+    missing or wrong."""
+    env = os.environ if env is None else env
+    file: dict[str, Any] = {}
+    path = env.get("SUBSTRATUS_OPERATOR_CONFIG")
+    if path:
+        try:
+            file = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"SUBSTRATUS_OPERATOR_CONFIG: cannot read {path}: {e}") from None
+        if not isinstance(file, dict):
+            raise ConfigError(f"SUBSTRATUS_OPERATOR_CONFIG: {path} is not a mapping")
+    missing = [
+        f"SUBSTRATUS_{n.upper()} (or {n} in the config file)"
+        for n in ("artifact_url", "helper_image")
+        if not _setting(env, file, n)
+    ]
+    if missing:
+        raise ConfigError("the operator needs " + " and ".join(missing))
+    artifact_url = str(_setting(env, file, "artifact_url"))
+    if "://" not in artifact_url:
+        raise ConfigError(f"SUBSTRATUS_ARTIFACT_URL: {artifact_url!r} is not a bucket URL")
+    images = _setting(env, file, "images") or {}
+    if isinstance(images, str):
+        try:
+            images = json.loads(images)
+        except ValueError as e:
+            raise ConfigError(f"SUBSTRATUS_IMAGES: not JSON: {e}") from None
+    if not isinstance(images, dict):
+        raise ConfigError("SUBSTRATUS_IMAGES: a mapping of built-in image name to image")
+    unknown = sorted(set(images) - set(BUILTIN_IMAGES))
+    if unknown:
+        raise ConfigError(f"SUBSTRATUS_IMAGES: not built-in images: {', '.join(unknown)}")
+    cloud = str(_setting(env, file, "cloud") or "generic")
+    if cloud not in CLOUDS:
+        raise ConfigError(f"SUBSTRATUS_CLOUD: {cloud!r} is not one of {', '.join(CLOUDS)}")
+    policy = str(_setting(env, file, "image_pull_policy") or "IfNotPresent")
+    if policy not in PULL_POLICIES:
+        raise ConfigError(
+            f"SUBSTRATUS_IMAGE_PULL_POLICY: {policy!r} is not one of {', '.join(PULL_POLICIES)}"
+        )
+    namespaces = _setting(env, file, "namespaces") or ()
+    if isinstance(namespaces, str):
+        namespaces = [n for n in namespaces.replace(",", " ").split() if n]
+    return OperatorConfig(
+        artifact_url=artifact_url.rstrip("/"),
+        helper_image=str(_setting(env, file, "helper_image")),
+        image_tag=str(_setting(env, file, "image_tag") or "latest"),
+        images={str(k): str(v) for k, v in images.items()},
+        image_pull_policy=policy,
+        cloud=cloud,
+        namespaces=tuple(str(n) for n in namespaces),
+        credentials={
+            k: v
+            for k, v in env.items()
+            if k.startswith(CREDENTIAL_PREFIXES) or k in CREDENTIAL_NAMES
+        },
+    )

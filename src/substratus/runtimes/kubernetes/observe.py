@@ -1,0 +1,195 @@
+"""What the operator observes of an object's world through the API server and the bucket:
+its dependencies (from the operator's cache), the Secrets its env names, its newest Job and that
+Job's pod (a Model's or Dataset's run), its Deployment and pods (a Server's replicas)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from lightkube import ApiError, Client
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Pod, PodLog, Secret
+
+from substratus.api.kinds import Resource
+from substratus.core.graph import Key
+from substratus.core.observed import (
+    Artifacts,
+    BuildState,
+    JobState,
+    Observed,
+    Phase,
+    ServiceState,
+)
+from substratus.core.reconcile import build_source
+from substratus.core.world import dependency_states, missing_secrets
+from substratus.runtimes.kubernetes import jobs, names, services
+from substratus.runtimes.kubernetes.pods import COMMIT, MAIN
+from substratus.storage import ArtifactStore, StorageError
+
+LOG_TAIL_LINES = 40
+
+
+def as_dict(resource: Any) -> dict[str, Any]:
+    return cast(dict[str, Any], resource.to_dict())
+
+
+class Observer:
+    def __init__(
+        self,
+        client: Client,
+        store: ArtifactStore,
+        cached: Callable[[Key], dict[str, Any] | None],
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.cached = cached
+
+    def _secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.client.get(Secret, name, namespace=namespace).data or {})
+        except ApiError as e:
+            if e.status.code == 404:
+                return None
+            raise
+
+    def observe(self, obj: Resource) -> Observed:
+        source = build_source(obj)
+        build = BuildState()
+        if source is not None:
+            field = "git" if obj.spec.image.git is not None else "upload"
+            build = BuildState(
+                source=source,
+                phase=Phase.FAILED,
+                message=f"spec.image.{field}: this operator does not build images in the "
+                "cluster yet; give spec.image.name",
+            )
+        job, pod, service = None, None, None
+        if obj.IS_JOB:
+            job, pod = self._latest_job(obj)
+        else:
+            service, pod = self._service_state(obj)
+        state = self._job_state(obj, job, pod) if job is not None else None
+        image_error = jobs.image_error(pod)
+        if image_error is None and obj.spec.image.name is not None:
+            try:
+                jobs.workload_argv(obj, obj.spec.image.name)
+            except jobs.CannotRun as e:
+                image_error = str(e)
+        return Observed(
+            now=time.time(),
+            deps=dependency_states(obj, self.cached),
+            build=build,
+            job=state,
+            service=service,
+            missing_secrets=tuple(missing_secrets(obj, self._secret)),
+            image_error=image_error,
+        )
+
+    def jobs(self, obj: Resource) -> list[dict[str, Any]]:
+        found = self.client.list(
+            Job,
+            namespace=obj.metadata.namespace,
+            labels=cast(dict[str, Any], names.labels(obj)),
+        )
+        out = []
+        for j in found:
+            d = as_dict(j)
+            if (d["metadata"].get("annotations") or {}).get(
+                jobs.ANNOTATION_NAME
+            ) == obj.metadata.name:
+                out.append(d)
+        return out
+
+    def _latest_job(self, obj: Resource) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        def order(d: dict[str, Any]) -> tuple[int, int]:
+            labels = d["metadata"].get("labels") or {}
+            return int(labels.get(names.LABEL_GENERATION, 0)), int(
+                labels.get(names.LABEL_ATTEMPT, 0)
+            )
+
+        found = self.jobs(obj)
+        if not found:
+            return None, None
+        job = max(found, key=order)
+        pods = [
+            as_dict(p)
+            for p in self.client.list(
+                Pod,
+                namespace=obj.metadata.namespace,
+                labels=cast(dict[str, Any], {"job-name": job["metadata"]["name"]}),
+            )
+        ]
+        pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        return job, (pods[-1] if pods else None)
+
+    def _job_state(
+        self, obj: Resource, job: dict[str, Any], pod: dict[str, Any] | None
+    ) -> JobState:
+        version = (job["metadata"].get("annotations") or {}).get(jobs.ANNOTATION_VERSION, "")
+        object_url = self.store.object_url(obj.metadata.namespace, obj.PLURAL, obj.metadata.name)
+        artifacts = None
+        if jobs._condition(job, "Complete") and version:
+            url = self.store.version_url(object_url, version)
+            try:
+                manifest = self.store.read_manifest(url)
+            except StorageError:
+                manifest = None
+            if manifest is not None:
+                artifacts = Artifacts(
+                    url=url,
+                    files=tuple(f.path for f in manifest.files),
+                    size=manifest.total_size,
+                )
+        ended = jobs.main_termination(pod)
+        tail = ""
+        if pod is not None and (ended is not None or jobs._condition(job, "Failed")):
+            container = COMMIT if ended is not None and ended.get("exitCode") == 0 else MAIN
+            tail = self._log_tail(pod, container)
+        return jobs.job_state(job, pod, artifacts, tail)
+
+    def _service_state(self, obj: Resource) -> tuple[ServiceState | None, dict[str, Any] | None]:
+        """The Server's Deployment as decide sees it, and its newest pod (for image errors)."""
+        ns = obj.metadata.namespace
+        try:
+            deployment = as_dict(
+                self.client.get(Deployment, services.deployment_name(obj), namespace=ns)
+            )
+        except ApiError as e:
+            if e.status.code == 404:
+                return None, None
+            raise
+        pods = [
+            as_dict(p)
+            for p in self.client.list(
+                Pod, namespace=ns, labels=cast(dict[str, Any], names.labels(obj, role="service"))
+            )
+        ]
+        pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        crashed = [
+            p
+            for p in pods
+            for cs in (p.get("status") or {}).get("containerStatuses") or []
+            if cs.get("name") == MAIN and cs.get("restartCount")
+        ]
+        tail = self._log_tail(crashed[-1], MAIN, previous=True) if crashed else ""
+        state = services.service_state(obj, deployment, pods, tail)
+        return state, (pods[-1] if pods else None)
+
+    def _log_tail(self, pod: dict[str, Any], container: str, previous: bool = False) -> str:
+        """The last lines a container wrote; ``previous``: its run before the last restart
+        (what a crash-looping replica said), which lightkube's ``log`` does not ask for."""
+        meta = pod["metadata"]
+        params = {"container": container, "tailLines": LOG_TAIL_LINES, "previous": previous}
+        http = self.client._client  # lightkube's request layer: the pod log with `previous`
+        try:
+            request = http.prepare_request(
+                "get", PodLog, name=meta["name"], namespace=meta["namespace"], params=params
+            )
+            response = http.send(http.build_adapter_request(request))
+            http.raise_for_status(response)  # type: ignore[no-untyped-call]
+            return str(response.text)
+        except ApiError:
+            return ""

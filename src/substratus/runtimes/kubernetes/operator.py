@@ -1,0 +1,291 @@
+"""The operator's control loop: observe an object's world through the API server, let
+``core.decide`` decide, carry out the actions with children, write the status.
+
+Level-triggered, as locally: every event of one of our objects, of a Job or Pod it owns, puts
+the object's key on a work queue (kopf watches; see ``kopf_handlers.py``); worker threads
+reconcile one key at a time, never the same key twice at once. A reconcile reads everything it
+needs again, so a restarted operator converges from the API server and the bucket alone: the
+Job of an attempt has a deterministic name (a second create finds it), the state of a run is in
+its Job and pod, a run's artifacts are committed to its own version by the pod itself.
+Our objects are cached from the watch (dependencies and dependents are looked up there); the
+status is written through the status subresource with the object's resourceVersion, so a
+decision made on a stale object is retried, not written.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from lightkube import ApiError, Client
+from lightkube.codecs import from_dict
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.batch_v1 import Job
+from lightkube.types import CascadeType, PatchType
+
+from substratus.api.kinds import KINDS, Resource
+from substratus.api.loading import parse_object
+from substratus.core.actions import Action, EnsureService, StartBuild, StartJob, StopWorkload
+from substratus.core.graph import Key, dependents
+from substratus.core.naming import retains_artifacts
+from substratus.core.observed import (
+    Observed,
+)
+from substratus.core.reconcile import decide
+from substratus.core.retry import RetryPolicy
+from substratus.core.workqueue import WorkQueue
+from substratus.core.world import mount_sources
+from substratus.runtimes.kubernetes import jobs, names, services
+from substratus.runtimes.kubernetes.config import OperatorConfig
+from substratus.runtimes.kubernetes.observe import Observer, as_dict
+from substratus.runtimes.kubernetes.pods import CREDENTIALS_SECRET
+from substratus.storage import ArtifactStore
+
+log = logging.getLogger("substratus.operator")
+
+FINALIZER = f"{names.GROUP}/artifacts"  # deleting an object deletes its artifacts first
+# The kinds this operator runs: Jobs for Models and Datasets, a Deployment for a Server.
+RUN_KINDS = ("Model", "Dataset", "Server")
+RESYNC_SECONDS = 300.0
+
+RESOURCES = {
+    kind: create_namespaced_resource(names.GROUP, "v1", kind, KINDS[kind].PLURAL)
+    for kind in RUN_KINDS
+}
+
+
+def _key(body: dict[str, Any]) -> Key:
+    return (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+class Operator:
+    def __init__(
+        self, client: Client, cfg: OperatorConfig, policy: RetryPolicy | None = None
+    ) -> None:
+        self.client = client
+        self.cfg = cfg
+        self.policy = policy or RetryPolicy()
+        self.store = ArtifactStore(cfg.artifact_url)
+        self.queue: WorkQueue[Key] = WorkQueue()
+        self._objects: dict[Key, dict[str, Any]] = {}  # our objects, as the watch last saw them
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.observer = Observer(client, self.store, self._cached)
+
+    # -- events ---------------------------------------------------------------------------
+
+    def object_event(self, kind: str, event_type: str, body: dict[str, Any]) -> None:
+        body = {**body, "kind": kind}
+        key = _key(body)
+        with self._lock:
+            old = self._objects.get(key)
+            if event_type == "DELETED":
+                self._objects.pop(key, None)
+            else:
+                self._objects[key] = body
+        self.queue.add(key)
+        if old is None or (old.get("status") or {}) != (body.get("status") or {}):
+            for dep in self.dependents(key):
+                self.queue.add(dep)
+
+    def child_event(self, body: dict[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        name = (meta.get("annotations") or {}).get(jobs.ANNOTATION_NAME)
+        kind = labels.get(names.LABEL_KIND)
+        if name and kind:
+            self.queue.add((kind, meta["namespace"], name))
+
+    def dependents(self, key: Key) -> list[Key]:
+        with self._lock:
+            bodies = list(self._objects.values())
+        objs = []
+        for body in bodies:
+            try:
+                objs.append(parse_object(body, "watched object"))
+            except Exception:  # an object the API server stored but we cannot read
+                continue
+        return [o.key for o in dependents(key, objs)]
+
+    # -- workers --------------------------------------------------------------------------
+
+    def start(self, workers: int = 4) -> None:
+        for i in range(workers):
+            t = threading.Thread(target=self._work, name=f"reconcile-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        threading.Thread(target=self._resync, name="resync", daemon=True).start()
+
+    def stop(self) -> None:
+        self.queue.close()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def _work(self) -> None:
+        while (key := self.queue.get()) is not None:
+            try:
+                self.reconcile(key)
+            except Exception:
+                log.exception("reconciling %s/%s %s failed; retrying in 5s", *key[1:], key[0])
+                self.queue.add(key, 5.0)
+            finally:
+                self.queue.done(key)
+
+    def _resync(self) -> None:
+        """A timer: every object is decided again now and then, events or not."""
+        while True:
+            time.sleep(RESYNC_SECONDS)
+            with self._lock:
+                keys = list(self._objects)
+            for key in keys:
+                self.queue.add(key)
+
+    # -- reconcile ------------------------------------------------------------------------
+
+    def reconcile(self, key: Key) -> None:
+        kind, namespace, name = key
+        try:
+            body = as_dict(self.client.get(RESOURCES[kind], name, namespace=namespace))
+        except ApiError as e:
+            if e.status.code == 404:
+                return
+            raise
+        body["kind"] = kind
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
+            self._finalize(kind, body)
+            return
+        if KINDS[kind].HAS_ARTIFACTS and FINALIZER not in (meta.get("finalizers") or []):
+            self._patch_meta(
+                kind, body, {"finalizers": [*(meta.get("finalizers") or []), FINALIZER]}
+            )
+            return  # the write is an event: decide on the object as it now is
+        obj = parse_object(body, "stored object")
+        obs = self.observer.observe(obj)
+        decision = decide(obj, obs, self.policy)
+        obj = obj.model_copy(update={"status": decision.status})
+        for action in decision.actions:
+            self.act(obj, action, obs)
+        status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if status != (body.get("status") or {}):
+            self._write_status(kind, body, status)
+        if any(isinstance(a, StartJob) for a in decision.actions):
+            self.queue.add(key, 1.0)
+        if decision.requeue_after is not None:
+            self.queue.add(key, decision.requeue_after)
+
+    def _write_status(self, kind: str, body: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
+        try:
+            self.client.patch(
+                RESOURCES[kind].Status,
+                meta["name"],
+                patch,
+                namespace=meta["namespace"],
+                patch_type=PatchType.MERGE,
+                field_manager=names.FIELD_MANAGER,
+            )
+        except ApiError as e:
+            if e.status.code not in (404, 409):
+                raise
+            self.queue.add(_key(body), 0.2)  # changed since we read it: decide again
+
+    def _patch_meta(self, kind: str, body: dict[str, Any], changes: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        patch = {"metadata": {"resourceVersion": meta["resourceVersion"], **changes}}
+        try:
+            self.client.patch(
+                RESOURCES[kind],
+                meta["name"],
+                patch,
+                namespace=meta["namespace"],
+                patch_type=PatchType.MERGE,
+                field_manager=names.FIELD_MANAGER,
+            )
+        except ApiError as e:
+            if e.status.code not in (404, 409):
+                raise
+            self.queue.add(_key(body), 0.2)
+
+    def _finalize(self, kind: str, body: dict[str, Any]) -> None:
+        """Deleting: the artifacts go (unless retained), then the finalizer; the children go
+        with their owner (garbage collection)."""
+        meta = body["metadata"]
+        finalizers = meta.get("finalizers") or []
+        if FINALIZER not in finalizers:
+            return
+        if not retains_artifacts(meta.get("annotations")):
+            url = self.store.object_url(meta["namespace"], KINDS[kind].PLURAL, meta["name"])
+            self.store.delete(url)
+        self._patch_meta(kind, body, {"finalizers": [f for f in finalizers if f != FINALIZER]})
+
+    # -- observe --------------------------------------------------------------------------
+
+    def _cached(self, key: Key) -> dict[str, Any] | None:
+        with self._lock:
+            return self._objects.get(key)
+
+    # -- act ------------------------------------------------------------------------------
+
+    def act(self, obj: Resource, action: Action, obs: Observed) -> None:
+        if isinstance(action, StartJob):
+            self._start_job(obj, action, obs)
+        elif isinstance(action, EnsureService):
+            self._ensure_credentials(obj.metadata.namespace)
+            for child in services.service_children(obj, action, self.cfg, mount_sources(obs.deps)):
+                self._apply(child)
+        elif isinstance(action, StopWorkload) and obj.IS_JOB:
+            self._delete_jobs(obj, keep=())
+        elif isinstance(action, StopWorkload):
+            self._delete(Deployment, services.deployment_name(obj), obj.metadata.namespace)
+        elif isinstance(action, StartBuild):  # pragma: no cover - observe reports builds failed
+            log.warning("%s: image builds are not run by this operator", obj.key)
+
+    def _apply(self, manifest: dict[str, Any]) -> None:
+        self.client.apply(from_dict(manifest), field_manager=names.FIELD_MANAGER, force=True)
+
+    def _ensure_credentials(self, namespace: str) -> None:
+        if self.cfg.credentials:
+            self._apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": CREDENTIALS_SECRET, "namespace": namespace},
+                    "stringData": dict(self.cfg.credentials),
+                }
+            )
+
+    def _delete(self, resource: Any, name: str, namespace: str) -> None:
+        try:
+            self.client.delete(resource, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
+        except ApiError as e:
+            if e.status.code != 404:
+                raise
+
+    def _start_job(self, obj: Resource, action: StartJob, obs: Observed) -> None:
+        ns = obj.metadata.namespace
+        self._ensure_credentials(ns)
+        object_url = self.store.object_url(ns, obj.PLURAL, obj.metadata.name)
+        configmap, job = jobs.job_children(
+            obj, action, self.cfg, mount_sources(obs.deps), object_url
+        )
+        self._apply(configmap)
+        try:
+            self.client.create(from_dict(job), field_manager=names.FIELD_MANAGER)
+            log.info("%s/%s: created Job %s", ns, obj.metadata.name, job["metadata"]["name"])
+        except ApiError as e:
+            if e.status.code != 409:  # already there: this attempt was started before
+                raise
+        self._delete_jobs(obj, keep=(job["metadata"]["name"],))
+
+    def _delete_jobs(self, obj: Resource, keep: Iterable[str]) -> None:
+        keep = set(keep)
+        for job in self.observer.jobs(obj):
+            name = job["metadata"]["name"]
+            if name not in keep:
+                self._delete(Job, name, obj.metadata.namespace)

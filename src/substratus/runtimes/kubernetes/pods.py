@@ -1,0 +1,150 @@
+"""The container contract in a pod, as locally: a pure function from an object to a pod spec.
+
+The workload runs in ``/content`` (an emptyDir shared with the helper containers), with:
+- ``model/`` and ``data/``: the referenced objects' committed artifacts, fetched by the
+  ``substratus-init`` container (the operator's helper image) into emptyDirs mounted read-only
+  (a Server's model also at ``/model/saved``);
+- ``params.json`` from a ConfigMap and ``PARAM_*`` variables; ``env`` with real secret
+  references; the identity and thread variables of :func:`substratus.core.contract.contract_env`;
+- for a Job, ``artifacts/``, committed by the ``substratus-commit`` container once the command
+  has exited 0: files first, the manifest last, to the run's version URL. The command runs
+  under a static shell that the init container copies in (any image works, even one with no
+  shell), which records its exit code for the committer; the pod succeeds only when both
+  succeed, so a Job that is Complete has committed artifacts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from substratus.api.common import EnvFrom
+from substratus.api.kinds import Resource, Server
+from substratus.core.contract import SEED_MODEL_PATH, WORKDIR, contract_env
+from substratus.core.world import MountSources
+from substratus.runtimes.kubernetes.config import OperatorConfig
+from substratus.runtimes.kubernetes.scheduling import placement, resource_requirements
+
+MAIN = "main"
+INIT = "substratus-init"
+COMMIT = "substratus-commit"
+CREDENTIALS_SECRET = "substratus-artifact-credentials"
+HELPER_DIR = "/substratus"  # the static shell, the exit code
+EXIT_FILE = f"{HELPER_DIR}/exit-code"
+HELPER_MODULE = "substratus.runtimes.kubernetes.podhelper"
+
+# Runs the command in /content and records its exit code where the committer waits for it.
+_WRAPPER = f'cd {WORKDIR} && "$@"; code=$?; echo "$code" > {EXIT_FILE}; exit "$code"'
+
+
+def params_configmap_name(child: str) -> str:
+    return f"{child}-params"
+
+
+def workload_pod_spec(
+    obj: Resource,
+    image: str,
+    argv: list[str],
+    cfg: OperatorConfig,
+    mounts: MountSources,
+    params_configmap: str,
+    commit_to: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """The pod spec of one run of ``obj``. ``argv`` is the command (the image's entrypoint and
+    arguments, or ``spec.command``); ``commit_to`` is a Job's (object URL, artifact version)."""
+    volumes: list[dict[str, Any]] = [
+        {"name": "content", "emptyDir": {}},
+        {"name": "helper", "emptyDir": {}},
+        {"name": "params", "configMap": {"name": params_configmap}},
+    ]
+    main_mounts: list[dict[str, Any]] = [
+        {"name": "content", "mountPath": WORKDIR},
+        {"name": "helper", "mountPath": HELPER_DIR},
+        {"name": "params", "mountPath": f"{WORKDIR}/params.json", "subPath": "params.json"},
+    ]
+    init_mounts: list[dict[str, Any]] = [
+        {"name": "helper", "mountPath": HELPER_DIR},
+        {"name": "content", "mountPath": WORKDIR},
+    ]
+    init_args = ["init", "--bin", f"{HELPER_DIR}/bin", "--workdir", WORKDIR]
+    for sub, dep in (("model", mounts.model), ("data", mounts.data)):
+        if dep is None or dep.url is None:
+            continue
+        volumes.append({"name": sub, "emptyDir": {}})
+        init_mounts.append({"name": sub, "mountPath": f"/fetch/{sub}"})
+        init_args += ["--fetch", f"{dep.url}={'/fetch/' + sub}"]
+        main_mounts.append({"name": sub, "mountPath": f"{WORKDIR}/{sub}", "readOnly": True})
+        if sub == "model" and isinstance(obj, Server):
+            main_mounts.append({"name": sub, "mountPath": SEED_MODEL_PATH, "readOnly": True})
+    helper_env = [{"secretRef": {"name": CREDENTIALS_SECRET, "optional": True}}]
+    small = {"requests": {"cpu": "50m", "memory": "64Mi"}}
+    containers = [
+        {
+            "name": MAIN,
+            "image": image,
+            "imagePullPolicy": cfg.image_pull_policy,
+            "command": [f"{HELPER_DIR}/bin/sh", "-c", _WRAPPER, "substratus", *argv],
+            "workingDir": WORKDIR,
+            "env": _env(obj),
+            "volumeMounts": main_mounts,
+            "resources": resource_requirements(obj.spec.resources),
+        }
+    ]
+    if commit_to is not None:
+        containers.append(
+            {
+                "name": COMMIT,
+                "image": cfg.helper_image,
+                "imagePullPolicy": cfg.image_pull_policy,
+                "command": ["python", "-m", HELPER_MODULE],
+                "args": [
+                    "commit",
+                    "--exit-file",
+                    EXIT_FILE,
+                    "--artifacts",
+                    f"{WORKDIR}/artifacts",
+                    "--to",
+                    commit_to[0],
+                    "--version",
+                    commit_to[1],
+                ],
+                "envFrom": helper_env,
+                "volumeMounts": [
+                    {"name": "content", "mountPath": WORKDIR},
+                    {"name": "helper", "mountPath": HELPER_DIR},
+                ],
+                "resources": small,
+            }
+        )
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 30,
+        "initContainers": [
+            {
+                "name": INIT,
+                "image": cfg.helper_image,
+                "imagePullPolicy": cfg.image_pull_policy,
+                "command": ["python", "-m", HELPER_MODULE],
+                "args": init_args,
+                "envFrom": helper_env,
+                "volumeMounts": init_mounts,
+                "resources": small,
+            }
+        ],
+        "containers": containers,
+        "volumes": volumes,
+        **placement(obj.spec.resources, cfg.cloud),
+    }
+    return spec
+
+
+def _env(obj: Resource) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in contract_env(obj).items()]
+    for name, value in obj.spec.env.items():
+        if isinstance(value, EnvFrom):
+            ref = value.secret_key_ref
+            env.append(
+                {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+            )
+        else:
+            env.append({"name": name, "value": value})
+    return env

@@ -1,0 +1,129 @@
+"""A Server as a Deployment (``spec.replicas``) behind a Service, and what the operator reads
+back from them. The pods carry the same contract as a Job's (pods.py) without the committer;
+they listen on ``PORT`` 8080 on every address, and are Ready when ``GET /`` answers, as the
+local runtime's probe asks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from substratus.api.kinds import Resource, Server
+from substratus.core.actions import EnsureService
+from substratus.core.observed import ServiceState
+from substratus.core.params import params_json
+from substratus.core.world import MountSources
+from substratus.runtimes.kubernetes import names
+from substratus.runtimes.kubernetes.config import OperatorConfig
+from substratus.runtimes.kubernetes.jobs import ANNOTATION_NAME, workload_argv
+from substratus.runtimes.kubernetes.pods import MAIN, params_configmap_name, workload_pod_spec
+
+PORT = 8080
+ANNOTATION_IMAGE = f"{names.GROUP}/image"  # the image decide asked for (before mapping)
+
+
+def service_name(obj: Resource) -> str:
+    return names.child_name(obj, "svc")
+
+
+def deployment_name(obj: Resource) -> str:
+    return names.child_name(obj, "deploy")
+
+
+def service_url(obj: Resource) -> str:
+    return f"http://{service_name(obj)}.{obj.metadata.namespace}.svc.cluster.local:{PORT}"
+
+
+def service_children(
+    obj: Resource, action: EnsureService, cfg: OperatorConfig, mounts: MountSources
+) -> list[dict[str, Any]]:
+    """The params ConfigMap, the Deployment and the Service of a Server's generation."""
+    deploy = deployment_name(obj)
+    selector = names.labels(obj, role="service")
+    template_labels = {**selector, names.LABEL_GENERATION: str(action.generation)}
+    owner = [names.owner_reference(obj)]
+    meta = {"namespace": obj.metadata.namespace, "labels": selector, "ownerReferences": owner}
+    annotations = {ANNOTATION_NAME: obj.metadata.name, ANNOTATION_IMAGE: action.image}
+    spec = workload_pod_spec(
+        obj,
+        cfg.image(action.image),
+        workload_argv(obj, action.image),
+        cfg,
+        mounts,
+        params_configmap_name(deploy),
+    )
+    spec["restartPolicy"] = "Always"
+    main = next(c for c in spec["containers"] if c["name"] == MAIN)
+    main["env"] += [{"name": "PORT", "value": str(PORT)}, {"name": "HOST", "value": "0.0.0.0"}]
+    if isinstance(obj, Server) and obj.spec.quantization is not None:
+        main["env"].append({"name": "QUANTIZATION_BITS", "value": str(obj.spec.quantization.bits)})
+    main["ports"] = [{"name": "http", "containerPort": PORT}]
+    main["readinessProbe"] = {
+        "httpGet": {"path": "/", "port": PORT},
+        "periodSeconds": 2,
+        "failureThreshold": 3,
+    }
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": params_configmap_name(deploy), **meta},
+        "data": {"params.json": params_json(obj.spec.params)},
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": deploy, "annotations": annotations, **meta},
+        "spec": {
+            "replicas": action.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": template_labels, "annotations": annotations},
+                "spec": spec,
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": service_name(obj), "annotations": annotations, **meta},
+        "spec": {
+            "selector": selector,
+            "ports": [{"name": "http", "port": PORT, "targetPort": PORT}],
+        },
+    }
+    return [configmap, deployment, service]
+
+
+def service_state(
+    obj: Resource, deployment: dict[str, Any], pods: list[dict[str, Any]], log_tail: str
+) -> ServiceState:
+    """A Server's replicas as ``decide`` sees them: the Deployment's generation and counts,
+    and its pods' restarts (a crash loop) with the last exit code."""
+    template = deployment["spec"]["template"]
+    labels = template["metadata"].get("labels") or {}
+    status = deployment.get("status") or {}
+    generation = int(labels.get(names.LABEL_GENERATION, 0))
+    current = [
+        p
+        for p in pods
+        if (p["metadata"].get("labels") or {}).get(names.LABEL_GENERATION) == str(generation)
+    ]
+    restarts, last_exit = 0, None
+    for pod in current:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") != MAIN:
+                continue
+            restarts += int(cs.get("restartCount", 0))
+            ended = (cs.get("lastState") or {}).get("terminated")
+            if ended:
+                last_exit = ended.get("exitCode")
+    ready = int(status.get("readyReplicas") or 0)
+    return ServiceState(
+        generation=generation,
+        image=(deployment["metadata"].get("annotations") or {}).get(ANNOTATION_IMAGE, ""),
+        replicas=int(status.get("replicas") or 0),
+        ready_replicas=ready,
+        restarts=restarts,
+        last_exit_code=last_exit,
+        log_tail=log_tail if restarts else "",
+        url=service_url(obj) if ready else None,
+    )

@@ -1,0 +1,236 @@
+"""The operator (runtimes/kubernetes) as a process against the real control plane: Models run as
+Jobs on the real node, with the container contract, artifacts committed to a real
+S3-compatible bucket (SeaweedFS) and the status written from the committed manifest.
+
+The contract's helper image is our dataset-loader image (it holds the project, the bucket
+libraries and a static busybox); workloads run the toolbox image; images are imported, so the
+operator is configured with ``imagePullPolicy: Never``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kube.cluster import REPO, ControlPlane, Proc, spawn
+from tests.kube.node import TOOLBOX_IMAGE, RealNode
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def operator(
+    kube_node: RealNode,
+    substratus_crds: list[str],
+    dataset_loader_image: str,
+    node_bucket: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Proc]:
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    env = {
+        **os.environ,
+        **node_bucket.env,
+        "KUBECONFIG": str(kube_node.plane.kubeconfig),
+        "SUBSTRATUS_ARTIFACT_URL": "s3://artifacts",
+        "SUBSTRATUS_HELPER_IMAGE": dataset_loader_image,
+        "SUBSTRATUS_IMAGE_PULL_POLICY": "Never",
+        "SUBSTRATUS_JOB_ATTEMPTS": "2",
+        "SUBSTRATUS_BACKOFF_SECONDS": "1",
+    }
+    proc = spawn(
+        "operator",
+        [sys.executable, "-m", "substratus.runtimes.kubernetes"],
+        log,
+        cwd=REPO,
+        env=env,
+    )
+    try:
+        yield proc
+    finally:
+        proc.popen.terminate()
+        try:
+            proc.popen.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def apply(plane: ControlPlane, ns: str, kind: str, name: str, spec: dict[str, Any]) -> None:
+    doc = {"apiVersion": "substratus.ai/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    plane.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(doc))
+
+
+def wait_for(
+    plane: ControlPlane,
+    operator: Proc,
+    ns: str,
+    kind: str,
+    name: str,
+    reason: str,
+    timeout: float = 180,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        r = plane.kubectl("get", "-n", ns, kind.lower(), name, "-o", "json", check=False)
+        if r.returncode == 0:
+            last = json.loads(r.stdout)
+            status = last.get("status") or {}
+            conditions: list[dict[str, Any]] = status.get("conditions", [])
+            ready = next((c for c in conditions if c["type"] == "Ready"), {})
+            if ready.get("reason") == reason:
+                return last
+        if not operator.alive():
+            break
+        time.sleep(0.5)
+    pods = plane.kubectl("get", "pods", "-n", ns, "-o", "wide", check=False).stdout
+    raise AssertionError(
+        f"{kind}/{name} never reached {reason}; status: {json.dumps(last.get('status'), indent=1)}"
+        f"\npods:\n{pods}\noperator log:\n{operator.tail(60)}"
+    )
+
+
+def read(bucket: Any, url: str) -> bytes:
+    path = url.removeprefix("s3://")
+    name, _, key = path.partition("/")
+    return bytes(bucket.client().get_object(Bucket=name, Key=key)["Body"].read())
+
+
+def test_a_model_runs_as_a_job_on_the_real_node_and_commits_its_artifacts(
+    operator: Proc, kube_node: RealNode, node_bucket: Any, kube_namespace: str
+) -> None:
+    plane, ns = kube_node.plane, kube_namespace
+    base = {
+        "image": {"name": TOOLBOX_IMAGE},
+        "command": ["sh", "-c", "mkdir -p artifacts/sub && echo weights > artifacts/sub/w.bin"],
+    }
+    apply(plane, ns, "Model", "base", base)
+    script = (
+        'echo "$PARAM_GREETING" > artifacts/greeting.txt && cp params.json artifacts/ '
+        "&& cat model/sub/w.bin > artifacts/from-base.txt && pwd > artifacts/pwd.txt "
+        "&& (touch model/x 2> /dev/null && echo writable || echo read-only) "
+        "> artifacts/model-ro.txt"
+    )
+    tuned = {
+        "image": {"name": TOOLBOX_IMAGE},
+        "command": ["sh", "-c", script],
+        "baseModel": {"name": "base"},
+        "params": {"greeting": "hello from a pod"},
+    }
+    apply(plane, ns, "Model", "tuned", tuned)
+    done = wait_for(plane, operator, ns, "Model", "tuned", "Succeeded")
+    status = done["status"]
+    assert status["ready"] is True and status["observedGeneration"] == 1
+    url = status["url"]
+    assert url == f"s3://artifacts/{ns}/models/tuned/g1-a1-k8s/"
+    assert sorted(status["files"]) == [
+        "from-base.txt",
+        "greeting.txt",
+        "model-ro.txt",
+        "params.json",
+        "pwd.txt",
+    ]
+    assert read(node_bucket, url + "greeting.txt") == b"hello from a pod\n"
+    assert json.loads(read(node_bucket, url + "params.json")) == {"greeting": "hello from a pod"}
+    assert read(node_bucket, url + "from-base.txt") == b"weights\n"  # fetched from base's commit
+    assert read(node_bucket, url + "pwd.txt") == b"/content\n"
+    assert read(node_bucket, url + "model-ro.txt") == b"read-only\n"
+    manifest = json.loads(read(node_bucket, url + "substratus-manifest.json"))
+    assert manifest["totalSize"] == sum(f["size"] for f in manifest["files"])
+    # It ran for real: on the real node, its Job complete, one Job for one attempt.
+    pods = json.loads(plane.kubectl("get", "pods", "-n", ns, "-o", "json").stdout)["items"]
+    assert {p["spec"]["nodeName"] for p in pods} == {kube_node.name}
+    jobs = json.loads(plane.kubectl("get", "jobs", "-n", ns, "-o", "json").stdout)["items"]
+    assert sorted(j["metadata"]["name"] for j in jobs) == ["base-model-g1-a1", "tuned-model-g1-a1"]
+
+
+def test_a_failing_job_is_retried_then_fails_with_its_exit_code_and_log(
+    operator: Proc, kube_node: RealNode, kube_namespace: str
+) -> None:
+    plane, ns = kube_node.plane, kube_namespace
+    spec = {"image": {"name": TOOLBOX_IMAGE}, "command": ["sh", "-c", "echo broken-input; exit 3"]}
+    apply(plane, ns, "Dataset", "bad", spec)
+    failed = wait_for(plane, operator, ns, "Dataset", "bad", "JobFailed")
+    ready = next(c for c in failed["status"]["conditions"] if c["type"] == "Ready")
+    assert "exit code 3 after 2 attempts" in ready["message"]
+    assert "broken-input" in ready["message"]  # the log tail
+    assert failed["status"].get("url") is None
+
+
+def test_an_image_without_a_command_is_refused_with_the_field(
+    operator: Proc, kube_node: RealNode, kube_namespace: str
+) -> None:
+    plane, ns = kube_node.plane, kube_namespace
+    apply(plane, ns, "Model", "nocmd", {"image": {"name": TOOLBOX_IMAGE}})
+    got = wait_for(plane, operator, ns, "Model", "nocmd", "ImageUnavailable", timeout=60)
+    ready = next(c for c in got["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["message"].startswith("spec.command: required for image")
+
+
+def test_delete_removes_the_artifacts_unless_retained(
+    operator: Proc, kube_node: RealNode, node_bucket: Any, kube_namespace: str
+) -> None:
+    plane, ns = kube_node.plane, kube_namespace
+    spec = {"image": {"name": TOOLBOX_IMAGE}, "command": ["sh", "-c", "echo x > artifacts/x"]}
+    for name in ("gone", "kept"):
+        apply(plane, ns, "Model", name, spec)
+    plane.kubectl("annotate", "-n", ns, "model/kept", "substratus.ai/retain-artifacts=true")
+    urls = {
+        name: wait_for(plane, operator, ns, "Model", name, "Succeeded")["status"]["url"]
+        for name in ("gone", "kept")
+    }
+    for name in ("gone", "kept"):
+        plane.kubectl(
+            "delete", "-n", ns, f"model/{name}", "--wait=true", "--timeout=60s", timeout=70
+        )
+    assert read(node_bucket, urls["kept"] + "x") == b"x\n"
+    with pytest.raises(Exception, match="NoSuchKey"):
+        read(node_bucket, urls["gone"] + "x")
+    assert Path(operator.log).exists()
+
+
+def test_a_server_serves_its_model_through_a_service(
+    operator: Proc, kube_node: RealNode, kube_namespace: str
+) -> None:
+    plane, ns = kube_node.plane, kube_namespace
+    model = {
+        "image": {"name": TOOLBOX_IMAGE},
+        "command": ["sh", "-c", "mkdir -p artifacts/sub && echo weights > artifacts/sub/w.bin"],
+    }
+    apply(plane, ns, "Model", "m", model)
+    # busybox httpd serves the mounted model: /model/saved (the design's path) and model/.
+    serve = (
+        "mkdir -p /tmp/www && cp -r /model/saved/. /tmp/www/ && echo up > /tmp/www/index.html "
+        "&& exec httpd -f -p $PORT -h /tmp/www"
+    )
+    server = {
+        "image": {"name": TOOLBOX_IMAGE},
+        "command": ["sh", "-c", serve],
+        "model": {"name": "m"},
+        "replicas": 2,
+    }
+    apply(plane, ns, "Server", "s", server)
+    served = wait_for(plane, operator, ns, "Server", "s", "Serving")
+    assert served["status"]["url"] == f"http://s-server-svc.{ns}.svc.cluster.local:8080"
+    ip = plane.kubectl("get", "svc", "-n", ns, "s-server-svc", "-o", "jsonpath={.spec.clusterIP}")
+    url = f"http://{ip.stdout}:8080/sub/w.bin"
+    deadline = time.monotonic() + 30
+    while True:  # kube-proxy programs the Service's rules a moment after the pods are Ready
+        try:
+            with urllib.request.urlopen(url, timeout=3) as r:
+                assert r.read() == b"weights\n"
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    deploy = json.loads(plane.kubectl("get", "deploy", "-n", ns, "-o", "json").stdout)["items"]
+    assert [d["spec"]["replicas"] for d in deploy] == [2]

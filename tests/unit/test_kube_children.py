@@ -1,0 +1,192 @@
+"""The operator's pure parts: its configuration, the children it renders (the container contract
+in a pod, requests, GPU placement by cloud), names within limits, and a run's state read back
+from a Job and its pod."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from substratus.api import parse_object
+from substratus.core.actions import StartJob
+from substratus.core.observed import Artifacts, DepState, Phase
+from substratus.core.world import MountSources
+from substratus.runtimes.kubernetes import jobs, names
+from substratus.runtimes.kubernetes.config import ConfigError, OperatorConfig, load_config
+from substratus.runtimes.kubernetes.pods import COMMIT, INIT, MAIN
+
+CFG = OperatorConfig(artifact_url="s3://bucket/sub", helper_image="helper:1", image_tag="0.1.0")
+
+
+def model(spec: dict[str, Any], name: str = "ft", uid: str = "u-1") -> Any:
+    return parse_object(
+        {
+            "apiVersion": "substratus.ai/v1",
+            "kind": "Model",
+            "metadata": {"name": name, "namespace": "team", "uid": uid, "generation": 2},
+            "spec": spec,
+        }
+    )
+
+
+FT = {
+    "image": {"name": "substratusai/model-trainer-huggingface"},
+    "baseModel": {"name": "base"},
+    "trainingDataset": {"name": "data"},
+    "params": {"epochs": 2, "lora": True},
+    "env": {"HF_TOKEN": {"secretKeyRef": {"name": "hf", "key": "token"}}, "MODE": "fast"},
+    "resources": {"cpu": 2, "memory": 8, "disk": 20, "gpu": {"type": "nvidia-l4", "count": 1}},
+}
+MOUNTS = MountSources(
+    model=DepState(found=True, ready=True, url="s3://bucket/sub/team/models/base/g1-a1-k8s/"),
+    data=DepState(found=True, ready=True, url="s3://bucket/sub/team/datasets/data/g1-a1-k8s/"),
+)
+
+
+def render(obj: Any, cfg: OperatorConfig = CFG) -> tuple[dict[str, Any], dict[str, Any]]:
+    action = StartJob(2, 3, obj.spec.image.name)
+    return jobs.job_children(obj, action, cfg, MOUNTS, "s3://bucket/sub/team/models/ft/")
+
+
+def containers(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    spec = job["spec"]["template"]["spec"]
+    return {c["name"]: c for c in spec["initContainers"] + spec["containers"]}
+
+
+def test_a_fine_tune_job_carries_the_whole_contract() -> None:
+    configmap, job = render(model(FT))
+    assert job["metadata"]["name"] == "ft-model-g2-a3"
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert configmap["data"]["params.json"] == '{\n  "epochs": 2,\n  "lora": true\n}\n'
+    c = containers(job)
+    main = c[MAIN]
+    assert main["image"] == "docker.io/substratusai/model-trainer-huggingface:0.1.0"
+    assert main["workingDir"] == "/content"
+    # The built-in image's entrypoint, run under the static shell that records its exit code.
+    assert main["command"][:2] == ["/substratus/bin/sh", "-c"]
+    assert main["command"][-3:] == ["python", "-m", "substratus.workloads.trainer"]
+    env = {e["name"]: e for e in main["env"]}
+    assert env["PARAM_EPOCHS"]["value"] == "2" and env["PARAM_LORA"]["value"] == "true"
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    assert env["MODE"]["value"] == "fast" and env["OMP_NUM_THREADS"]["value"] == "2"
+    mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
+    assert mounts["/content/model"]["readOnly"] and mounts["/content/data"]["readOnly"]
+    assert mounts["/content/params.json"]["subPath"] == "params.json"
+    assert main["resources"] == {
+        "requests": {"cpu": "2", "memory": "8Gi", "ephemeral-storage": "20Gi"},
+        "limits": {"cpu": "2", "memory": "8Gi", "ephemeral-storage": "20Gi", "nvidia.com/gpu": "1"},
+    }
+    # The init container fetches both dependencies' committed versions.
+    assert c[INIT]["image"] == "helper:1"
+    assert f"{MOUNTS.model.url}=/fetch/model" in c[INIT]["args"]  # type: ignore[union-attr]
+    assert f"{MOUNTS.data.url}=/fetch/data" in c[INIT]["args"]  # type: ignore[union-attr]
+    # The committer stores artifacts/ as this attempt's own version.
+    assert c[COMMIT]["args"][-4:] == [
+        "--to",
+        "s3://bucket/sub/team/models/ft/",
+        "--version",
+        "g2-a3-k8s",
+    ]
+    spec = job["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert spec["restartPolicy"] == "Never"
+
+
+@pytest.mark.parametrize(
+    ("cloud", "selector"),
+    [
+        ("gke", {"cloud.google.com/gke-accelerator": "nvidia-l4"}),
+        ("eks", {"karpenter.k8s.aws/instance-gpu-name": "l4"}),
+        ("aks", {"kubernetes.azure.com/accelerator": "nvidia"}),
+    ],
+)
+def test_gpu_placement_follows_the_cloud_profile(cloud: str, selector: dict[str, str]) -> None:
+    cfg = OperatorConfig(artifact_url="s3://b", helper_image="h", cloud=cloud)
+    spec = render(model(FT), cfg)[1]["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == selector
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
+        "tolerations"
+    ]
+
+
+def test_no_gpu_no_placement_and_no_requests() -> None:
+    _, job = render(model({"image": {"name": "busybox"}, "command": ["true"]}))
+    spec = job["spec"]["template"]["spec"]
+    assert "nodeSelector" not in spec and containers(job)[MAIN]["resources"] == {}
+    assert containers(job)[MAIN]["image"] == "busybox"  # not a built-in name: as written
+
+
+def test_an_image_without_a_command_cannot_run_and_says_why() -> None:
+    with pytest.raises(jobs.CannotRun, match=r"spec\.command: required for image 'busybox'"):
+        jobs.workload_argv(model({"image": {"name": "busybox"}}), "busybox")
+    with pytest.raises(jobs.CannotRun, match=r"spec\.command"):
+        jobs.workload_argv(model({"image": {"name": "substratusai/base"}}), "substratusai/base")
+
+
+def test_child_names_stay_within_limits_and_apart() -> None:
+    long_a, long_b = "a" * 62 + "x", "a" * 62 + "y"  # names may be 63 long
+    a = names.child_name(model(FT, name=long_a), "g1-a1")
+    b = names.child_name(model(FT, name=long_b), "g1-a1")
+    assert len(a) <= 63 and len(b) <= 63 and a != b and a.endswith("-g1-a1")
+    assert len(names.labels(model(FT, name=long_a))[names.LABEL_NAME]) <= 63
+
+
+def job(conditions: list[str] = (), **labels: str) -> dict[str, Any]:  # type: ignore[assignment]
+    return {
+        "metadata": {"labels": {names.LABEL_GENERATION: "2", names.LABEL_ATTEMPT: "3", **labels}},
+        "status": {"conditions": [{"type": t, "status": "True"} for t in conditions]},
+    }
+
+
+def pod(main: dict[str, Any] | None = None, waiting: str | None = None) -> dict[str, Any]:
+    state = {"terminated": main} if main else {"waiting": {"reason": waiting}} if waiting else {}
+    return {"status": {"containerStatuses": [{"name": MAIN, "image": "img", "state": state}]}}
+
+
+ART = Artifacts(url="s3://b/v/", files=("a",), size=1)
+
+
+def test_job_states() -> None:
+    assert jobs.job_state(job(), pod(), None, "").phase == Phase.RUNNING
+    committing = jobs.job_state(job(), pod({"exitCode": 0}), None, "")
+    assert committing.phase == Phase.COMMITTING and committing.attempts == 3
+    done = jobs.job_state(job(["Complete"]), pod({"exitCode": 0}), ART, "")
+    assert (done.phase, done.artifacts, done.generation) == (Phase.SUCCEEDED, ART, 2)
+    oom = jobs.job_state(job(), pod({"exitCode": 137, "reason": "OOMKilled"}), None, "tail")
+    assert (oom.phase, oom.exit_code, oom.message, oom.log_tail) == (
+        Phase.FAILED,
+        137,
+        "OOMKilled, exit code 137",
+        "tail",
+    )
+    store_failed = jobs.job_state(job(["Failed"]), pod({"exitCode": 0}), None, "")
+    assert store_failed.phase == Phase.FAILED and "storing its artifacts" in store_failed.message
+    no_manifest = jobs.job_state(job(["Complete"]), pod({"exitCode": 0}), None, "")
+    assert no_manifest.phase == Phase.FAILED
+
+
+def test_image_pull_errors_are_named() -> None:
+    assert jobs.image_error(pod(waiting="ImagePullBackOff")) == "img: ImagePullBackOff:"
+    assert jobs.image_error(pod(waiting="ContainerCreating")) is None
+
+
+def test_config_names_what_is_missing_or_wrong(tmp_path: Any) -> None:
+    with pytest.raises(ConfigError, match=r"SUBSTRATUS_ARTIFACT_URL.*SUBSTRATUS_HELPER_IMAGE"):
+        load_config({})
+    base = {"SUBSTRATUS_ARTIFACT_URL": "s3://b/x/", "SUBSTRATUS_HELPER_IMAGE": "h"}
+    with pytest.raises(ConfigError, match="SUBSTRATUS_CLOUD: 'azure'"):
+        load_config({**base, "SUBSTRATUS_CLOUD": "azure"})
+    with pytest.raises(ConfigError, match="SUBSTRATUS_IMAGES: not built-in images: nope"):
+        load_config({**base, "SUBSTRATUS_IMAGES": '{"nope": "x"}'})
+    file = tmp_path / "config.yaml"
+    file.write_text("cloud: gke\nimages: {substratusai/base: reg/base:1}\nnamespaces: a, b\n")
+    cfg = load_config({**base, "SUBSTRATUS_OPERATOR_CONFIG": str(file), "AWS_REGION": "x"})
+    assert (cfg.cloud, cfg.namespaces, cfg.artifact_url) == ("gke", ("a", "b"), "s3://b/x")
+    assert cfg.image("substratusai/base") == "reg/base:1"
+    assert (
+        cfg.image("substratusai/model-server-basaran")
+        == "docker.io/substratusai/model-server:latest"
+    )
+    assert cfg.credentials == {"AWS_REGION": "x"}
