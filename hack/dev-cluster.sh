@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A local cluster with a real node, to try the operator by hand (as `kind create cluster` is used
 # elsewhere): the control plane with kwok GPU nodes, a real node (kubelet + containerd running
-# real containers), a local image registry, an S3-compatible bucket, our CRDs, and the images of
-# hack/node.sh (substratus.local/toolbox:latest) and hack/images.sh loaded into the node.
+# real containers), a local image registry, an S3-compatible bucket, our CRDs, the images of
+# hack/node.sh (substratus.local/toolbox:latest) and hack/images.sh loaded into the node, and
+# the operator run from the working tree (`up --no-operator` leaves it out).
 #
 #   eval "$(bash hack/dev-cluster.sh up)"    # prints: export KUBECONFIG=...
 #   kubectl get nodes
@@ -24,6 +25,6 @@ case "${1:-}" in
     bash hack/node.sh --check >&2
     ;;
   down | status) ;;
-  *) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
 exec .venv/bin/python -m tests.kube.devcluster "$@"

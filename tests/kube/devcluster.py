@@ -3,7 +3,8 @@
 ``python -m tests.kube.devcluster up|down|status`` (``hack/dev-cluster.sh`` runs it): ``up``
 starts, in a background process that holds them, the control plane with kwok's GPU node(s), the
 real node (:mod:`tests.kube.node`), the local registry, an S3-compatible bucket (SeaweedFS), then
-applies our CRDs and loads the images built by ``hack/images.sh`` into the node, writes a
+applies our CRDs, loads the images built by ``hack/images.sh`` into the node, runs the operator
+from the working tree (its helper image built first; ``--no-operator`` leaves it out), writes a
 kubeconfig and prints ``export KUBECONFIG=...`` on stdout (everything else goes to stderr, so a
 shell can ``eval`` it). ``up`` when it is already up prints the same line. ``down`` stops the
 background process, which tears everything down (the node's teardown included) and exits.
@@ -26,9 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.kube.cluster import REPO, ControlPlane, dump_logs
+from tests.kube.cluster import REPO, ControlPlane, Proc, dump_logs
 from tests.kube.hoststate import alive
 from tests.kube.node import RealNode
+from tests.kube.operatorproc import start_operator, stop_operator
 from tests.kube.registry import LocalRegistry
 
 BUCKET = "substratus"
@@ -65,7 +67,16 @@ def image_archives() -> list[Path]:
     return sorted(d.glob("*.tar")) if d and d.is_dir() else []
 
 
-def serve(d: Path, gpu_nodes: int) -> None:
+HELPER = "dataset-loader"  # images/: the project, the bucket libraries and a static busybox
+
+
+def ensure_helper_image() -> None:
+    """The operator's contract helper (hack/images.sh builds it once; minutes the first time)."""
+    _say(f"the operator's helper image: bash hack/images.sh {HELPER} (cached after the first time)")
+    subprocess.run(["bash", "hack/images.sh", HELPER], cwd=REPO, check=True, stdout=sys.stderr)
+
+
+def serve(d: Path, gpu_nodes: int, with_operator: bool) -> None:
     """The background process: start everything, write cluster.json, wait for SIGTERM."""
     stopping = False
 
@@ -80,6 +91,7 @@ def serve(d: Path, gpu_nodes: int) -> None:
     registry = LocalRegistry()
     node: RealNode | None = None
     bucket: Any = None
+    operator: Proc | None = None
     try:
         plane.start()
         plane.start_nodes()
@@ -101,6 +113,14 @@ def serve(d: Path, gpu_nodes: int) -> None:
         for archive in image_archives():
             images += node.load_image(archive)
             _say(f"loaded {archive.name}")
+        if with_operator:
+            settings = {
+                **bucket.env,
+                "SUBSTRATUS_ARTIFACT_URL": f"s3://{BUCKET}",
+                "SUBSTRATUS_HELPER_IMAGE": f"docker.io/substratusai/{HELPER}:latest",
+            }
+            operator = start_operator(plane, d, settings)
+            _say(f"operator pid {operator.pid}, log {d / 'operator.log'}")
         kubeconfig = d / "kubeconfig"
         kubeconfig.write_text(plane.kubeconfig.read_text())
         kubeconfig.chmod(0o600)
@@ -113,6 +133,7 @@ def serve(d: Path, gpu_nodes: int) -> None:
             "registry": registry.address,
             "bucket": {"url": f"s3://{BUCKET}", **bucket.env},
             "images": sorted(i for i in set(images) if not i.startswith("sha256:")),
+            "operator": {"pid": operator.pid, "log": str(operator.log)} if operator else None,
             "started": time.time(),
         }
         tmp = d / "cluster.json.part"
@@ -128,6 +149,8 @@ def serve(d: Path, gpu_nodes: int) -> None:
         raise
     finally:
         (d / "cluster.json").unlink(missing_ok=True)
+        if operator is not None:
+            stop_operator(operator)
         if node is not None:
             left = node.stop()
             for line in left:
@@ -139,7 +162,7 @@ def serve(d: Path, gpu_nodes: int) -> None:
         _say("stopped" if stopping else "exited")
 
 
-def up(d: Path, gpu_nodes: int, timeout: float) -> int:
+def up(d: Path, gpu_nodes: int, timeout: float, with_operator: bool) -> int:
     d.mkdir(parents=True, exist_ok=True)
     lock = open(d / ".lock", "a")  # noqa: SIM115 - two `up` at once start one cluster
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -148,6 +171,8 @@ def up(d: Path, gpu_nodes: int, timeout: float) -> int:
         _say("a dev cluster is still starting or stopping; try again in a minute")
         return 1
     if info is None:
+        if with_operator:
+            ensure_helper_image()
         (d / "cluster.json").unlink(missing_ok=True)
         log = d / "cluster.log"
         with open(log, "wb") as out:
@@ -158,6 +183,7 @@ def up(d: Path, gpu_nodes: int, timeout: float) -> int:
                     "tests.kube.devcluster",
                     "serve",
                     f"--gpu-nodes={gpu_nodes}",
+                    *([] if with_operator else ["--no-operator"]),
                 ],
                 cwd=REPO,
                 stdin=subprocess.DEVNULL,
@@ -248,6 +274,12 @@ def status(d: Path) -> int:
     print(f"  registry     {info['registry']}")
     print(f"  bucket       {info['bucket']['url']} at {info['bucket']['AWS_ENDPOINT_URL_S3']}")
     print(f"  images       {', '.join(info['images'])}")
+    operator = info.get("operator")
+    print(
+        f"  operator     pid {operator['pid']}, log {operator['log']}"
+        if operator
+        else "  operator     not run (--no-operator)"
+    )
     return 0
 
 
@@ -259,19 +291,23 @@ def main(argv: list[str] | None = None) -> int:
         "--gpu-nodes", type=int, default=1, help="kwok nodes with 8 nvidia.com/gpu each"
     )
     p_up.add_argument("--timeout", type=float, default=300)
+    p_up.add_argument(
+        "--no-operator", action="store_true", help="do not run the operator from the working tree"
+    )
     sub.add_parser("down", help="stop everything it started")
     sub.add_parser("status", help="what runs, and where")
     p_serve = sub.add_parser("serve", help=argparse.SUPPRESS)
     p_serve.add_argument("--gpu-nodes", type=int, default=1)
+    p_serve.add_argument("--no-operator", action="store_true")
     a = ap.parse_args(argv)
     d = state_dir()
     if a.command == "up":
-        return up(d, max(a.gpu_nodes, 1), a.timeout)
+        return up(d, max(a.gpu_nodes, 1), a.timeout, not a.no_operator)
     if a.command == "down":
         return down(d, timeout=240)
     if a.command == "status":
         return status(d)
-    serve(d, max(a.gpu_nodes, 1))
+    serve(d, max(a.gpu_nodes, 1), not a.no_operator)
     return 0
 
 

@@ -1,6 +1,8 @@
-"""The operator (runtimes/kubernetes) as a process against the real control plane: Models run as
-Jobs on the real node, with the container contract, artifacts committed to a real
-S3-compatible bucket (SeaweedFS) and the status written from the committed manifest.
+"""The operator (runtimes/kubernetes) as a process against the real control plane, with only the
+permissions of deploy/operator/rbac.yaml (a token of its ServiceAccount): Models run as Jobs on
+the real node, with the container contract, artifacts committed to a real S3-compatible bucket
+(SeaweedFS) and the status written from the committed manifest; a Server serves through its
+Service.
 
 The contract's helper image is our dataset-loader image (it holds the project, the bucket
 libraries and a static busybox); workloads run the toolbox image; images are imported, so the
@@ -21,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from tests.kube.cluster import REPO, ControlPlane, Proc, spawn
+from tests.kube.cluster import ControlPlane, Proc
 from tests.kube.node import TOOLBOX_IMAGE, RealNode
+from tests.kube.operatorproc import start_operator, stop_operator
 
 pytestmark = pytest.mark.integration
 
@@ -35,32 +38,19 @@ def operator(
     node_bucket: Any,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Proc]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    env = {
-        **os.environ,
+    settings = {
         **node_bucket.env,
-        "KUBECONFIG": str(kube_node.plane.kubeconfig),
         "SUBSTRATUS_ARTIFACT_URL": "s3://artifacts",
         "SUBSTRATUS_HELPER_IMAGE": dataset_loader_image,
         "SUBSTRATUS_IMAGE_PULL_POLICY": "Never",
         "SUBSTRATUS_JOB_ATTEMPTS": "2",
         "SUBSTRATUS_BACKOFF_SECONDS": "1",
     }
-    proc = spawn(
-        "operator",
-        [sys.executable, "-m", "substratus.runtimes.kubernetes"],
-        log,
-        cwd=REPO,
-        env=env,
-    )
+    proc = start_operator(kube_node.plane, tmp_path_factory.mktemp("operator"), settings)
     try:
         yield proc
     finally:
-        proc.popen.terminate()
-        try:
-            proc.popen.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_operator(proc)
 
 
 def apply(plane: ControlPlane, ns: str, kind: str, name: str, spec: dict[str, Any]) -> None:
@@ -234,3 +224,48 @@ def test_a_server_serves_its_model_through_a_service(
             time.sleep(0.5)
     deploy = json.loads(plane.kubectl("get", "deploy", "-n", ns, "-o", "json").stdout)["items"]
     assert [d["spec"]["replicas"] for d in deploy] == [2]
+
+
+def sub(plane: ControlPlane, *args: str, env: dict[str, str] | None = None) -> Any:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "sub"), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_sub_drives_the_cluster_with_the_same_verbs(
+    operator: Proc, kube_node: RealNode, kube_namespace: str, tmp_path: Path
+) -> None:
+    plane, ns = kube_node.plane, kube_namespace
+    manifest = tmp_path / "model.yaml"
+    manifest.write_text(
+        "apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: hello}\n"
+        "spec:\n  image: {name: " + TOOLBOX_IMAGE + "}\n"
+        "  command: [sh, -c, 'echo said-hello; echo hi > artifacts/hi.txt']\n"
+    )
+    cluster = ["--kubeconfig", str(plane.kubeconfig), "--context", "substratus-test"]
+    applied = sub(
+        plane, *cluster, "apply", "-f", str(manifest), "-n", ns, "--wait", "--timeout", "3m"
+    )
+    assert applied.returncode == 0, applied.stderr + operator.tail(30)
+    assert "model/hello created" in applied.stdout
+    again = sub(plane, *cluster, "apply", "-f", str(manifest), "-n", ns)
+    assert "model/hello unchanged" in again.stdout
+    listed = sub(plane, *cluster, "get", "models", "-n", ns)
+    assert listed.returncode == 0 and "hello   true    Succeeded" in listed.stdout
+    # The environment chooses the cluster too, as the README says.
+    env = {"KUBECONFIG": str(plane.kubeconfig), "SUBSTRATUS_CONTEXT": "substratus-test"}
+    described = sub(plane, "describe", "model/hello", "-n", ns, env=env)
+    assert described.returncode == 0 and f"s3://artifacts/{ns}/models/hello/" in described.stdout
+    logs = sub(plane, "logs", "model/hello", "-n", ns, env=env)
+    assert logs.returncode == 0 and "said-hello" in logs.stdout
+    missing = sub(plane, "get", "model/nope", "-n", ns, env=env)
+    assert missing.returncode == 3 and 'models "nope" not found' in " ".join(missing.stderr.split())
+    deleted = sub(plane, *cluster, "delete", "model/hello", "-n", ns)
+    assert deleted.returncode == 0, deleted.stderr
+    wrong = sub(plane, "--kubeconfig", str(plane.kubeconfig), "--context", "nope", "get", "models")
+    said = " ".join(wrong.stderr.split())  # the console wraps long lines
+    assert wrong.returncode == 6 and "no context 'nope' (it has: substratus-test)" in said

@@ -39,9 +39,22 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     raise typer.Exit(code)
 
 
+# Set by the global options (`sub --context NAME --kubeconfig FILE ...`).
+CLUSTER: dict[str, str | None] = {"context": None, "kubeconfig": None}
+
+
 def client(start: bool = False) -> Client:
-    """The control plane's client. Only commands that change state (``start``) may start the
-    local supervisor; reading commands against a stopped one fail with exit 6."""
+    """The control plane's client: a cluster when a context is chosen (``--context`` or
+    ``SUBSTRATUS_CONTEXT``), else the local supervisor, the default. Only commands that change
+    state (``start``) may start the supervisor; reading commands against a stopped one fail
+    with exit 6."""
+    from substratus.cli.kube import chosen_context
+
+    context = chosen_context(CLUSTER["context"])
+    if context:
+        from substratus.cli.kube import KubeClient
+
+        return KubeClient(context, CLUSTER["kubeconfig"])
     from substratus.runtimes.local.client import LocalClient
 
     return LocalClient(autostart=start)

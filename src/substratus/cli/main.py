@@ -13,6 +13,7 @@ import typer
 
 from substratus.api.loading import kind_of, parse_object
 from substratus.cli.common import (
+    CLUSTER,
     EXIT_USAGE,
     Namespace,
     client,
@@ -32,6 +33,26 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(local_app, name="local")
+
+
+@app.callback()
+def cluster_options(
+    context: Annotated[
+        str | None,
+        typer.Option(
+            "--context",
+            help="Use this kubeconfig context: the cluster, through the operator, instead of the "
+            "local runtime (also SUBSTRATUS_CONTEXT).",
+        ),
+    ] = None,
+    kubeconfig: Annotated[
+        str | None,
+        typer.Option(
+            "--kubeconfig", help="The kubeconfig file (default: KUBECONFIG, ~/.kube/config)."
+        ),
+    ] = None,
+) -> None:
+    CLUSTER["context"], CLUSTER["kubeconfig"] = context, kubeconfig
 
 
 @app.command()

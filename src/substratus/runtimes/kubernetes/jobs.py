@@ -16,11 +16,15 @@ from substratus.core.actions import StartJob
 from substratus.core.images import BASE_IMAGE, NOTEBOOK_IMAGE, builtin_module, image_repository
 from substratus.core.naming import artifact_version
 from substratus.core.observed import Artifacts, JobState, Phase
-from substratus.core.params import params_json
 from substratus.core.world import MountSources
 from substratus.runtimes.kubernetes import names
 from substratus.runtimes.kubernetes.config import OperatorConfig
-from substratus.runtimes.kubernetes.pods import MAIN, params_configmap_name, workload_pod_spec
+from substratus.runtimes.kubernetes.pods import (
+    MAIN,
+    params_configmap,
+    params_configmap_name,
+    workload_pod_spec,
+)
 
 RUN_VERSION = "k8s"  # one Job per attempt: the attempt number already makes the version unique
 ANNOTATION_NAME = f"{names.GROUP}/object-name"  # the whole name (labels may be shortened)
@@ -64,17 +68,7 @@ def job_children(
     version = run_version(action.generation, action.attempt)
     annotations = {ANNOTATION_NAME: obj.metadata.name, ANNOTATION_VERSION: version}
     owner = [names.owner_reference(obj)]
-    configmap = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": params_configmap_name(name),
-            "namespace": obj.metadata.namespace,
-            "labels": run_labels,
-            "ownerReferences": owner,
-        },
-        "data": {"params.json": params_json(obj.spec.params)},
-    }
+    configmap = params_configmap(obj, name, run_labels)
     spec = workload_pod_spec(
         obj,
         cfg.image(action.image),

@@ -4,6 +4,7 @@ the objects (only event handlers are registered: no progress annotations, no kop
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import kopf
@@ -11,6 +12,8 @@ import kopf
 from substratus.api.kinds import KINDS
 from substratus.runtimes.kubernetes import names
 from substratus.runtimes.kubernetes.operator import RUN_KINDS, Operator
+
+log = logging.getLogger("substratus.operator")
 
 
 def registry(op: Operator) -> kopf.OperatorRegistry:
@@ -50,6 +53,7 @@ def registry(op: Operator) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 270
         settings.watching.client_timeout = 300
         op.start()
+        log.info("operator started: %s", ", ".join(sorted(KINDS[k].PLURAL for k in RUN_KINDS)))
 
     @kopf.on.cleanup(registry=reg)
     def cleanup(**_: Any) -> None:

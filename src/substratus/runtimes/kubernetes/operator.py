@@ -179,28 +179,19 @@ class Operator:
             self.queue.add(key, decision.requeue_after)
 
     def _write_status(self, kind: str, body: dict[str, Any], status: dict[str, Any]) -> None:
-        meta = body["metadata"]
-        patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
-        try:
-            self.client.patch(
-                RESOURCES[kind].Status,
-                meta["name"],
-                patch,
-                namespace=meta["namespace"],
-                patch_type=PatchType.MERGE,
-                field_manager=names.FIELD_MANAGER,
-            )
-        except ApiError as e:
-            if e.status.code not in (404, 409):
-                raise
-            self.queue.add(_key(body), 0.2)  # changed since we read it: decide again
+        self._patch(RESOURCES[kind].Status, body, {"status": status})
 
     def _patch_meta(self, kind: str, body: dict[str, Any], changes: dict[str, Any]) -> None:
+        self._patch(RESOURCES[kind], body, {"metadata": changes})
+
+    def _patch(self, resource: Any, body: dict[str, Any], patch: dict[str, Any]) -> None:
+        """A merge patch that holds only if the object is still the one decided on (its
+        resourceVersion); otherwise the object is decided again."""
         meta = body["metadata"]
-        patch = {"metadata": {"resourceVersion": meta["resourceVersion"], **changes}}
+        patch.setdefault("metadata", {})["resourceVersion"] = meta["resourceVersion"]
         try:
             self.client.patch(
-                RESOURCES[kind],
+                resource,
                 meta["name"],
                 patch,
                 namespace=meta["namespace"],

@@ -20,8 +20,10 @@ from typing import Any
 from substratus.api.common import EnvFrom
 from substratus.api.kinds import Resource, Server
 from substratus.core.contract import SEED_MODEL_PATH, WORKDIR, contract_env
+from substratus.core.params import params_json
 from substratus.core.world import MountSources
 from substratus.runtimes.kubernetes.config import OperatorConfig
+from substratus.runtimes.kubernetes.names import owner_reference
 from substratus.runtimes.kubernetes.scheduling import placement, resource_requirements
 
 MAIN = "main"
@@ -38,6 +40,21 @@ _WRAPPER = f'cd {WORKDIR} && "$@"; code=$?; echo "$code" > {EXIT_FILE}; exit "$c
 
 def params_configmap_name(child: str) -> str:
     return f"{child}-params"
+
+
+def params_configmap(obj: Resource, child: str, labels: dict[str, str]) -> dict[str, Any]:
+    """``params.json`` for the pods of ``child``, owned by the object."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": params_configmap_name(child),
+            "namespace": obj.metadata.namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(obj)],
+        },
+        "data": {"params.json": params_json(obj.spec.params)},
+    }
 
 
 def workload_pod_spec(

@@ -10,12 +10,16 @@ from typing import Any
 from substratus.api.kinds import Resource, Server
 from substratus.core.actions import EnsureService
 from substratus.core.observed import ServiceState
-from substratus.core.params import params_json
 from substratus.core.world import MountSources
 from substratus.runtimes.kubernetes import names
 from substratus.runtimes.kubernetes.config import OperatorConfig
 from substratus.runtimes.kubernetes.jobs import ANNOTATION_NAME, workload_argv
-from substratus.runtimes.kubernetes.pods import MAIN, params_configmap_name, workload_pod_spec
+from substratus.runtimes.kubernetes.pods import (
+    MAIN,
+    params_configmap,
+    params_configmap_name,
+    workload_pod_spec,
+)
 
 PORT = 8080
 ANNOTATION_IMAGE = f"{names.GROUP}/image"  # the image decide asked for (before mapping)
@@ -62,12 +66,7 @@ def service_children(
         "periodSeconds": 2,
         "failureThreshold": 3,
     }
-    configmap = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": params_configmap_name(deploy), **meta},
-        "data": {"params.json": params_json(obj.spec.params)},
-    }
+    configmap = params_configmap(obj, deploy, selector)
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -1,0 +1,232 @@
+"""`sub` against a cluster: the ``Client`` interface over the Kubernetes API (lightkube).
+
+Chosen the kubectl way: ``--context NAME`` (a context of the kubeconfig that ``--kubeconfig`` or
+``KUBECONFIG`` names, else ``~/.kube/config``), or ``SUBSTRATUS_CONTEXT=NAME``. Objects are
+applied server-side (field manager ``sub``); the operator does the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx2
+from lightkube import ALL_NS, ApiError, Client, KubeConfig
+from lightkube.codecs import from_dict
+from lightkube.core.exceptions import ConfigError
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.core_v1 import Pod, Secret
+from lightkube.types import PatchType
+
+from substratus.api.kinds import KINDS
+from substratus.api.loading import kind_of, parse_object
+from substratus.api.secrets import parse_secret
+from substratus.core.client import (
+    ApplyResult,
+    ClientError,
+    DeleteResult,
+    InvalidError,
+    NotFoundError,
+    UnavailableError,
+)
+from substratus.core.naming import RETAIN_ANNOTATION
+
+GROUP = "substratus.ai"
+RESOURCES = {
+    kind: create_namespaced_resource(GROUP, "v1", kind, cls.PLURAL) for kind, cls in KINDS.items()
+}
+LABEL_KIND, LABEL_NAME = f"{GROUP}/kind", f"{GROUP}/name"
+ANNOTATION_NAME = f"{GROUP}/object-name"
+# Compared to tell `configured` from `unchanged`, as kubectl does.
+_DESIRED = ("spec",)
+
+
+def chosen_context(context: str | None) -> str | None:
+    """The cluster context the user asked for, if any: the flag, else SUBSTRATUS_CONTEXT."""
+    return context or os.environ.get("SUBSTRATUS_CONTEXT") or None
+
+
+def _plain(resource: Any) -> dict[str, Any]:
+    body = cast(dict[str, Any], resource.to_dict())
+    body.get("metadata", {}).pop("managedFields", None)  # kubectl hides them too
+    return body
+
+
+class KubeClient:
+    def __init__(self, context: str, kubeconfig: str | None = None) -> None:
+        path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+        path = path or str(Path("~/.kube/config").expanduser())
+        try:
+            kubeconfig_file = KubeConfig.from_file(path)
+            if context not in kubeconfig_file.contexts:
+                known = ", ".join(sorted(kubeconfig_file.contexts)) or "none"
+                raise UnavailableError(
+                    f"kubeconfig {path}: no context {context!r} (it has: {known})"
+                )
+            config = kubeconfig_file.get(context_name=context)
+        except (ConfigError, OSError) as e:
+            raise UnavailableError(f"kubeconfig {path}: {e}") from None
+        assert config is not None
+        self.context = context
+        self.k = Client(config=config, field_manager="sub")
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """One API call, with the API server's refusals as the Client interface's errors."""
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as e:
+            status = e.status
+            if status.code == 404:
+                raise NotFoundError(status.message or f"{what}: not found") from None
+            if status.code == 422:
+                causes = (status.details.causes if status.details else None) or []
+                problems = [(c.field or "", c.message or "") for c in causes]
+                raise InvalidError(status.message or f"{what}: invalid", problems) from None
+            raise ClientError(f"{what}: {status.message} ({status.code})") from None
+        except (httpx2.HTTPError, OSError) as e:
+            raise UnavailableError(f"cluster {self.context!r}: {e}") from None
+
+    # -- the Client interface -------------------------------------------------------------
+
+    def apply(self, doc: dict[str, Any], source: str = "<request>") -> ApplyResult:
+        if doc.get("kind") == "Secret" and doc.get("apiVersion") == "v1":
+            namespace, name, data = parse_secret(doc, source)
+            secret = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {**doc["metadata"], "namespace": namespace},
+                "type": doc.get("type", "Opaque"),
+                "stringData": data,
+            }
+            before = self._get_or_none(Secret, name, namespace)
+            applied = self._call(f"secret {name}", self.k.apply, from_dict(secret), force=True)
+            action = "created" if before is None else "configured"
+            return ApplyResult(action, _plain(applied))
+        obj = parse_object(doc, source)  # the API server checks again, with the CRD's schema
+        kind, meta = obj.KIND, doc["metadata"]
+        namespace = meta.get("namespace") or obj.metadata.namespace
+        body = {**doc, "metadata": {**meta, "namespace": namespace}}
+        body.pop("status", None)
+        before = self._get_or_none(RESOURCES[kind], meta["name"], namespace)
+        if before is not None and all(before.get(f) == body.get(f) for f in _DESIRED):
+            return ApplyResult("unchanged", before)
+        label = f"{kind.lower()}/{meta['name']}"
+        applied = self._call(label, self.k.apply, from_dict(body), force=True)
+        return ApplyResult("created" if before is None else "configured", _plain(applied))
+
+    def _get_or_none(self, resource: Any, name: str, namespace: str) -> dict[str, Any] | None:
+        try:
+            return _plain(self._call(name, self.k.get, resource, name, namespace=namespace))
+        except NotFoundError:
+            return None
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        cls = kind_of(kind)
+        what = f'{cls.PLURAL} "{name}" not found in namespace "{namespace}"'
+        try:
+            return _plain(self.k.get(RESOURCES[cls.KIND], name, namespace=namespace))
+        except ApiError as e:
+            if e.status.code == 404:
+                raise NotFoundError(what) from None
+            raise ClientError(f"{cls.PLURAL}/{name}: {e.status.message}") from None
+        except (httpx2.HTTPError, OSError) as e:
+            raise UnavailableError(f"cluster {self.context!r}: {e}") from None
+
+    def list_objects(self, kind: str | None, namespace: str | None) -> list[dict[str, Any]]:
+        kinds = [kind_of(kind).KIND] if kind else list(KINDS)
+        out = []
+        for k in kinds:
+            items = self._call(k, self.k.list, RESOURCES[k], namespace=namespace or ALL_NS)
+            out += [_plain(i) for i in items]
+        return out
+
+    def delete(self, kind: str, namespace: str, name: str, retain: bool = False) -> DeleteResult:
+        cls = kind_of(kind)
+        body = self.get(cls.KIND, namespace, name)
+        if retain and cls.HAS_ARTIFACTS:
+            patch = {"metadata": {"annotations": {RETAIN_ANNOTATION: "true"}}}
+            self._call(
+                name,
+                self.k.patch,
+                RESOURCES[cls.KIND],
+                name,
+                patch,
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
+            )
+        self._call(name, self.k.delete, RESOURCES[cls.KIND], name, namespace=namespace)
+        # Pods on a cluster have their own copy of what they mount: nobody is left without it.
+        return DeleteResult(body, [])
+
+    def watch(
+        self,
+        kind: str | None,
+        namespace: str | None,
+        name: str | None = None,
+        resource_version: str | None = None,
+        timeout: float = 3600,
+    ) -> Iterator[dict[str, Any]]:
+        if kind is None:
+            raise ClientError("watching every kind of a cluster at once is not supported")
+        cls = kind_of(kind)
+        fields = cast(dict[str, Any], {"metadata.name": name}) if name else None
+        try:
+            # Without a resource version the API server starts with the objects as they are.
+            for event_type, obj in self.k.watch(
+                RESOURCES[cls.KIND],
+                namespace=namespace or ALL_NS,
+                fields=fields,
+                resource_version=resource_version,
+                server_timeout=max(1, int(timeout)),
+            ):
+                yield {"type": event_type, "object": _plain(obj)}
+        except ApiError as e:
+            raise ClientError(f"watch {cls.PLURAL}: {e.status.message}") from None
+        except (httpx2.HTTPError, OSError) as e:
+            raise UnavailableError(f"cluster {self.context!r}: {e}") from None
+
+    def logs(
+        self, kind: str, namespace: str, name: str, follow: bool = False, tail: int | None = None
+    ) -> Iterator[bytes]:
+        """The workload's output: the newest pod the operator made for the object."""
+        cls = kind_of(kind)
+        pods = [
+            p
+            for p in self._call(
+                name, self.k.list, Pod, namespace=namespace, labels={LABEL_KIND: cls.KIND}
+            )
+            if (p.metadata.annotations or {}).get(ANNOTATION_NAME) == name
+        ]
+        if not pods:
+            raise NotFoundError(f"{cls.PLURAL}/{name}: no pod yet")
+        pod = max(pods, key=lambda p: p.metadata.creationTimestamp)
+        lines = self._call(
+            name,
+            self.k.log,
+            pod.metadata.name,
+            namespace=namespace,
+            container="main",
+            follow=follow,
+            tail_lines=tail,
+        )
+        try:
+            for line in lines:
+                yield line.encode()
+        except (httpx2.HTTPError, OSError) as e:
+            raise UnavailableError(f"cluster {self.context!r}: {e}") from None
+
+    def secrets(self, namespace: str | None) -> list[dict[str, Any]]:
+        items = self._call("secrets", self.k.list, Secret, namespace=namespace or ALL_NS)
+        # Names and keys only, as locally: values stay in the cluster.
+        return [
+            {
+                "metadata": {"namespace": s.metadata.namespace, "name": s.metadata.name},
+                "keys": sorted(s.data or {}),
+            }
+            for s in items
+        ]
+
+    def delete_secret(self, namespace: str, name: str) -> None:
+        self._call(f"secret {name}", self.k.delete, Secret, name, namespace=namespace)
