@@ -32,10 +32,15 @@ def operator_kubeconfig(plane: ControlPlane, path: Path) -> Path:
 
 
 def start_operator(
-    plane: ControlPlane, workdir: Path, settings: Mapping[str, str], timeout: float = 30
+    plane: ControlPlane,
+    workdir: Path,
+    settings: Mapping[str, str],
+    timeout: float = 30,
+    wait: bool = True,
 ) -> Proc:
     """``python -m substratus.runtimes.kubernetes`` with ``settings`` (SUBSTRATUS_*, the
-    bucket's AWS_*); returns once it has started watching."""
+    bucket's AWS_*); returns once it leads and has started watching (unless ``wait`` is
+    false: a second replica waits for the lease)."""
     env = {
         **os.environ,
         **settings,
@@ -45,6 +50,8 @@ def start_operator(
     proc = spawn(
         "operator", [sys.executable, "-m", "substratus.runtimes.kubernetes"], log, REPO, env
     )
+    if not wait:
+        return proc
     deadline = time.monotonic() + timeout
     while "operator started" not in proc.tail(200):
         if not proc.alive() or time.monotonic() > deadline:

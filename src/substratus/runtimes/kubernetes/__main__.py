@@ -31,11 +31,15 @@ def main() -> int:
     from lightkube import Client
 
     from substratus.runtimes.kubernetes.kopf_handlers import registry
+    from substratus.runtimes.kubernetes.leader import LeaderElector
     from substratus.runtimes.kubernetes.operator import Operator
 
-    op = Operator(
-        Client(field_manager="substratus-operator"), cfg, RetryPolicy.from_env(os.environ)
-    )
+    client = Client(field_manager="substratus-operator")
+    elector = LeaderElector(client, cfg.lease_namespace)
+    elector.acquire()
+    # A replica that cannot renew stops at once, so it never acts beside a new leader.
+    elector.keep(lambda: os._exit(3))
+    op = Operator(client, cfg, RetryPolicy.from_env(os.environ))
     namespaces = list(cfg.namespaces)
     asyncio.run(
         kopf.operator(

@@ -46,6 +46,7 @@ class OperatorConfig:
     image_pull_policy: str = "IfNotPresent"
     cloud: str = "generic"
     namespaces: tuple[str, ...] = ()  # empty: every namespace
+    lease_namespace: str = "substratus-system"  # where replicas elect a leader (a Lease)
     # Copied into each workload namespace's credentials Secret (see the module docstring).
     credentials: Mapping[str, str] = field(default_factory=dict)
 
@@ -120,6 +121,7 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         image_pull_policy=policy,
         cloud=cloud,
         namespaces=tuple(str(n) for n in namespaces),
+        lease_namespace=str(_setting(env, file, "lease_namespace") or "substratus-system"),
         credentials={
             k: v
             for k, v in env.items()
