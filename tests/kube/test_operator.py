@@ -254,7 +254,7 @@ def test_sub_drives_the_cluster_with_the_same_verbs(
     assert "model/hello created" in applied.stdout
     again = sub(plane, *cluster, "apply", "-f", str(manifest), "-n", ns)
     assert "model/hello unchanged" in again.stdout
-    listed = sub(plane, *cluster, "get", "models", "-n", ns)
+    listed = sub(plane, "get", "models", "-n", ns, *cluster)  # flags anywhere, as with kubectl
     assert listed.returncode == 0 and "hello   true    Succeeded" in listed.stdout
     # The environment chooses the cluster too, as the README says.
     env = {"KUBECONFIG": str(plane.kubeconfig), "SUBSTRATUS_CONTEXT": "substratus-test"}

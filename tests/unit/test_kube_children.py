@@ -190,3 +190,23 @@ def test_config_names_what_is_missing_or_wrong(tmp_path: Any) -> None:
         == "docker.io/substratusai/model-server:latest"
     )
     assert cfg.credentials == {"AWS_REGION": "x"}
+
+
+def test_cluster_flags_may_come_anywhere_as_with_kubectl() -> None:
+    from substratus.cli.main import hoist_cluster_flags
+
+    assert hoist_cluster_flags(["get", "models", "--context", "prod", "-n", "x"]) == [
+        "--context",
+        "prod",
+        "get",
+        "models",
+        "-n",
+        "x",
+    ]
+    assert hoist_cluster_flags(["logs", "model/m", "--kubeconfig=k", "--", "--context"]) == [
+        "--kubeconfig=k",
+        "logs",
+        "model/m",
+        "--",
+        "--context",
+    ]

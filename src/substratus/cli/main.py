@@ -349,8 +349,34 @@ def crds() -> None:
     sys.stdout.write(crds_yaml())
 
 
+CLUSTER_FLAGS = ("--context", "--kubeconfig")
+
+
+def hoist_cluster_flags(argv: list[str]) -> list[str]:
+    """kubectl takes ``--context`` and ``--kubeconfig`` anywhere (``sub get models --context
+    prod``); typer takes global options before the verb, so they are moved there."""
+    flags: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg in CLUSTER_FLAGS and i + 1 < len(argv):
+            flags += argv[i : i + 2]
+            i += 2
+            continue
+        if arg.startswith(tuple(f + "=" for f in CLUSTER_FLAGS)):
+            flags.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return flags + rest
+
+
 def main() -> None:
-    app()
+    app(args=hoist_cluster_flags(sys.argv[1:]), prog_name="sub")
 
 
 if __name__ == "__main__":
