@@ -12,7 +12,7 @@ from substratus.api import parse_object
 from substratus.core.actions import StartJob
 from substratus.core.observed import Artifacts, DepState, Phase
 from substratus.core.world import MountSources
-from substratus.runtimes.kubernetes import jobs, names
+from substratus.runtimes.kubernetes import jobs, names, pods
 from substratus.runtimes.kubernetes.config import ConfigError, OperatorConfig, load_config
 from substratus.runtimes.kubernetes.pods import COMMIT, INIT, MAIN
 
@@ -119,10 +119,10 @@ def test_no_gpu_no_placement_and_no_requests() -> None:
 
 
 def test_an_image_without_a_command_cannot_run_and_says_why() -> None:
-    with pytest.raises(jobs.CannotRun, match=r"spec\.command: required for image 'busybox'"):
-        jobs.workload_argv(model({"image": {"name": "busybox"}}), "busybox")
-    with pytest.raises(jobs.CannotRun, match=r"spec\.command"):
-        jobs.workload_argv(model({"image": {"name": "substratusai/base"}}), "substratusai/base")
+    with pytest.raises(pods.CannotRun, match=r"spec\.command: required for image 'busybox'"):
+        pods.workload_argv(model({"image": {"name": "busybox"}}), "busybox")
+    with pytest.raises(pods.CannotRun, match=r"spec\.command"):
+        pods.workload_argv(model({"image": {"name": "substratusai/base"}}), "substratusai/base")
 
 
 def test_child_names_stay_within_limits_and_apart() -> None:

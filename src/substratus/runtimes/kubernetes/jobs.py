@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from substratus.api.kinds import Notebook, Resource
+from substratus.api.kinds import Resource
 from substratus.core.actions import StartJob
-from substratus.core.images import BASE_IMAGE, NOTEBOOK_IMAGE, builtin_module, image_repository
 from substratus.core.naming import artifact_version
 from substratus.core.observed import Artifacts, JobState, Phase
 from substratus.core.world import MountSources
@@ -30,25 +29,6 @@ RUN_VERSION = "k8s"  # one Job per attempt: the attempt number already makes the
 ANNOTATION_NAME = f"{names.GROUP}/object-name"  # the whole name (labels may be shortened)
 ANNOTATION_VERSION = f"{names.GROUP}/artifact-version"
 IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
-
-
-class CannotRun(ValueError):
-    """The object's spec cannot become a pod; the message names the field."""
-
-
-def workload_argv(obj: Resource, image_name: str) -> list[str]:
-    """What the main container runs under the contract's shell."""
-    if obj.spec.command:
-        return list(obj.spec.command)
-    module = builtin_module(image_name)
-    if module is not None and image_repository(image_name) != BASE_IMAGE:
-        return ["python", "-m", module]
-    if module is not None and isinstance(obj, Notebook):
-        return ["python", "-m", str(builtin_module(NOTEBOOK_IMAGE))]
-    raise CannotRun(
-        f"spec.command: required for image {image_name!r}: in a pod the command runs under "
-        "the contract's shell, which needs it spelled out"
-    )
 
 
 def job_name(obj: Resource, generation: int, attempt: int) -> str:
@@ -70,13 +50,7 @@ def job_children(
     owner = [names.owner_reference(obj)]
     configmap = params_configmap(obj, name, run_labels)
     spec = workload_pod_spec(
-        obj,
-        cfg.image(action.image),
-        workload_argv(obj, action.image),
-        cfg,
-        mounts,
-        params_configmap_name(name),
-        commit_to=(object_url, version),
+        obj, action.image, cfg, mounts, params_configmap_name(name), (object_url, version)
     )
     job = {
         "apiVersion": "batch/v1",

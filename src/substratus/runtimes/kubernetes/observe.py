@@ -26,7 +26,7 @@ from substratus.core.observed import (
 from substratus.core.reconcile import build_source
 from substratus.core.world import dependency_states, missing_secrets
 from substratus.runtimes.kubernetes import jobs, names, services
-from substratus.runtimes.kubernetes.pods import COMMIT, MAIN
+from substratus.runtimes.kubernetes.pods import COMMIT, MAIN, CannotRun, workload_argv
 from substratus.storage import ArtifactStore, StorageError
 
 LOG_TAIL_LINES = 40
@@ -75,8 +75,8 @@ class Observer:
         image_error = jobs.image_error(pod)
         if image_error is None and obj.spec.image.name is not None:
             try:
-                jobs.workload_argv(obj, obj.spec.image.name)
-            except jobs.CannotRun as e:
+                workload_argv(obj, obj.spec.image.name)
+            except CannotRun as e:
                 image_error = str(e)
         return Observed(
             now=time.time(),

@@ -18,8 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 from substratus.api.common import EnvFrom
-from substratus.api.kinds import Resource, Server
+from substratus.api.kinds import Notebook, Resource, Server
 from substratus.core.contract import SEED_MODEL_PATH, WORKDIR, contract_env
+from substratus.core.images import BASE_IMAGE, NOTEBOOK_IMAGE, builtin_module, image_repository
 from substratus.core.params import params_json
 from substratus.core.world import MountSources
 from substratus.runtimes.kubernetes.config import OperatorConfig
@@ -57,17 +58,37 @@ def params_configmap(obj: Resource, child: str, labels: dict[str, str]) -> dict[
     }
 
 
+class CannotRun(ValueError):
+    """The object's spec cannot become a pod; the message names the field."""
+
+
+def workload_argv(obj: Resource, image_name: str) -> list[str]:
+    """What the main container runs under the contract's shell."""
+    if obj.spec.command:
+        return list(obj.spec.command)
+    module = builtin_module(image_name)
+    if module is not None and image_repository(image_name) != BASE_IMAGE:
+        return ["python", "-m", module]
+    if module is not None and isinstance(obj, Notebook):
+        return ["python", "-m", str(builtin_module(NOTEBOOK_IMAGE))]
+    raise CannotRun(
+        f"spec.command: required for image {image_name!r}: in a pod the command runs under "
+        "the contract's shell, which needs it spelled out"
+    )
+
+
 def workload_pod_spec(
     obj: Resource,
-    image: str,
-    argv: list[str],
+    image_name: str,
     cfg: OperatorConfig,
     mounts: MountSources,
     params_configmap: str,
     commit_to: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The pod spec of one run of ``obj``. ``argv`` is the command (the image's entrypoint and
-    arguments, or ``spec.command``); ``commit_to`` is a Job's (object URL, artifact version)."""
+    """The pod spec of one run of ``obj`` with the image ``decide`` chose (a built-in name is
+    mapped by the configuration); ``commit_to`` is a Job's (object URL, artifact version).
+    Raises CannotRun when there is no command to run."""
+    image, argv = cfg.image(image_name), workload_argv(obj, image_name)
     volumes: list[dict[str, Any]] = [
         {"name": "content", "emptyDir": {}},
         {"name": "helper", "emptyDir": {}},

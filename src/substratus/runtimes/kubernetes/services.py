@@ -13,7 +13,7 @@ from substratus.core.observed import ServiceState
 from substratus.core.world import MountSources
 from substratus.runtimes.kubernetes import names
 from substratus.runtimes.kubernetes.config import OperatorConfig
-from substratus.runtimes.kubernetes.jobs import ANNOTATION_NAME, workload_argv
+from substratus.runtimes.kubernetes.jobs import ANNOTATION_NAME
 from substratus.runtimes.kubernetes.pods import (
     MAIN,
     params_configmap,
@@ -47,14 +47,7 @@ def service_children(
     owner = [names.owner_reference(obj)]
     meta = {"namespace": obj.metadata.namespace, "labels": selector, "ownerReferences": owner}
     annotations = {ANNOTATION_NAME: obj.metadata.name, ANNOTATION_IMAGE: action.image}
-    spec = workload_pod_spec(
-        obj,
-        cfg.image(action.image),
-        workload_argv(obj, action.image),
-        cfg,
-        mounts,
-        params_configmap_name(deploy),
-    )
+    spec = workload_pod_spec(obj, action.image, cfg, mounts, params_configmap_name(deploy))
     spec["restartPolicy"] = "Always"
     main = next(c for c in spec["containers"] if c["name"] == MAIN)
     main["env"] += [{"name": "PORT", "value": str(PORT)}, {"name": "HOST", "value": "0.0.0.0"}]
