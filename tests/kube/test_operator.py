@@ -254,6 +254,12 @@ def test_sub_drives_the_cluster_with_the_same_verbs(
     assert "model/hello created" in applied.stdout
     again = sub(plane, *cluster, "apply", "-f", str(manifest), "-n", ns)
     assert "model/hello unchanged" in again.stdout
+    labelled = tmp_path / "labelled.yaml"
+    labelled.write_text(
+        manifest.read_text().replace("{name: hello}", "{name: hello, labels: {team: a}}")
+    )
+    relabelled = sub(plane, *cluster, "apply", "-f", str(labelled), "-n", ns)
+    assert "model/hello configured" in relabelled.stdout, relabelled.stderr
     listed = sub(plane, "get", "models", "-n", ns, *cluster)  # flags anywhere, as with kubectl
     assert listed.returncode == 0 and "hello   true    Succeeded" in listed.stdout
     # The environment chooses the cluster too, as the README says.

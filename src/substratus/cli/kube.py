@@ -39,8 +39,6 @@ RESOURCES = {
 }
 LABEL_KIND, LABEL_NAME = f"{GROUP}/kind", f"{GROUP}/name"
 ANNOTATION_NAME = f"{GROUP}/object-name"
-# Compared to tell `configured` from `unchanged`, as kubectl does.
-_DESIRED = ("spec",)
 
 
 def chosen_context(context: str | None) -> str | None:
@@ -110,11 +108,15 @@ class KubeClient:
         body = {**doc, "metadata": {**meta, "namespace": namespace}}
         body.pop("status", None)
         before = self._get_or_none(RESOURCES[kind], meta["name"], namespace)
-        if before is not None and all(before.get(f) == body.get(f) for f in _DESIRED):
-            return ApplyResult("unchanged", before)
         label = f"{kind.lower()}/{meta['name']}"
-        applied = self._call(label, self.k.apply, from_dict(body), force=True)
-        return ApplyResult("created" if before is None else "configured", _plain(applied))
+        applied = _plain(self._call(label, self.k.apply, from_dict(body), force=True))
+        if before is None:
+            return ApplyResult("created", applied)
+        # A server-side apply that changes nothing does not bump the resourceVersion.
+        same = applied["metadata"].get("resourceVersion") == before["metadata"].get(
+            "resourceVersion"
+        )
+        return ApplyResult("unchanged" if same else "configured", applied)
 
     def _get_or_none(self, resource: Any, name: str, namespace: str) -> dict[str, Any] | None:
         try:
