@@ -126,15 +126,14 @@ class KubeClient:
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
         cls = kind_of(kind)
-        what = f'{cls.PLURAL} "{name}" not found in namespace "{namespace}"'
         try:
-            return _plain(self.k.get(RESOURCES[cls.KIND], name, namespace=namespace))
-        except ApiError as e:
-            if e.status.code == 404:
-                raise NotFoundError(what) from None
-            raise ClientError(f"{cls.PLURAL}/{name}: {e.status.message}") from None
-        except (httpx2.HTTPError, OSError) as e:
-            raise UnavailableError(f"cluster {self.context!r}: {e}") from None
+            return _plain(
+                self._call(name, self.k.get, RESOURCES[cls.KIND], name, namespace=namespace)
+            )
+        except NotFoundError:  # worded as locally (the API server names the CRD's group)
+            raise NotFoundError(
+                f'{cls.PLURAL} "{name}" not found in namespace "{namespace}"'
+            ) from None
 
     def list_objects(self, kind: str | None, namespace: str | None) -> list[dict[str, Any]]:
         kinds = [kind_of(kind).KIND] if kind else list(KINDS)

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from substratus.core.images import BUILTIN_IMAGES
+from substratus.core.images import BUILTIN_IMAGES, ORIGINAL_IMAGES, image_repository
 
 CLOUDS = ("generic", "gke", "eks", "aks")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -53,8 +53,6 @@ class OperatorConfig:
     def image(self, name: str) -> str:
         """The image a pod runs for ``spec.image.name``: built-in names map to the configured
         images; anything else is used as written."""
-        from substratus.core.images import ORIGINAL_IMAGES, image_repository
-
         repo = image_repository(name)
         original = ORIGINAL_IMAGES.get(repo)
         catalog = original.catalog if original is not None else repo

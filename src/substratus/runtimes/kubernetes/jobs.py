@@ -73,7 +73,7 @@ def job_children(
     return configmap, job
 
 
-def _condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+def condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
     for c in (job.get("status") or {}).get("conditions") or []:
         if c.get("type") == type_ and c.get("status") == "True":
             return dict(c)
@@ -118,7 +118,7 @@ def job_state(
     ended = main_termination(pod)
     exit_code = int(ended["exitCode"]) if ended and "exitCode" in ended else None
     finished = _timestamp((ended or {}).get("finishedAt"))
-    if _condition(job, "Complete"):
+    if condition(job, "Complete"):
         if artifacts is None:
             return JobState(
                 generation,
@@ -129,7 +129,7 @@ def job_state(
                 finished_at=finished,
             )
         return JobState(generation, Phase.SUCCEEDED, attempts, exit_code=0, artifacts=artifacts)
-    failed = _condition(job, "Failed")
+    failed = condition(job, "Failed")
     if failed or (ended is not None and exit_code != 0):
         reason = (ended or {}).get("reason") or (failed or {}).get("reason", "")
         if exit_code == 0:  # the command succeeded: storing its artifacts did not

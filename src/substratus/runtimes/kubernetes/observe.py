@@ -131,7 +131,7 @@ class Observer:
         version = (job["metadata"].get("annotations") or {}).get(jobs.ANNOTATION_VERSION, "")
         object_url = self.store.object_url(obj.metadata.namespace, obj.PLURAL, obj.metadata.name)
         artifacts = None
-        if jobs._condition(job, "Complete") and version:
+        if jobs.condition(job, "Complete") and version:
             url = self.store.version_url(object_url, version)
             try:
                 manifest = self.store.read_manifest(url)
@@ -145,7 +145,7 @@ class Observer:
                 )
         ended = jobs.main_termination(pod)
         tail = ""
-        if pod is not None and (ended is not None or jobs._condition(job, "Failed")):
+        if pod is not None and (ended is not None or jobs.condition(job, "Failed")):
             container = COMMIT if ended is not None and ended.get("exitCode") == 0 else MAIN
             tail = self._log_tail(pod, container)
         return jobs.job_state(job, pod, artifacts, tail)
