@@ -8,6 +8,9 @@
 #   NAME: built FROM that base (--build-arg BASE_IMAGE), tagged docker.io/<name>:latest and
 #         docker.io/<name>:<version in pyproject.toml> for each name in its Dockerfile's
 #         LABEL ai.substratus.images; cached as NAME-<key>.tar
+#   NAME:STAGE: only that stage of a multi-stage Dockerfile (--target), tagged
+#         substratus.local/NAME-STAGE:latest (never a catalog name: it is not the whole
+#         image); cached as NAME-STAGE-<key>.tar
 # in ${SUBSTRATUS_IMAGE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/substratus-test/images}/.
 #
 # <key> hashes the Dockerfile, its Dockerfile.dockerignore, the files that lets into the build
@@ -17,7 +20,7 @@
 # the archive path (build output goes to stderr). Needs root and debootstrap for the base.
 # notebook-gpu is not built: its CUDA base comes from a registry.
 #
-# usage: hack/images.sh [--print-dir] [--check] [all | NAME...]     (default: all)
+# usage: hack/images.sh [--print-dir] [--check] [all | NAME | NAME:STAGE ...]     (default: all)
 #   --check      build nothing; exit 1 (listing them) if archives are missing
 #   --print-dir  print the cache directory and exit
 # Environment: SUBSTRATUS_IMAGE_CACHE, DEBIAN_MIRROR (http://deb.debian.org/debian),
@@ -34,7 +37,7 @@ for arg in "$@"; do
   case "$arg" in
     --check) check=1 ;;
     --print-dir) print_dir=1 ;;
-    -h | --help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "images.sh: unknown option: $arg" >&2; exit 2 ;;
     *) asked+=("$arg") ;;
   esac
@@ -62,7 +65,11 @@ for a in "${asked[@]}"; do
       "from a registry; build it with 'docker build -f images/notebook-gpu/Dockerfile .'" \
       "where one is reachable" >&2
     exit 2
-  elif [ -f "images/$a/Dockerfile" ]; then
+  elif [ -f "images/${a%%:*}/Dockerfile" ]; then
+    if [[ "$a" == *:* ]] && ! grep -qiE "^FROM .* AS ${a#*:}\$" "images/${a%%:*}/Dockerfile"; then
+      echo "images.sh: images/${a%%:*}/Dockerfile has no stage '${a#*:}'" >&2
+      exit 2
+    fi
     names+=("$a")
   else
     echo "images.sh: no images/$a/Dockerfile (images: ${all[*]})" >&2
@@ -108,11 +115,11 @@ context_files() {
     LC_ALL=C sort
 }
 
-image_key() { # $1: NAME
-  local df="images/$1/Dockerfile" files
+image_key() { # $1: NAME or NAME:STAGE
+  local df="images/${1%%:*}/Dockerfile" files
   files="$(context_files "$df.dockerignore")"
   {
-    echo "$KEY_REV $base_key"
+    echo "$KEY_REV $base_key $1"
     sha256sum "$df" "$df.dockerignore"
     # shellcheck disable=SC2086 # one path a line, none with spaces
     printf '%s\n' $files | xargs -r -d '\n' sha256sum --
@@ -122,12 +129,12 @@ image_key() { # $1: NAME
 declare -A archive
 missing=()
 for n in "${names[@]}"; do
-  if [ ! -f "images/$n/Dockerfile.dockerignore" ]; then
-    echo "images.sh: images/$n/Dockerfile.dockerignore is missing (the whole checkout would be" \
-      "the build context)" >&2
+  if [ ! -f "images/${n%%:*}/Dockerfile.dockerignore" ]; then
+    echo "images.sh: images/${n%%:*}/Dockerfile.dockerignore is missing (the whole checkout" \
+      "would be the build context)" >&2
     exit 2
   fi
-  archive[$n]="$cache/$n-$(image_key "$n").tar"
+  archive[$n]="$cache/${n/:/-}-$(image_key "$n").tar"
   [ -f "${archive[$n]}" ] || missing+=("$n")
 done
 
@@ -259,29 +266,33 @@ for n in "${names[@]}"; do
     ensure_base
     base_ready=1
   fi
-  df="images/$n/Dockerfile"
-  read -ra labels <<<"$(sed -n 's/^LABEL ai\.substratus\.images="\(.*\)"$/\1/p' "$df")"
-  [ "${#labels[@]}" -gt 0 ] || { echo "images.sh: $df has no LABEL ai.substratus.images" >&2; exit 2; }
-  tags=()
-  for l in "${labels[@]}"; do tags+=("docker.io/$l:latest" "docker.io/$l:$version"); done
+  df="images/${n%%:*}/Dockerfile"
+  tags=() target=()
+  if [[ "$n" == *:* ]]; then
+    tags=("substratus.local/${n/:/-}:latest") target=(--target "${n#*:}")
+  else
+    read -ra labels <<<"$(sed -n 's/^LABEL ai\.substratus\.images="\(.*\)"$/\1/p' "$df")"
+    [ "${#labels[@]}" -gt 0 ] || { echo "images.sh: $df has no LABEL ai.substratus.images" >&2; exit 2; }
+    for l in "${labels[@]}"; do tags+=("docker.io/$l:latest" "docker.io/$l:$version"); done
+  fi
   echo "building $n (${tags[*]})..." >&2
   t0=$(date +%s)
   for try in 1 2 3; do
-    podman build --pull=never -f "$df" --ignorefile "$df.dockerignore" \
+    podman build --pull=never -f "$df" --ignorefile "$df.dockerignore" "${target[@]}" \
       --build-arg "BASE_IMAGE=$BASE_IMAGE" "${mounts[@]}" \
       "${tags[@]/#/--tag=}" . >&2
     # A file edited during the build may or may not be in the image: build again (podman's
     # layer cache redoes only what changed) until the key holds from start to end.
-    key_now="$cache/$n-$(image_key "$n").tar"
+    key_now="$cache/${n/:/-}-$(image_key "$n").tar"
     [ "$key_now" = "${archive[$n]}" ] && break
     [ "$try" = 3 ] && { echo "images.sh: $n: its files keep changing; try again later" >&2; exit 1; }
     echo "images.sh: $n: its files changed during the build; building again" >&2
     archive[$n]="$key_now"
   done
   # docker-archive: one image with every tag as a RepoTag (an oci-archive keeps one name).
-  podman save -q --format docker-archive -o "$work/$n.tar" "${tags[@]}"
-  mv -f "$work/$n.tar" "${archive[$n]}"
-  prune_old "$n" "${archive[$n]}"
+  podman save -q --format docker-archive -o "$work/${n/:/-}.tar" "${tags[@]}"
+  mv -f "$work/${n/:/-}.tar" "${archive[$n]}"
+  prune_old "${n/:/-}" "${archive[$n]}"
   echo "built $n in $(($(date +%s) - t0))s ($(du -h "${archive[$n]}" | cut -f1))" >&2
   echo "${archive[$n]}"
 done

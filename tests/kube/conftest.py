@@ -100,23 +100,43 @@ def kube_node(
         assert not left, f"the real node's teardown left: {left}"
 
 
-@pytest.fixture(scope="session")
-def dataset_loader_image(kube_node: RealNode) -> str:
-    """Our dataset-loader image (hack/images.sh builds and caches it), loaded into the node. It
-    holds the project, the bucket libraries and a static busybox: the operator's tests also use
-    it as the contract's helper image."""
+def node_image(node: RealNode, name: str) -> list[str]:
+    """Image ``name`` of hack/images.sh (built once and cached), loaded into the node: its names."""
     r = subprocess.run(
-        ["bash", "hack/images.sh", "dataset-loader"],
+        ["bash", "hack/images.sh", name],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=1500,
     )
     if r.returncode != 0:
-        unprepared(f"hack/images.sh dataset-loader failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
-    archive = Path(r.stdout.strip().splitlines()[-1])
-    names = kube_node.load_image(archive)
-    return next(n for n in names if n.endswith(":latest"))
+        unprepared(f"hack/images.sh {name} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    return node.load_image(Path(r.stdout.strip().splitlines()[-1]))
+
+
+@pytest.fixture(scope="session")
+def dataset_loader_image(kube_node: RealNode) -> str:
+    """Our dataset-loader image, loaded into the node. It holds the project, the bucket
+    libraries and a static busybox: the operator's tests also use it as the contract's helper
+    image."""
+    return next(n for n in node_image(kube_node, "dataset-loader") if n.endswith(":latest"))
+
+
+@pytest.fixture(scope="session")
+def notebook_image(kube_node: RealNode) -> str:
+    """The notebook image's JupyterLab stage (no ML stack), loaded into the node."""
+    return node_image(kube_node, "notebook:jupyter")[0]
+
+
+@pytest.fixture(scope="session")
+def home_volumes(kube_node: RealNode) -> Iterator[str]:
+    """A StorageClass of static volumes on the real node, for Notebooks' home claims."""
+    name = "substratus-test-home"
+    kube_node.add_volumes(name, 4)
+    try:
+        yield name
+    finally:
+        kube_node.remove_volumes(name, 4)
 
 
 @pytest.fixture(scope="session")

@@ -68,6 +68,7 @@ def image_archives() -> list[Path]:
 
 
 HELPER = "dataset-loader"  # images/: the project, the bucket libraries and a static busybox
+HOME_CLASS, HOME_VOLUMES = "substratus-dev-home", 8  # static volumes for Notebooks' homes
 
 
 def ensure_helper_image() -> None:
@@ -113,11 +114,13 @@ def serve(d: Path, gpu_nodes: int, with_operator: bool) -> None:
         for archive in image_archives():
             images += node.load_image(archive)
             _say(f"loaded {archive.name}")
+        node.add_volumes(HOME_CLASS, HOME_VOLUMES)  # Notebooks' homes
         if with_operator:
             settings = {
                 **bucket.env,
                 "SUBSTRATUS_ARTIFACT_URL": f"s3://{BUCKET}",
                 "SUBSTRATUS_HELPER_IMAGE": f"docker.io/substratusai/{HELPER}:latest",
+                "SUBSTRATUS_NOTEBOOK_STORAGE_CLASS": HOME_CLASS,
             }
             operator = start_operator(plane, d, settings)
             _say(f"operator pid {operator.pid}, log {d / 'operator.log'}")

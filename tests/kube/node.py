@@ -31,7 +31,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn
 
 from tests.kube import hoststate, nodeconfig, reaper
 from tests.kube.cluster import (
@@ -304,6 +304,45 @@ class RealNode:
             m.get("annotations", {}).get("io.containerd.image.name", "")
             for m in index.get("manifests", [])
         ]
+
+    def add_volumes(self, storage_class: str, count: int, size: str = "1Gi") -> None:
+        """A StorageClass with ``count`` static hostPath volumes in the node's directory (no
+        provisioner runs here): a claim of that class binds one, as on a cluster."""
+        docs: list[dict[str, Any]] = [
+            {
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "StorageClass",
+                "metadata": {"name": storage_class},
+                "provisioner": "kubernetes.io/no-provisioner",
+                "volumeBindingMode": "Immediate",
+            }
+        ]
+        for i in range(count):
+            path = self.state / "volumes" / f"{storage_class}-{i}"
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o777)  # hostPath volumes get no fsGroup ownership
+            docs.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolume",
+                    "metadata": {"name": f"{storage_class}-{i}"},
+                    "spec": {
+                        "storageClassName": storage_class,
+                        "capacity": {"storage": size},
+                        "accessModes": ["ReadWriteOnce"],
+                        "persistentVolumeReclaimPolicy": "Retain",
+                        "hostPath": {"path": str(path), "type": "Directory"},
+                    },
+                }
+            )
+        items = {"apiVersion": "v1", "kind": "List", "items": docs}
+        self.plane.kubectl("apply", "-f", "-", input=json.dumps(items))
+
+    def remove_volumes(self, storage_class: str, count: int) -> None:
+        pvs = [f"pv/{storage_class}-{i}" for i in range(count)]
+        self.plane.kubectl(
+            "delete", f"storageclass/{storage_class}", *pvs, "--wait=false", check=False
+        )
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} (pid {p.pid})\n{p.tail(40)}" for p in self.procs)

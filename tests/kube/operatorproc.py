@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from tests.kube.cluster import REPO, ControlPlane, Proc, spawn
 
@@ -67,3 +68,44 @@ def stop_operator(proc: Proc) -> None:
         proc.popen.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def apply(plane: ControlPlane, ns: str, kind: str, name: str, spec: dict[str, Any]) -> None:
+    doc = {"apiVersion": "substratus.ai/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    plane.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(doc))
+
+
+def wait_for(
+    plane: ControlPlane,
+    operator: Proc,
+    ns: str,
+    kind: str,
+    name: str,
+    reason: str,
+    timeout: float = 180,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        r = plane.kubectl("get", "-n", ns, kind.lower(), name, "-o", "json", check=False)
+        if r.returncode == 0:
+            last = json.loads(r.stdout)
+            status = last.get("status") or {}
+            conditions: list[dict[str, Any]] = status.get("conditions", [])
+            ready = next((c for c in conditions if c["type"] == "Ready"), {})
+            if ready.get("reason") == reason:
+                return last
+        if not operator.alive():
+            break
+        time.sleep(0.5)
+    pods = plane.kubectl("get", "pods", "-n", ns, "-o", "wide", check=False).stdout
+    raise AssertionError(
+        f"{kind}/{name} never reached {reason}; status: {json.dumps(last.get('status'), indent=1)}"
+        f"\npods:\n{pods}\noperator log:\n{operator.tail(60)}"
+    )
+
+
+def read(bucket: Any, url: str) -> bytes:
+    path = url.removeprefix("s3://")
+    name, _, key = path.partition("/")
+    return bytes(bucket.client().get_object(Bucket=name, Key=key)["Body"].read())

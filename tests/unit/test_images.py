@@ -61,7 +61,7 @@ class Dockerfile:
         return value
 
     def base_image(self) -> str:
-        """The final FROM, with ARG defaults declared before the first FROM substituted."""
+        """The final FROM (through earlier stages), with ARG defaults declared before the first FROM substituted."""
         defaults: dict[str, str] = {}
         for word, args in self.instructions:
             if word == "FROM":
@@ -69,7 +69,12 @@ class Dockerfile:
             if word == "ARG" and "=" in args:
                 key, _, value = args.partition("=")
                 defaults[key.strip()] = value.strip()
-        image = self.all("FROM")[-1].split()[0]
+        stages: dict[str, str] = {}  # FROM IMAGE AS NAME: a later FROM NAME builds on IMAGE
+        for args in self.all("FROM"):
+            words = args.split()
+            image = stages.get(words[0], words[0])
+            if len(words) == 3 and words[1].upper() == "AS":
+                stages[words[2]] = image
         return re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m.group(1), m.group(0)), image)
 
     def images(self) -> list[str]:

@@ -4,15 +4,16 @@ from a Job and its pod."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
 
 from substratus.api import parse_object
-from substratus.core.actions import StartJob
+from substratus.core.actions import EnsureService, StartJob
 from substratus.core.observed import Artifacts, DepState, Phase
 from substratus.core.world import MountSources
-from substratus.runtimes.kubernetes import jobs, names, pods
+from substratus.runtimes.kubernetes import jobs, names, notebooks, pods, services
 from substratus.runtimes.kubernetes.config import ConfigError, OperatorConfig, load_config
 from substratus.runtimes.kubernetes.pods import COMMIT, INIT, MAIN
 
@@ -133,6 +134,60 @@ def test_child_names_stay_within_limits_and_apart() -> None:
     assert len(names.labels(model(FT, name=long_a))[names.LABEL_NAME]) <= 63
 
 
+def notebook(spec: dict[str, Any]) -> Any:
+    return parse_object(
+        {
+            "apiVersion": "substratus.ai/v1",
+            "kind": "Notebook",
+            "metadata": {"name": "nb", "namespace": "team", "uid": "u-2", "generation": 1},
+            "spec": spec,
+        }
+    )
+
+
+def test_a_notebook_runs_jupyter_on_its_home_volume_with_its_token() -> None:
+    nb = notebook({"image": {"name": "substratusai/notebook"}, "model": {"name": "base"}})
+    cfg = OperatorConfig(artifact_url="s3://b", helper_image="h", notebook_storage_class="fast")
+    action = EnsureService(generation=1, image="substratusai/notebook", replicas=1)
+    _, deploy, service = services.service_children(nb, action, cfg, MOUNTS)
+    spec = deploy["spec"]["template"]["spec"]
+    main = next(c for c in spec["containers"] if c["name"] == MAIN)
+    assert main["image"] == "docker.io/substratusai/notebook:latest"
+    assert main["command"][-3:] == ["python", "-m", "substratus.workloads.notebook"]
+    env = {e["name"]: e for e in main["env"]}
+    assert env["PORT"]["value"] == "8888"
+    assert env["NOTEBOOK_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": "nb-notebook-token", "key": "token"}
+    }
+    assert main["readinessProbe"]["httpGet"] == {"path": "/api", "port": 8888}
+    content = next(v for v in spec["volumes"] if v["name"] == "content")
+    assert content == {
+        "name": "content",
+        "persistentVolumeClaim": {"claimName": "nb-notebook-home"},
+    }
+    assert {"name": "model", "mountPath": "/content/model", "readOnly": True} in main[
+        "volumeMounts"
+    ]
+    assert spec["securityContext"]["fsGroup"] == 10001
+    assert deploy["spec"]["strategy"] == {"type": "Recreate"}
+    assert service["spec"]["ports"][0]["port"] == 8888
+    assert services.service_url(nb) == "http://nb-notebook-svc.team.svc.cluster.local:8888"
+
+    claim = notebooks.home_claim(nb, cfg)
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == "u-2"
+    sized_nb = notebook({"image": {"name": "substratusai/notebook"}, "resources": {"disk": 3}})
+    sized = notebooks.home_claim(sized_nb, OperatorConfig(artifact_url="s3://b", helper_image="h"))
+    assert sized["spec"]["resources"]["requests"]["storage"] == "3Gi"
+    assert "storageClassName" not in sized["spec"]  # the cluster's default class
+
+    secret = notebooks.token_secret(nb, "t0k")
+    assert secret["stringData"] == {"token": "t0k"}
+    assert notebooks.secret_token({"token": base64.b64encode(b"t0k").decode()}) == "t0k"
+    assert notebooks.secret_token(None) is None
+
+
 def job(conditions: list[str] = (), **labels: str) -> dict[str, Any]:  # type: ignore[assignment]
     return {
         "metadata": {"labels": {names.LABEL_GENERATION: "2", names.LABEL_ATTEMPT: "3", **labels}},
@@ -180,6 +235,8 @@ def test_config_names_what_is_missing_or_wrong(tmp_path: Any) -> None:
         load_config({**base, "SUBSTRATUS_CLOUD": "azure"})
     with pytest.raises(ConfigError, match="SUBSTRATUS_IMAGES: not built-in images: nope"):
         load_config({**base, "SUBSTRATUS_IMAGES": '{"nope": "x"}'})
+    with pytest.raises(ConfigError, match="SUBSTRATUS_NOTEBOOK_HOME_SIZE: '10 GB'"):
+        load_config({**base, "SUBSTRATUS_NOTEBOOK_HOME_SIZE": "10 GB"})
     file = tmp_path / "config.yaml"
     file.write_text("cloud: gke\nimages: {substratusai/base: reg/base:1}\nnamespaces: a, b\n")
     cfg = load_config({**base, "SUBSTRATUS_OPERATOR_CONFIG": str(file), "AWS_REGION": "x"})

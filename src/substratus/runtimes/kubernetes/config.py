@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,10 @@ class OperatorConfig:
     cloud: str = "generic"
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     lease_namespace: str = "substratus-system"  # where replicas elect a leader (a Lease)
+    # A Notebook's home volume: its claim's storage class (empty: the cluster's default) and
+    # size when the Notebook gives no resources.disk.
+    notebook_storage_class: str = ""
+    notebook_home_size: str = "10Gi"
     # Copied into each workload namespace's credentials Secret (see the module docstring).
     credentials: Mapping[str, str] = field(default_factory=dict)
 
@@ -64,6 +69,13 @@ class OperatorConfig:
 def _setting(env: Mapping[str, str], file: Mapping[str, Any], name: str) -> Any:
     value = env.get(f"SUBSTRATUS_{name.upper()}")
     return value if value not in (None, "") else file.get(name)
+
+
+def _quantity(env: Mapping[str, str], file: Mapping[str, Any], name: str, default: str) -> str:
+    value = str(_setting(env, file, name) or default)
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?", value):
+        raise ConfigError(f"SUBSTRATUS_{name.upper()}: {value!r} is not a quantity such as 10Gi")
+    return value
 
 
 def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -120,6 +132,8 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         cloud=cloud,
         namespaces=tuple(str(n) for n in namespaces),
         lease_namespace=str(_setting(env, file, "lease_namespace") or "substratus-system"),
+        notebook_storage_class=str(_setting(env, file, "notebook_storage_class") or ""),
+        notebook_home_size=_quantity(env, file, "notebook_home_size", "10Gi"),
         credentials={
             k: v
             for k, v in env.items()

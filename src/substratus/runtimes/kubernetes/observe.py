@@ -1,6 +1,7 @@
 """What the operator observes of an object's world through the API server and the bucket:
 its dependencies (from the operator's cache), the Secrets its env names, its newest Job and that
-Job's pod (a Model's or Dataset's run), its Deployment and pods (a Server's replicas)."""
+Job's pod (a Model's or Dataset's run), its Deployment and pods (a Server's or Notebook's
+replicas), a Notebook's token."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Pod, PodLog, Secret
 
-from substratus.api.kinds import Resource
+from substratus.api.kinds import Notebook, Resource
 from substratus.core.graph import Key
 from substratus.core.observed import (
     Artifacts,
@@ -25,7 +26,7 @@ from substratus.core.observed import (
 )
 from substratus.core.reconcile import build_source
 from substratus.core.world import dependency_states, missing_secrets
-from substratus.runtimes.kubernetes import jobs, names, services
+from substratus.runtimes.kubernetes import jobs, names, notebooks, services
 from substratus.runtimes.kubernetes.pods import COMMIT, MAIN, CannotRun, workload_argv
 from substratus.storage import ArtifactStore, StorageError
 
@@ -54,6 +55,11 @@ class Observer:
             if e.status.code == 404:
                 return None
             raise
+
+    def notebook_token(self, obj: Notebook) -> str | None:
+        """The token in the Notebook's token Secret, if it has one yet."""
+        data = self._secret(obj.metadata.namespace, notebooks.token_secret_name(obj))
+        return notebooks.secret_token(data)
 
     def observe(self, obj: Resource) -> Observed:
         source = build_source(obj)

@@ -18,16 +18,17 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from lightkube import ApiError, Client
 from lightkube.codecs import from_dict
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Secret
 from lightkube.types import CascadeType, PatchType
 
-from substratus.api.kinds import KINDS, Resource
+from substratus.api.kinds import KINDS, Notebook, NotebookStatus, Resource
 from substratus.api.loading import parse_object
 from substratus.core.actions import Action, EnsureService, StartBuild, StartJob, StopWorkload
 from substratus.core.graph import Key, dependents
@@ -39,7 +40,7 @@ from substratus.core.reconcile import decide
 from substratus.core.retry import RetryPolicy
 from substratus.core.workqueue import WorkQueue
 from substratus.core.world import mount_sources
-from substratus.runtimes.kubernetes import jobs, names, services
+from substratus.runtimes.kubernetes import jobs, names, notebooks, services
 from substratus.runtimes.kubernetes.config import OperatorConfig
 from substratus.runtimes.kubernetes.observe import Observer, as_dict
 from substratus.runtimes.kubernetes.pods import CREDENTIALS_SECRET
@@ -48,8 +49,9 @@ from substratus.storage import ArtifactStore
 log = logging.getLogger("substratus.operator")
 
 FINALIZER = f"{names.GROUP}/artifacts"  # deleting an object deletes its artifacts first
-# The kinds this operator runs: Jobs for Models and Datasets, a Deployment for a Server.
-RUN_KINDS = ("Model", "Dataset", "Server")
+# The kinds this operator runs: Jobs for Models and Datasets, a Deployment for a Server and
+# for a Notebook (with its home volume and token Secret).
+RUN_KINDS = ("Model", "Dataset", "Notebook", "Server")
 RESYNC_SECONDS = 300.0
 
 RESOURCES = {
@@ -165,8 +167,19 @@ class Operator:
             )
             return  # the write is an event: decide on the object as it now is
         obj = parse_object(body, "stored object")
+        stored_token = None
+        if isinstance(obj, Notebook) and isinstance(obj.status, NotebookStatus):
+            # The token Secret is the token's home: a decision never mints a second one.
+            stored_token = self.observer.notebook_token(obj)
+            if stored_token is not None and stored_token != obj.status.token:
+                known = obj.status.model_copy(update={"token": stored_token})
+                obj = obj.model_copy(update={"status": known})
         obs = self.observer.observe(obj)
         decision = decide(obj, obs, self.policy)
+        minted = decision.status
+        # A token minted now, or one whose Secret was deleted: its Secret is (re)made.
+        if isinstance(minted, NotebookStatus) and minted.token and stored_token is None:
+            minted.token = self._create_token(cast(Notebook, obj), minted.token)
         obj = obj.model_copy(update={"status": decision.status})
         for action in decision.actions:
             self.act(obj, action, obs)
@@ -228,6 +241,8 @@ class Operator:
             self._start_job(obj, action, obs)
         elif isinstance(action, EnsureService):
             self._ensure_credentials(obj.metadata.namespace)
+            if isinstance(obj, Notebook):
+                self._create(notebooks.home_claim(obj, self.cfg))
             for child in services.service_children(obj, action, self.cfg, mount_sources(obs.deps)):
                 self._apply(child)
         elif isinstance(action, StopWorkload) and obj.IS_JOB:
@@ -239,6 +254,25 @@ class Operator:
 
     def _apply(self, manifest: dict[str, Any]) -> None:
         self.client.apply(from_dict(manifest), field_manager=names.FIELD_MANAGER, force=True)
+
+    def _create(self, manifest: dict[str, Any]) -> bool:
+        """Create a child made once (a home claim, a token); False if it was already there."""
+        try:
+            self.client.create(from_dict(manifest), field_manager=names.FIELD_MANAGER)
+            return True
+        except ApiError as e:
+            if e.status.code != 409:
+                raise
+            return False
+
+    def _create_token(self, obj: Notebook, token: str) -> str:
+        """The token the notebook's Secret holds: ``token``, unless a Secret made since this
+        reconcile read it holds another (then that one)."""
+        if self._create(notebooks.token_secret(obj, token)):
+            return token
+        name = notebooks.token_secret_name(obj)
+        data = self.client.get(Secret, name, namespace=obj.metadata.namespace).data
+        return notebooks.secret_token(data) or token
 
     def _ensure_credentials(self, namespace: str) -> None:
         if self.cfg.credentials:

@@ -1,17 +1,18 @@
 """A Server as a Deployment (``spec.replicas``) behind a Service, and what the operator reads
 back from them. The pods carry the same contract as a Job's (pods.py) without the committer;
 they listen on ``PORT`` 8080 on every address, and are Ready when ``GET /`` answers, as the
-local runtime's probe asks."""
+local runtime's probe asks. A Notebook takes the same path with one replica on port 8888, ready
+when ``GET /api`` answers, plus a home volume and its token (notebooks.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from substratus.api.kinds import Resource, Server
+from substratus.api.kinds import Notebook, Resource, Server
 from substratus.core.actions import EnsureService
 from substratus.core.observed import ServiceState
 from substratus.core.world import MountSources
-from substratus.runtimes.kubernetes import names
+from substratus.runtimes.kubernetes import names, notebooks
 from substratus.runtimes.kubernetes.config import OperatorConfig
 from substratus.runtimes.kubernetes.jobs import ANNOTATION_NAME
 from substratus.runtimes.kubernetes.pods import (
@@ -33,14 +34,20 @@ def deployment_name(obj: Resource) -> str:
     return names.child_name(obj, "deploy")
 
 
+def port(obj: Resource) -> int:
+    return notebooks.PORT if isinstance(obj, Notebook) else PORT
+
+
 def service_url(obj: Resource) -> str:
-    return f"http://{service_name(obj)}.{obj.metadata.namespace}.svc.cluster.local:{PORT}"
+    return f"http://{service_name(obj)}.{obj.metadata.namespace}.svc.cluster.local:{port(obj)}"
 
 
 def service_children(
     obj: Resource, action: EnsureService, cfg: OperatorConfig, mounts: MountSources
 ) -> list[dict[str, Any]]:
-    """The params ConfigMap, the Deployment and the Service of a Server's generation."""
+    """The params ConfigMap, the Deployment and the Service of a Server's or Notebook's
+    generation (a Notebook's claim and token Secret are made apart: they outlive a
+    generation)."""
     deploy = deployment_name(obj)
     selector = names.labels(obj, role="service")
     template_labels = {**selector, names.LABEL_GENERATION: str(action.generation)}
@@ -50,12 +57,18 @@ def service_children(
     spec = workload_pod_spec(obj, action.image, cfg, mounts, params_configmap_name(deploy))
     spec["restartPolicy"] = "Always"
     main = next(c for c in spec["containers"] if c["name"] == MAIN)
-    main["env"] += [{"name": "PORT", "value": str(PORT)}, {"name": "HOST", "value": "0.0.0.0"}]
+    listen = port(obj)
+    main["env"] += [{"name": "PORT", "value": str(listen)}, {"name": "HOST", "value": "0.0.0.0"}]
     if isinstance(obj, Server) and obj.spec.quantization is not None:
         main["env"].append({"name": "QUANTIZATION_BITS", "value": str(obj.spec.quantization.bits)})
-    main["ports"] = [{"name": "http", "containerPort": PORT}]
+    if isinstance(obj, Notebook):
+        notebooks.with_home_and_token(obj, spec, main)
+    main["ports"] = [{"name": "http", "containerPort": listen}]
     main["readinessProbe"] = {
-        "httpGet": {"path": "/", "port": PORT},
+        "httpGet": {
+            "path": notebooks.PROBE_PATH if isinstance(obj, Notebook) else "/",
+            "port": listen,
+        },
         "periodSeconds": 2,
         "failureThreshold": 3,
     }
@@ -66,6 +79,8 @@ def service_children(
         "metadata": {"name": deploy, "annotations": annotations, **meta},
         "spec": {
             "replicas": action.replicas,
+            # A notebook's ReadWriteOnce home: the old pod lets go before the new one mounts.
+            "strategy": {"type": "Recreate" if isinstance(obj, Notebook) else "RollingUpdate"},
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {"labels": template_labels, "annotations": annotations},
@@ -79,7 +94,7 @@ def service_children(
         "metadata": {"name": service_name(obj), "annotations": annotations, **meta},
         "spec": {
             "selector": selector,
-            "ports": [{"name": "http", "port": PORT, "targetPort": PORT}],
+            "ports": [{"name": "http", "port": listen, "targetPort": listen}],
         },
     }
     return [configmap, deployment, service]
