@@ -32,7 +32,10 @@ RETRY_EVERY_S = 2.0
 
 
 def identity() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """``POD_NAME`` (the Deployment sets it from the downward API): a container that restarts
+    in its pod takes its own Lease back at once instead of waiting for it to expire; outside a
+    pod, the host and the process."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _now() -> datetime:
