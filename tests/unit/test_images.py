@@ -61,7 +61,8 @@ class Dockerfile:
         return value
 
     def base_image(self) -> str:
-        """The final FROM (through earlier stages), with ARG defaults declared before the first FROM substituted."""
+        """The final FROM (through earlier stages), with ARG defaults declared before the
+        first FROM substituted."""
         defaults: dict[str, str] = {}
         for word, args in self.instructions:
             if word == "FROM":

@@ -5,13 +5,15 @@ from a Job and its pod."""
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from substratus.api import parse_object
 from substratus.core.actions import EnsureService, StartJob
-from substratus.core.observed import Artifacts, DepState, Phase
+from substratus.core.observed import Artifacts, DepState, Observed, Phase
+from substratus.core.reconcile import decide
 from substratus.core.world import MountSources
 from substratus.runtimes.kubernetes import jobs, names, notebooks, pods, services
 from substratus.runtimes.kubernetes.config import ConfigError, OperatorConfig, load_config
@@ -110,6 +112,15 @@ def test_gpu_placement_follows_the_cloud_profile(cloud: str, selector: dict[str,
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
         "tolerations"
     ]
+
+
+@pytest.mark.parametrize("cloud", ["generic", "aks"])
+def test_a_type_label_names_the_gpu_type_where_the_profile_cannot(cloud: str) -> None:
+    cfg = OperatorConfig(
+        artifact_url="s3://b", helper_image="h", cloud=cloud, gpu_type_label="example.com/gpu"
+    )
+    spec = render(model(FT), cfg)[1]["spec"]["template"]["spec"]
+    assert spec["nodeSelector"]["example.com/gpu"] == "nvidia-l4"
 
 
 def test_no_gpu_no_placement_and_no_requests() -> None:
@@ -225,6 +236,34 @@ def test_job_states() -> None:
 def test_image_pull_errors_are_named() -> None:
     assert jobs.image_error(pod(waiting="ImagePullBackOff")) == "img: ImagePullBackOff:"
     assert jobs.image_error(pod(waiting="ContainerCreating")) is None
+
+
+def test_a_pod_that_cannot_run_yet_says_why_and_the_model_waits_with_it() -> None:
+    unschedulable = {
+        "status": {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 node(s) didn't match selector.",
+                }
+            ]
+        }
+    }
+    state = jobs.job_state(job(), unschedulable, None, "")
+    assert state.phase == Phase.RUNNING
+    assert state.waiting == (
+        "Unschedulable",
+        "0/3 nodes are available: 3 node(s) didn't match selector.",
+    )
+    obj = model({"image": {"name": "busybox"}, "command": ["true"]})
+    obs = Observed(now=0.0, job=replace(state, generation=2))
+    ready = next(c for c in decide(obj, obs).status.conditions if c.type == "Ready")
+    assert ready.reason == "Unschedulable" and "didn't match selector" in ready.message
+    config = pod(waiting="CreateContainerConfigError")
+    assert jobs.pod_waiting(config) == ("CreateContainerConfigError", "main:")
+    assert jobs.pod_waiting(pod(waiting="ContainerCreating")) is None
 
 
 def test_config_names_what_is_missing_or_wrong(tmp_path: Any) -> None:

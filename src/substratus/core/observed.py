@@ -53,6 +53,9 @@ class JobState:
     log_tail: str = ""
     finished_at: float | None = None
     artifacts: Artifacts | None = None  # set once a successful run's artifacts are committed
+    # Why a started run does not run yet (a cluster's Unschedulable, CreateContainerConfigError):
+    # a reason and the cluster's message, reported while it waits.
+    waiting: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class ServiceState:
     last_exit_code: int | None = None
     log_tail: str = ""
     url: str | None = None
+    waiting: tuple[str, str] | None = None  # as JobState.waiting, for the newest replica
     # Why the newest replica could not even be started (a spec the runtime cannot run, such
     # as a build with no command); restarting cannot help until the spec changes.
     start_error: str = ""

@@ -241,6 +241,11 @@ def _decide_job(
         return s.done(StartJob(s.gen, job.attempts, image))
     if job.phase == Phase.RUNNING:
         msg = f"attempt {job.attempts} of {policy.max_attempts}"
+        if job.waiting is not None:  # not a failure: a node may yet come, a Secret appear
+            reason, why = job.waiting
+            s.cond(C.COMPLETE, False, reason, f"{why} ({msg})")
+            s.ready(False, reason, f"{why} ({msg})")
+            return s.done()
         s.cond(C.COMPLETE, False, "Running", msg)
         s.ready(False, "JobRunning", msg)
         return s.done()
@@ -313,6 +318,11 @@ def _decide_service(s: _Status, svc: ServiceState | None, image: str, replicas: 
             msg += "; log tail:\n" + _tail(svc.log_tail)
         s.cond(C.SERVING, False, "CrashLoopBackOff", msg)
         s.ready(False, "CrashLoopBackOff", msg)
+        return s.done(ensure)
+    if svc.waiting is not None:
+        reason, why = svc.waiting
+        s.cond(C.SERVING, False, reason, f"{why} (0/{replicas} replicas ready)")
+        s.ready(False, reason, f"{why} (0/{replicas} replicas ready)")
         return s.done(ensure)
     s.cond(C.SERVING, False, "Starting", f"0/{replicas} replicas ready")
     s.ready(False, "Starting", f"0/{replicas} replicas ready")

@@ -46,6 +46,9 @@ class OperatorConfig:
     images: Mapping[str, str] = field(default_factory=dict)
     image_pull_policy: str = "IfNotPresent"
     cloud: str = "generic"
+    # The generic and AKS profiles: a node label whose value is the GPU type (e.g. nvidia-l4);
+    # unset, a GPU workload goes to any GPU node there.
+    gpu_type_label: str = ""
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     lease_namespace: str = "substratus-system"  # where replicas elect a leader (a Lease)
     # A Notebook's home volume: its claim's storage class (empty: the cluster's default) and
@@ -130,6 +133,7 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         images={str(k): str(v) for k, v in images.items()},
         image_pull_policy=policy,
         cloud=cloud,
+        gpu_type_label=str(_setting(env, file, "gpu_type_label") or ""),
         namespaces=tuple(str(n) for n in namespaces),
         lease_namespace=str(_setting(env, file, "lease_namespace") or "substratus-system"),
         notebook_storage_class=str(_setting(env, file, "notebook_storage_class") or ""),

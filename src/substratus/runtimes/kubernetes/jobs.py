@@ -99,6 +99,25 @@ def image_error(pod: dict[str, Any] | None) -> str | None:
     return None
 
 
+# A container that cannot be created from its spec (a missing Secret or key, a bad mount).
+CONFIG_ERRORS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+
+
+def pod_waiting(pod: dict[str, Any] | None) -> tuple[str, str] | None:
+    """Why a pod that should run does not (yet): the scheduler found no node for it, or a
+    container cannot be created; the reason and the cluster's own message."""
+    status = (pod or {}).get("status") or {}
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False":
+            reason = c.get("reason") or "Unschedulable"
+            return reason, c.get("message") or "no node can run the pod"
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in CONFIG_ERRORS:
+            return waiting["reason"], f"{cs.get('name')}: {waiting.get('message', '')}".strip()
+    return None
+
+
 def _timestamp(value: str | None) -> float | None:
     if not value:
         return None
@@ -148,4 +167,4 @@ def job_state(
         )
     if ended is not None:  # exited 0; the committer is storing the artifacts
         return JobState(generation, Phase.COMMITTING, attempts, exit_code=0)
-    return JobState(generation, Phase.RUNNING, attempts)
+    return JobState(generation, Phase.RUNNING, attempts, waiting=pod_waiting(pod))

@@ -170,7 +170,7 @@ def workload_pod_spec(
         ],
         "containers": containers,
         "volumes": volumes,
-        **placement(obj.spec.resources, cfg.cloud),
+        **placement(obj.spec.resources, cfg.cloud, cfg.gpu_type_label),
     }
     return spec
 

@@ -37,8 +37,10 @@ def _family(gpu_type: str) -> str:
     return gpu_type.lower().removeprefix("nvidia-").removeprefix("tesla-").split("-")[0]
 
 
-def placement(res: Resources, cloud: str) -> dict[str, Any]:
-    """``nodeSelector`` and ``tolerations`` for a workload that asks for GPUs."""
+def placement(res: Resources, cloud: str, type_label: str = "") -> dict[str, Any]:
+    """``nodeSelector`` and ``tolerations`` for a workload that asks for GPUs. ``type_label``:
+    the node label whose value is the GPU type (``SUBSTRATUS_GPU_TYPE_LABEL``), for clusters
+    whose own labels do not name it (the generic and AKS profiles)."""
     if not res.gpu_count or res.gpu is None:
         return {}
     gpu_type = res.gpu.type
@@ -53,8 +55,13 @@ def placement(res: Resources, cloud: str) -> dict[str, Any]:
         # the sku=gpu taint AKS recommends).
         selector = {"kubernetes.azure.com/accelerator": "nvidia"}
         toleration = {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
+        if type_label:
+            selector[type_label] = gpu_type
         return {"nodeSelector": selector, "tolerations": [GPU_TOLERATION, toleration]}
     else:
-        # NVIDIA's GPU feature discovery: present everywhere its device plugin runs.
+        # NVIDIA's GPU feature discovery: present everywhere its device plugin runs. Its
+        # product label spells models its own way, so the type needs a label of the cluster's.
         selector = {"nvidia.com/gpu.present": "true"}
+        if type_label:
+            selector[type_label] = gpu_type
     return {"nodeSelector": selector, "tolerations": [GPU_TOLERATION]}

@@ -14,7 +14,7 @@ from substratus.core.observed import ServiceState
 from substratus.core.world import MountSources
 from substratus.runtimes.kubernetes import names, notebooks
 from substratus.runtimes.kubernetes.config import OperatorConfig
-from substratus.runtimes.kubernetes.jobs import ANNOTATION_NAME
+from substratus.runtimes.kubernetes.jobs import ANNOTATION_NAME, pod_waiting
 from substratus.runtimes.kubernetes.pods import (
     MAIN,
     params_configmap,
@@ -124,6 +124,7 @@ def service_state(
             if ended:
                 last_exit = ended.get("exitCode")
     ready = int(status.get("readyReplicas") or 0)
+    waiting = next((w for p in reversed(current) if (w := pod_waiting(p)) is not None), None)
     return ServiceState(
         generation=generation,
         image=(deployment["metadata"].get("annotations") or {}).get(ANNOTATION_IMAGE, ""),
@@ -133,4 +134,5 @@ def service_state(
         last_exit_code=last_exit,
         log_tail=log_tail if restarts else "",
         url=service_url(obj) if ready else None,
+        waiting=waiting,
     )
