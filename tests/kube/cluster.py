@@ -546,7 +546,18 @@ class ControlPlane:
 
     def create_gpu_node(self, name: str, gpus: int, labels: dict[str, str] | None = None) -> Any:
         """Register a node that kwok simulates, with ``nvidia.com/gpu: gpus`` capacity."""
-        resources = {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": str(gpus)}
+        return self.create_kwok_node(name, gpus, labels)
+
+    def create_kwok_node(
+        self, name: str, gpus: int = 0, labels: dict[str, str] | None = None
+    ) -> Any:
+        """Register a node that kwok simulates; with ``gpus``, ``nvidia.com/gpu`` capacity and
+        the taint GPU pools carry."""
+        resources = {"cpu": "32", "memory": "256Gi", "pods": "110"}
+        gpu_labels = {}
+        if gpus:
+            resources["nvidia.com/gpu"] = str(gpus)
+            gpu_labels["nvidia.com/gpu.present"] = "true"
         node = {
             "apiVersion": "v1",
             "kind": "Node",
@@ -558,13 +569,15 @@ class ControlPlane:
                     "kubernetes.io/os": "linux",
                     "kubernetes.io/arch": "amd64",
                     "type": "kwok",
-                    "nvidia.com/gpu.present": "true",
+                    **gpu_labels,
                     **(labels or {}),
                 },
             },
             # Tainted as GPU pools are, so that only pods asking for GPUs (and tolerating it)
             # go there, and everything else runs on a real node.
-            "spec": {"taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]},
+            "spec": (
+                {"taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]} if gpus else {}
+            ),
             "status": {"capacity": resources, "allocatable": resources},
         }
         return self.api("POST", "/api/v1/nodes", node)
