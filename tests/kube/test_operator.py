@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,9 +24,10 @@ from typing import Any
 
 import pytest
 
-from tests.kube.cluster import ControlPlane, Proc
+from tests.kube.cluster import REPO, ControlPlane, Proc
 from tests.kube.node import TOOLBOX_IMAGE, RealNode
 from tests.kube.operatorproc import apply, read, start_operator, stop_operator, wait_for
+from tests.kube.registry import LocalRegistry
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +38,12 @@ def operator(
     substratus_crds: list[str],
     dataset_loader_image: str,
     node_bucket: Any,
+    local_registry: LocalRegistry,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Proc]:
     settings = {
         **node_bucket.env,
+        "SUBSTRATUS_INSECURE_REGISTRIES": local_registry.address,
         "SUBSTRATUS_ARTIFACT_URL": "s3://artifacts",
         "SUBSTRATUS_HELPER_IMAGE": dataset_loader_image,
         "SUBSTRATUS_IMAGE_PULL_POLICY": "Never",
@@ -114,14 +118,50 @@ def test_a_failing_job_is_retried_then_fails_with_its_exit_code_and_log(
     assert failed["status"].get("url") is None
 
 
-def test_an_image_without_a_command_is_refused_with_the_field(
-    operator: Proc, kube_node: RealNode, kube_namespace: str
+def test_an_image_without_a_command_runs_its_entrypoint_from_its_registry(
+    operator: Proc,
+    kube_node: RealNode,
+    local_registry: LocalRegistry,
+    node_bucket: Any,
+    kube_namespace: str,
+    tmp_path: Path,
 ) -> None:
     plane, ns = kube_node.plane, kube_namespace
+    # An image whose ENTRYPOINT writes an artifact, pushed to the registry the node pulls from.
+    root = tmp_path / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    (root / "bin" / "sh").symlink_to("busybox")
+    ref = f"{local_registry.address}/tests/entry:v1"
+    entrypoint = ["/bin/sh", "-c", "echo from-the-image > artifacts/out.txt"]
+    archive = tmp_path / "entry.tar"
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "hack" / "ociarchive.py"),
+            str(root),
+            str(archive),
+            ref,
+            "--entrypoint",
+            json.dumps(entrypoint),
+        ],
+        check=True,
+    )
+    kube_node.load_image(archive)
+    kube_node.ctr("images", "push", "--plain-http", ref)
+    apply(plane, ns, "Model", "entry", {"image": {"name": ref}})
+    done = wait_for(plane, operator, ns, "Model", "entry", "Succeeded")
+    assert read(node_bucket, done["status"]["url"] + "out.txt") == b"from-the-image\n"
+    job = plane.kubectl("get", "job", "entry-model-g1-a1", "-n", ns, "-o", "json")
+    spec = json.loads(job.stdout)["spec"]["template"]["spec"]
+    main = next(c for c in spec["containers"] if c["name"] == "main")
+    assert main["command"][4:] == entrypoint
+
+    # An image whose registry cannot be read: refused, naming the field.
     apply(plane, ns, "Model", "nocmd", {"image": {"name": TOOLBOX_IMAGE}})
     got = wait_for(plane, operator, ns, "Model", "nocmd", "ImageUnavailable", timeout=60)
     ready = next(c for c in got["status"]["conditions"] if c["type"] == "Ready")
-    assert ready["message"].startswith("spec.command: required for image")
+    assert ready["message"].startswith("spec.command: not given, and the command of image")
 
 
 def test_delete_removes_the_artifacts_unless_retained(

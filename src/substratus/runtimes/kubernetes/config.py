@@ -51,6 +51,8 @@ class OperatorConfig:
     gpu_type_label: str = ""
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     lease_namespace: str = "substratus-system"  # where replicas elect a leader (a Lease)
+    # Registries read over plain HTTP (host:port) when an image's command is looked up.
+    insecure_registries: tuple[str, ...] = ()
     # A Notebook's home volume: its claim's storage class (empty: the cluster's default) and
     # size when the Notebook gives no resources.disk.
     notebook_storage_class: str = ""
@@ -72,6 +74,13 @@ class OperatorConfig:
 def _setting(env: Mapping[str, str], file: Mapping[str, Any], name: str) -> Any:
     value = env.get(f"SUBSTRATUS_{name.upper()}")
     return value if value not in (None, "") else file.get(name)
+
+
+def _words(value: Any) -> tuple[str, ...]:
+    """A list from the file, or a comma- or space-separated string."""
+    if isinstance(value, str):
+        return tuple(w for w in value.replace(",", " ").split() if w)
+    return tuple(str(w) for w in value or ())
 
 
 def _quantity(env: Mapping[str, str], file: Mapping[str, Any], name: str, default: str) -> str:
@@ -123,9 +132,7 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         raise ConfigError(
             f"SUBSTRATUS_IMAGE_PULL_POLICY: {policy!r} is not one of {', '.join(PULL_POLICIES)}"
         )
-    namespaces = _setting(env, file, "namespaces") or ()
-    if isinstance(namespaces, str):
-        namespaces = [n for n in namespaces.replace(",", " ").split() if n]
+    namespaces = _words(_setting(env, file, "namespaces"))
     return OperatorConfig(
         artifact_url=artifact_url.rstrip("/"),
         helper_image=str(_setting(env, file, "helper_image")),
@@ -134,7 +141,8 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         image_pull_policy=policy,
         cloud=cloud,
         gpu_type_label=str(_setting(env, file, "gpu_type_label") or ""),
-        namespaces=tuple(str(n) for n in namespaces),
+        namespaces=namespaces,
+        insecure_registries=_words(_setting(env, file, "insecure_registries")),
         lease_namespace=str(_setting(env, file, "lease_namespace") or "substratus-system"),
         notebook_storage_class=str(_setting(env, file, "notebook_storage_class") or ""),
         notebook_home_size=_quantity(env, file, "notebook_home_size", "10Gi"),

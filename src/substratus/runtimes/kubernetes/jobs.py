@@ -9,6 +9,7 @@ name is deterministic: a create that finds it is done).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from substratus.api.kinds import Resource
@@ -40,7 +41,12 @@ def run_version(generation: int, attempt: int) -> str:
 
 
 def job_children(
-    obj: Resource, action: StartJob, cfg: OperatorConfig, mounts: MountSources, object_url: str
+    obj: Resource,
+    action: StartJob,
+    cfg: OperatorConfig,
+    mounts: MountSources,
+    object_url: str,
+    entrypoint: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The params ConfigMap and the Job of one attempt."""
     name = job_name(obj, action.generation, action.attempt)
@@ -50,7 +56,13 @@ def job_children(
     owner = [names.owner_reference(obj)]
     configmap = params_configmap(obj, name, run_labels)
     spec = workload_pod_spec(
-        obj, action.image, cfg, mounts, params_configmap_name(name), (object_url, version)
+        obj,
+        action.image,
+        cfg,
+        mounts,
+        params_configmap_name(name),
+        (object_url, version),
+        entrypoint,
     )
     job = {
         "apiVersion": "batch/v1",

@@ -27,7 +27,15 @@ from substratus.core.observed import (
 from substratus.core.reconcile import build_source
 from substratus.core.world import dependency_states, missing_secrets
 from substratus.runtimes.kubernetes import jobs, names, notebooks, services
-from substratus.runtimes.kubernetes.pods import COMMIT, MAIN, CannotRun, workload_argv
+from substratus.runtimes.kubernetes.config import OperatorConfig
+from substratus.runtimes.kubernetes.imageconfig import ImageConfigError, ImageConfigs
+from substratus.runtimes.kubernetes.pods import (
+    COMMIT,
+    MAIN,
+    CannotRun,
+    needs_entrypoint,
+    workload_argv,
+)
 from substratus.storage import ArtifactStore, StorageError
 
 LOG_TAIL_LINES = 40
@@ -43,10 +51,27 @@ class Observer:
         client: Client,
         store: ArtifactStore,
         cached: Callable[[Key], dict[str, Any] | None],
+        cfg: OperatorConfig,
     ) -> None:
         self.client = client
         self.store = store
         self.cached = cached
+        self.cfg = cfg
+        self.images = ImageConfigs(cfg.insecure_registries)
+
+    def entrypoint(self, obj: Resource, image_name: str) -> list[str] | None:
+        """The image's own command where that is what runs (``needs_entrypoint``), from its
+        registry; CannotRun, naming ``spec.command``, when it cannot be read."""
+        if not needs_entrypoint(obj, image_name):
+            return None
+        image = self.cfg.image(image_name)
+        try:
+            return self.images.command(image)
+        except ImageConfigError as e:
+            raise CannotRun(
+                f"spec.command: not given, and the command of image {image!r} could not be read "
+                f"from its registry ({e}); give spec.command"
+            ) from None
 
     def _secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -79,9 +104,10 @@ class Observer:
             service, pod = self._service_state(obj)
         state = self._job_state(obj, job, pod) if job is not None else None
         image_error = jobs.image_error(pod)
-        if image_error is None and obj.spec.image.name is not None:
+        name = obj.spec.image.name
+        if image_error is None and name is not None:
             try:
-                workload_argv(obj, obj.spec.image.name)
+                workload_argv(obj, name, self.entrypoint(obj, name))
             except CannotRun as e:
                 image_error = str(e)
         return Observed(

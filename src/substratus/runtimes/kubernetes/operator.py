@@ -76,7 +76,7 @@ class Operator:
         self._objects: dict[Key, dict[str, Any]] = {}  # our objects, as the watch last saw them
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self.observer = Observer(client, self.store, self._cached)
+        self.observer = Observer(client, self.store, self._cached, cfg)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -243,7 +243,9 @@ class Operator:
             self._ensure_credentials(obj.metadata.namespace)
             if isinstance(obj, Notebook):
                 self._create(notebooks.home_claim(obj, self.cfg))
-            for child in services.service_children(obj, action, self.cfg, mount_sources(obs.deps)):
+            entrypoint = self.observer.entrypoint(obj, action.image)
+            mounts = mount_sources(obs.deps)
+            for child in services.service_children(obj, action, self.cfg, mounts, entrypoint):
                 self._apply(child)
         elif isinstance(action, StopWorkload) and obj.IS_JOB:
             self._delete_jobs(obj, keep=())
@@ -296,8 +298,9 @@ class Operator:
         ns = obj.metadata.namespace
         self._ensure_credentials(ns)
         object_url = self.store.object_url(ns, obj.PLURAL, obj.metadata.name)
+        entrypoint = self.observer.entrypoint(obj, action.image)
         configmap, job = jobs.job_children(
-            obj, action, self.cfg, mount_sources(obs.deps), object_url
+            obj, action, self.cfg, mount_sources(obs.deps), object_url, entrypoint
         )
         self._apply(configmap)
         try:

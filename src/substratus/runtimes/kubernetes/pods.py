@@ -15,6 +15,7 @@ The workload runs in ``/content`` (an emptyDir shared with the helper containers
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from substratus.api.common import EnvFrom
@@ -62,8 +63,22 @@ class CannotRun(ValueError):
     """The object's spec cannot become a pod; the message names the field."""
 
 
-def workload_argv(obj: Resource, image_name: str) -> list[str]:
-    """What the main container runs under the contract's shell."""
+def needs_entrypoint(obj: Resource, image_name: str) -> bool:
+    """Whether the command is the image's own (ENTRYPOINT + CMD, read from its registry):
+    no ``spec.command`` and not a built-in image whose module is known."""
+    if obj.spec.command:
+        return False
+    if builtin_module(image_name) is None:
+        return True
+    # substratusai/base runs the user's command; as a Notebook it runs JupyterLab.
+    return image_repository(image_name) == BASE_IMAGE and not isinstance(obj, Notebook)
+
+
+def workload_argv(
+    obj: Resource, image_name: str, entrypoint: Sequence[str] | None = None
+) -> list[str]:
+    """What the main container runs under the contract's shell: ``spec.command``, a built-in
+    image's module, else the image's ``entrypoint`` (ENTRYPOINT + CMD, from its registry)."""
     if obj.spec.command:
         return list(obj.spec.command)
     module = builtin_module(image_name)
@@ -71,6 +86,8 @@ def workload_argv(obj: Resource, image_name: str) -> list[str]:
         return ["python", "-m", module]
     if module is not None and isinstance(obj, Notebook):
         return ["python", "-m", str(builtin_module(NOTEBOOK_IMAGE))]
+    if entrypoint:
+        return list(entrypoint)
     raise CannotRun(
         f"spec.command: required for image {image_name!r}: in a pod the command runs under "
         "the contract's shell, which needs it spelled out"
@@ -84,11 +101,13 @@ def workload_pod_spec(
     mounts: MountSources,
     params_configmap: str,
     commit_to: tuple[str, str] | None = None,
+    entrypoint: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The pod spec of one run of ``obj`` with the image ``decide`` chose (a built-in name is
-    mapped by the configuration); ``commit_to`` is a Job's (object URL, artifact version).
+    mapped by the configuration); ``commit_to`` is a Job's (object URL, artifact version);
+    ``entrypoint`` the image's own command, where that is what runs (``needs_entrypoint``).
     Raises CannotRun when there is no command to run."""
-    image, argv = cfg.image(image_name), workload_argv(obj, image_name)
+    image, argv = cfg.image(image_name), workload_argv(obj, image_name, entrypoint)
     volumes: list[dict[str, Any]] = [
         {"name": "content", "emptyDir": {}},
         {"name": "helper", "emptyDir": {}},

@@ -6,6 +6,7 @@ when ``GET /api`` answers, plus a home volume and its token (notebooks.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from substratus.api.kinds import Notebook, Resource, Server
@@ -43,7 +44,11 @@ def service_url(obj: Resource) -> str:
 
 
 def service_children(
-    obj: Resource, action: EnsureService, cfg: OperatorConfig, mounts: MountSources
+    obj: Resource,
+    action: EnsureService,
+    cfg: OperatorConfig,
+    mounts: MountSources,
+    entrypoint: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The params ConfigMap, the Deployment and the Service of a Server's or Notebook's
     generation (a Notebook's claim and token Secret are made apart: they outlive a
@@ -54,7 +59,9 @@ def service_children(
     owner = [names.owner_reference(obj)]
     meta = {"namespace": obj.metadata.namespace, "labels": selector, "ownerReferences": owner}
     annotations = {ANNOTATION_NAME: obj.metadata.name, ANNOTATION_IMAGE: action.image}
-    spec = workload_pod_spec(obj, action.image, cfg, mounts, params_configmap_name(deploy))
+    spec = workload_pod_spec(
+        obj, action.image, cfg, mounts, params_configmap_name(deploy), entrypoint=entrypoint
+    )
     spec["restartPolicy"] = "Always"
     main = next(c for c in spec["containers"] if c["name"] == MAIN)
     listen = port(obj)
