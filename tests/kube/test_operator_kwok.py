@@ -283,10 +283,13 @@ def test_a_spec_change_runs_the_model_again_and_retires_the_old_job(
     plane.kubectl("create", "namespace", ns)
     try:
         first = precommit(bucket, ns, "Model", "m", tmp_path)
-        second = precommit(bucket, ns, "Model", "m", tmp_path, "g2-a1-k8s")
         spec = {"image": {"name": "substratus.local/toolbox:latest"}, "command": ["true"]}
         apply(plane, ns, "Model", "m", {**spec, "params": {"lr": 1}})
         assert wait_for(plane, operator, ns, "Model", "m", "Succeeded")["status"]["url"] == first
+        # Only now: a Ready Model's other versions are pruned (the reconcile that follows the
+        # status write is given a moment to pass).
+        time.sleep(2)
+        second = precommit(bucket, ns, "Model", "m", tmp_path, "g2-a1-k8s")
         apply(plane, ns, "Model", "m", {**spec, "params": {"lr": 2}})
         deadline = time.monotonic() + 60
         while True:
@@ -304,5 +307,8 @@ def test_a_spec_change_runs_the_model_again_and_retires_the_old_job(
         while [j["metadata"]["name"] for j in get(plane, ns, "jobs")] != ["m-model-g2-a1"]:
             assert time.monotonic() < deadline, "the superseded Job stayed"
             time.sleep(0.3)
+        # The superseded version is pruned, as locally.
+        store = ArtifactStore(bucket)
+        assert store.versions(store.object_url(ns, "models", "m")) == ["g2-a1-k8s"]
     finally:
         plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)

@@ -97,6 +97,15 @@ def test_a_fine_tune_job_carries_the_whole_contract() -> None:
     assert spec["restartPolicy"] == "Never"
 
 
+def test_the_versions_a_pod_fetches_are_read_back_from_its_spec() -> None:
+    _, job = render(model(FT))
+    assert pods.fetched_urls(job["spec"]["template"]["spec"]) == [
+        "s3://bucket/sub/team/models/base/g1-a1-k8s/",
+        "s3://bucket/sub/team/datasets/data/g1-a1-k8s/",
+    ]
+    assert pods.fetched_urls({"containers": []}) == []
+
+
 @pytest.mark.parametrize(
     ("cloud", "selector"),
     [

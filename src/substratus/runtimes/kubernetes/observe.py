@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from lightkube import ApiError, Client
+from lightkube import ApiError, Client, operators
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Pod, PodLog, Secret
@@ -33,6 +33,7 @@ from substratus.runtimes.kubernetes.pods import (
     COMMIT,
     MAIN,
     CannotRun,
+    fetched_urls,
     needs_entrypoint,
     workload_argv,
 )
@@ -119,6 +120,19 @@ class Observer:
             missing_secrets=tuple(missing_secrets(obj, self._secret)),
             image_error=image_error,
         )
+
+    def mounted_urls(self, namespace: str) -> set[str]:
+        """The committed versions that workloads in ``namespace`` fetch, or may fetch again (a
+        Job still running, a Deployment's pods when they restart): not to be pruned."""
+        ours = cast(dict[str, Any], {names.LABEL_KIND: operators.exists()})
+        urls: set[str] = set()
+        for job in self.client.list(Job, namespace=namespace, labels=ours):
+            d = as_dict(job)
+            if not (jobs.condition(d, "Complete") or jobs.condition(d, "Failed")):
+                urls.update(fetched_urls(d["spec"]["template"]["spec"]))
+        for deployment in self.client.list(Deployment, namespace=namespace, labels=ours):
+            urls.update(fetched_urls(as_dict(deployment)["spec"]["template"]["spec"]))
+        return urls
 
     def jobs(self, obj: Resource) -> list[dict[str, Any]]:
         found = self.client.list(

@@ -33,9 +33,7 @@ from substratus.api.loading import parse_object
 from substratus.core.actions import Action, EnsureService, StartBuild, StartJob, StopWorkload
 from substratus.core.graph import Key, dependents
 from substratus.core.naming import retains_artifacts
-from substratus.core.observed import (
-    Observed,
-)
+from substratus.core.observed import Observed, Phase
 from substratus.core.reconcile import decide
 from substratus.core.retry import RetryPolicy
 from substratus.core.workqueue import WorkQueue
@@ -186,10 +184,31 @@ class Operator:
         status = decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
         if status != (body.get("status") or {}):
             self._write_status(kind, body, status)
-        if any(isinstance(a, StartJob) for a in decision.actions):
+        starting = any(isinstance(a, StartJob) for a in decision.actions)
+        done = obs.job if obs.job is not None and obs.job.phase == Phase.SUCCEEDED else None
+        if done and done.artifacts and done.generation == obj.metadata.generation and not starting:
+            self._prune(obj, done.artifacts.url)  # the newest run has committed
+        if starting:
             self.queue.add(key, 1.0)
         if decision.requeue_after is not None:
             self.queue.add(key, decision.requeue_after)
+
+    def _prune(self, obj: Resource, keep_url: str) -> None:
+        """Delete the object's other versions (earlier generations, failed attempts, an
+        interrupted commit's leftovers) once its newest run has committed, as locally; a
+        version that a workload still fetches stays until a later reconcile finds it unused."""
+        ns = obj.metadata.namespace
+        object_url = self.store.object_url(ns, obj.PLURAL, obj.metadata.name)
+        keep = keep_url.rstrip("/").rsplit("/", 1)[-1]
+        if self.store.versions(object_url) == [keep]:
+            return  # the usual case: one listing, nothing more
+        used = {
+            url.rstrip("/").rsplit("/", 1)[-1]
+            for url in self.observer.mounted_urls(ns)
+            if url.startswith(object_url)
+        }
+        self.store.retain_only(object_url, {keep, *used})
+        log.info("%s/%s: pruned its artifacts to %s", ns, obj.metadata.name, sorted({keep, *used}))
 
     def _write_status(self, kind: str, body: dict[str, Any], status: dict[str, Any]) -> None:
         self._patch(RESOURCES[kind].Status, body, {"status": status})

@@ -59,6 +59,17 @@ def params_configmap(obj: Resource, child: str, labels: dict[str, str]) -> dict[
     }
 
 
+def fetched_urls(pod_spec: dict[str, Any]) -> list[str]:
+    """The committed versions a pod's init container fetches (its ``--fetch URL=DIR``)."""
+    for c in pod_spec.get("initContainers") or []:
+        if c.get("name") == INIT:
+            args = list(c.get("args") or [])
+            return [
+                args[i + 1].rpartition("=")[0] for i, a in enumerate(args[:-1]) if a == "--fetch"
+            ]
+    return []
+
+
 class CannotRun(ValueError):
     """The object's spec cannot become a pod; the message names the field."""
 
