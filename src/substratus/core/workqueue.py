@@ -77,6 +77,11 @@ class WorkQueue(Generic[K]):
                 self._make_ready(key)
                 self._cond.notify()
 
+    def __len__(self) -> int:
+        """Keys due now (the queue's depth), not those waiting for a delay."""
+        with self._cond:
+            return len(self._ready)
+
     def close(self) -> None:
         with self._cond:
             self._closed = True

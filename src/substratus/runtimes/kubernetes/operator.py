@@ -31,7 +31,7 @@ from lightkube.types import CascadeType, PatchType
 from substratus.api.kinds import KINDS, Notebook, NotebookStatus, Resource
 from substratus.api.loading import parse_object
 from substratus.core.actions import Action, EnsureService, StartBuild, StartJob, StopWorkload
-from substratus.core.graph import Key, dependents
+from substratus.core.graph import Key, dependencies
 from substratus.core.naming import retains_artifacts
 from substratus.core.observed import Observed, Phase
 from substratus.core.reconcile import decide
@@ -72,6 +72,8 @@ class Operator:
         self.store = ArtifactStore(cfg.artifact_url)
         self.queue: WorkQueue[Key] = WorkQueue()
         self._objects: dict[Key, dict[str, Any]] = {}  # our objects, as the watch last saw them
+        self._needs: dict[Key, set[Key]] = {}  # object -> the objects it references
+        self._needed_by: dict[Key, set[Key]] = {}  # and back
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.observer = Observer(client, self.store, self._cached, cfg)
@@ -81,16 +83,24 @@ class Operator:
     def object_event(self, kind: str, event_type: str, body: dict[str, Any]) -> None:
         body = {**body, "kind": kind}
         key = _key(body)
+        deleted = event_type == "DELETED"
+        needs = set() if deleted else self._dependencies(body)
         with self._lock:
             old = self._objects.get(key)
-            if event_type == "DELETED":
+            if deleted:
                 self._objects.pop(key, None)
             else:
                 self._objects[key] = body
+            for dep in self._needs.pop(key, set()) - needs:
+                self._needed_by[dep].discard(key)
+            for dep in needs:
+                self._needed_by.setdefault(dep, set()).add(key)
+            if needs:
+                self._needs[key] = needs
         self.queue.add(key)
         if old is None or (old.get("status") or {}) != (body.get("status") or {}):
-            for dep in self.dependents(key):
-                self.queue.add(dep)
+            for dependent in self.dependents(key):
+                self.queue.add(dependent)
 
     def child_event(self, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -101,15 +111,17 @@ class Operator:
             self.queue.add((kind, meta["namespace"], name))
 
     def dependents(self, key: Key) -> list[Key]:
+        """The objects that reference ``key`` (from an index kept as events arrive: one parse
+        per event, not one per cached object)."""
         with self._lock:
-            bodies = list(self._objects.values())
-        objs = []
-        for body in bodies:
-            try:
-                objs.append(parse_object(body, "watched object"))
-            except Exception:  # an object the API server stored but we cannot read
-                continue
-        return [o.key for o in dependents(key, objs)]
+            return sorted(self._needed_by.get(key, ()))
+
+    @staticmethod
+    def _dependencies(body: dict[str, Any]) -> set[Key]:
+        try:
+            return {d.key for d in dependencies(parse_object(body, "watched object"))}
+        except Exception:  # an object the API server stored but we cannot read
+            return set()
 
     # -- workers --------------------------------------------------------------------------
 
