@@ -47,7 +47,7 @@ MOUNTS = MountSources(
 )
 
 
-def render(obj: Any, cfg: OperatorConfig = CFG) -> tuple[dict[str, Any], dict[str, Any]]:
+def render(obj: Any, cfg: OperatorConfig = CFG) -> dict[str, Any]:
     action = StartJob(2, 3, obj.spec.image.name)
     return jobs.job_children(obj, action, cfg, MOUNTS, "s3://bucket/sub/team/models/ft/")
 
@@ -58,11 +58,12 @@ def containers(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_a_fine_tune_job_carries_the_whole_contract() -> None:
-    configmap, job = render(model(FT))
+    job = render(model(FT))
     assert job["metadata"]["name"] == "ft-model-g2-a3"
     assert job["spec"]["backoffLimit"] == 0
     assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
-    assert configmap["data"]["params.json"] == '{\n  "epochs": 2,\n  "lora": true\n}\n'
+    annotations = job["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["substratus.ai/params.json"] == '{\n  "epochs": 2,\n  "lora": true\n}\n'
     c = containers(job)
     main = c[MAIN]
     assert main["image"] == "docker.io/substratusai/model-trainer-huggingface:0.1.0"
@@ -98,7 +99,7 @@ def test_a_fine_tune_job_carries_the_whole_contract() -> None:
 
 
 def test_the_versions_a_pod_fetches_are_read_back_from_its_spec() -> None:
-    _, job = render(model(FT))
+    job = render(model(FT))
     assert pods.fetched_urls(job["spec"]["template"]["spec"]) == [
         "s3://bucket/sub/team/models/base/g1-a1-k8s/",
         "s3://bucket/sub/team/datasets/data/g1-a1-k8s/",
@@ -116,7 +117,7 @@ def test_the_versions_a_pod_fetches_are_read_back_from_its_spec() -> None:
 )
 def test_gpu_placement_follows_the_cloud_profile(cloud: str, selector: dict[str, str]) -> None:
     cfg = OperatorConfig(artifact_url="s3://b", helper_image="h", cloud=cloud)
-    spec = render(model(FT), cfg)[1]["spec"]["template"]["spec"]
+    spec = render(model(FT), cfg)["spec"]["template"]["spec"]
     assert spec["nodeSelector"] == selector
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
         "tolerations"
@@ -128,12 +129,12 @@ def test_a_type_label_names_the_gpu_type_where_the_profile_cannot(cloud: str) ->
     cfg = OperatorConfig(
         artifact_url="s3://b", helper_image="h", cloud=cloud, gpu_type_label="example.com/gpu"
     )
-    spec = render(model(FT), cfg)[1]["spec"]["template"]["spec"]
+    spec = render(model(FT), cfg)["spec"]["template"]["spec"]
     assert spec["nodeSelector"]["example.com/gpu"] == "nvidia-l4"
 
 
 def test_no_gpu_no_placement_and_no_requests() -> None:
-    _, job = render(model({"image": {"name": "busybox"}, "command": ["true"]}))
+    job = render(model({"image": {"name": "busybox"}, "command": ["true"]}))
     spec = job["spec"]["template"]["spec"]
     assert "nodeSelector" not in spec and containers(job)[MAIN]["resources"] == {}
     assert containers(job)[MAIN]["image"] == "busybox"  # not a built-in name: as written
@@ -169,7 +170,7 @@ def test_a_notebook_runs_jupyter_on_its_home_volume_with_its_token() -> None:
     nb = notebook({"image": {"name": "substratusai/notebook"}, "model": {"name": "base"}})
     cfg = OperatorConfig(artifact_url="s3://b", helper_image="h", notebook_storage_class="fast")
     action = EnsureService(generation=1, image="substratusai/notebook", replicas=1)
-    _, deploy, service = services.service_children(nb, action, cfg, MOUNTS)
+    deploy, service = services.service_children(nb, action, cfg, MOUNTS)
     spec = deploy["spec"]["template"]["spec"]
     main = next(c for c in spec["containers"] if c["name"] == MAIN)
     assert main["image"] == "docker.io/substratusai/notebook:latest"
@@ -315,3 +316,12 @@ def test_cluster_flags_may_come_anywhere_as_with_kubectl() -> None:
         "--",
         "--context",
     ]
+
+
+def test_params_too_large_for_a_pod_are_refused_naming_the_field() -> None:
+    big = model({"image": {"name": "busybox"}, "command": ["true"], "params": {"b": "x" * 70000}})
+    with pytest.raises(pods.CannotRun, match=r"spec\.params: \d+ bytes as params\.json"):
+        pods.params_annotation(big)
+    spec = render(model(FT))["spec"]["template"]["spec"]
+    params = next(v for v in spec["volumes"] if v["name"] == "params")
+    assert params["downwardAPI"]["items"][0]["path"] == "params.json"

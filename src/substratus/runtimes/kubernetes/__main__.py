@@ -30,7 +30,7 @@ def main() -> int:
     import kopf
     from lightkube import Client
 
-    from substratus.runtimes.kubernetes.kopf_handlers import registry
+    from substratus.runtimes.kubernetes.kopf_handlers import registry, settings
     from substratus.runtimes.kubernetes.leader import LeaderElector
     from substratus.runtimes.kubernetes.operator import Operator
 
@@ -44,6 +44,7 @@ def main() -> int:
     asyncio.run(
         kopf.operator(
             registry=registry(op),
+            settings=settings(),
             standalone=True,  # one replica acts (Recreate); no kopf peering objects needed
             clusterwide=not namespaces,
             namespaces=namespaces,

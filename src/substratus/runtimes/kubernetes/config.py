@@ -51,6 +51,7 @@ class OperatorConfig:
     gpu_type_label: str = ""
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     lease_namespace: str = "substratus-system"  # where replicas elect a leader (a Lease)
+    workers: int = 8  # objects reconciled at once (each one by one worker at a time)
     # Registries read over plain HTTP (host:port) when an image's command is looked up.
     insecure_registries: tuple[str, ...] = ()
     # A Notebook's home volume: its claim's storage class (empty: the cluster's default) and
@@ -81,6 +82,17 @@ def _words(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(w for w in value.replace(",", " ").split() if w)
     return tuple(str(w) for w in value or ())
+
+
+def _positive(env: Mapping[str, str], file: Mapping[str, Any], name: str, default: int) -> int:
+    value = _setting(env, file, name)
+    try:
+        n = int(value) if value not in (None, "") else default
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise ConfigError(f"SUBSTRATUS_{name.upper()}: {value!r} is not a positive number")
+    return n
 
 
 def _quantity(env: Mapping[str, str], file: Mapping[str, Any], name: str, default: str) -> str:
@@ -143,6 +155,7 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         gpu_type_label=str(_setting(env, file, "gpu_type_label") or ""),
         namespaces=namespaces,
         insecure_registries=_words(_setting(env, file, "insecure_registries")),
+        workers=_positive(env, file, "workers", 8),
         lease_namespace=str(_setting(env, file, "lease_namespace") or "substratus-system"),
         notebook_storage_class=str(_setting(env, file, "notebook_storage_class") or ""),
         notebook_home_size=_quantity(env, file, "notebook_home_size", "10Gi"),

@@ -21,13 +21,12 @@ from substratus.runtimes.kubernetes import names
 from substratus.runtimes.kubernetes.config import OperatorConfig
 from substratus.runtimes.kubernetes.pods import (
     MAIN,
-    params_configmap,
-    params_configmap_name,
+    params_annotation,
     workload_pod_spec,
 )
 
 RUN_VERSION = "k8s"  # one Job per attempt: the attempt number already makes the version unique
-ANNOTATION_NAME = f"{names.GROUP}/object-name"  # the whole name (labels may be shortened)
+ANNOTATION_NAME = names.ANNOTATION_OWNER
 ANNOTATION_VERSION = f"{names.GROUP}/artifact-version"
 IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 
@@ -47,23 +46,14 @@ def job_children(
     mounts: MountSources,
     object_url: str,
     entrypoint: Sequence[str] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The params ConfigMap and the Job of one attempt."""
+) -> dict[str, Any]:
+    """The Job of one attempt."""
     name = job_name(obj, action.generation, action.attempt)
     run_labels = names.labels(obj, generation=action.generation, attempt=action.attempt, role="job")
     version = run_version(action.generation, action.attempt)
     annotations = {ANNOTATION_NAME: obj.metadata.name, ANNOTATION_VERSION: version}
     owner = [names.owner_reference(obj)]
-    configmap = params_configmap(obj, name, run_labels)
-    spec = workload_pod_spec(
-        obj,
-        action.image,
-        cfg,
-        mounts,
-        params_configmap_name(name),
-        (object_url, version),
-        entrypoint,
-    )
+    spec = workload_pod_spec(obj, action.image, cfg, mounts, (object_url, version), entrypoint)
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -77,12 +67,15 @@ def job_children(
         "spec": {
             "backoffLimit": 0,
             "template": {
-                "metadata": {"labels": run_labels, "annotations": annotations},
+                "metadata": {
+                    "labels": run_labels,
+                    "annotations": {**annotations, **params_annotation(obj)},
+                },
                 "spec": spec,
             },
         },
     }
-    return configmap, job
+    return job
 
 
 def condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:

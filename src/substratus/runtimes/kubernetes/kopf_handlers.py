@@ -29,17 +29,14 @@ def registry(op: Operator) -> kopf.OperatorRegistry:
 
     ours = {names.LABEL_KIND: kopf.PRESENT}
 
-    @kopf.on.event("batch", "v1", "jobs", labels=ours, registry=reg)
-    def on_job(body: kopf.Body, **_: Any) -> None:
-        op.child_event(dict(body))
+    def on_child(kind: str, group: str, plural: str) -> None:
+        @kopf.on.event(group, "v1", plural, labels=ours, registry=reg)
+        def handler(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+            op.child_event(kind, str(event.get("type") or "ADDED"), dict(body))
 
-    @kopf.on.event("apps", "v1", "deployments", labels=ours, registry=reg)
-    def on_deployment(body: kopf.Body, **_: Any) -> None:
-        op.child_event(dict(body))
-
-    @kopf.on.event("", "v1", "pods", labels=ours, registry=reg)
-    def on_pod(body: kopf.Body, **_: Any) -> None:
-        op.child_event(dict(body))
+    on_child("Job", "batch", "jobs")
+    on_child("Deployment", "apps", "deployments")
+    on_child("Pod", "", "pods")
 
     @kopf.on.login(registry=reg)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -48,10 +45,7 @@ def registry(op: Operator) -> kopf.OperatorRegistry:
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=reg)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.posting.enabled = False  # our conditions say what happened, not k8s Events
-        settings.watching.server_timeout = 270
-        settings.watching.client_timeout = 300
+    def start(**_: Any) -> None:
         op.start()
         log.info("operator started: %s", ", ".join(sorted(KINDS[k].PLURAL for k in RUN_KINDS)))
 
@@ -60,3 +54,15 @@ def registry(op: Operator) -> kopf.OperatorRegistry:
         op.stop()
 
     return reg
+
+
+def settings() -> kopf.OperatorSettings:
+    s = kopf.OperatorSettings()
+    s.posting.enabled = False  # our conditions say what happened, not k8s Events
+    s.watching.server_timeout = 270
+    s.watching.client_timeout = 300
+    # Watch exactly our kinds and the configured namespaces: no watching of CRDs or of
+    # namespaces, which the least-privilege RBAC does not allow (kopf would otherwise retry
+    # those lists with back-off for about a minute before it starts).
+    s.scanning.disabled = True
+    return s

@@ -12,6 +12,7 @@ LABEL_NAME = f"{GROUP}/name"
 LABEL_GENERATION = f"{GROUP}/generation"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_ROLE = f"{GROUP}/role"
+ANNOTATION_OWNER = f"{GROUP}/object-name"  # a child's owner, whole (labels may be shortened)
 FIELD_MANAGER = "substratus-operator"
 NAME_LIMIT = 63  # a DNS label: Jobs (their pods carry the name as a label), Services
 

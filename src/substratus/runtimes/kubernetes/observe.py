@@ -1,7 +1,8 @@
-"""What the operator observes of an object's world through the API server and the bucket:
-its dependencies (from the operator's cache), the Secrets its env names, its newest Job and that
-Job's pod (a Model's or Dataset's run), its Deployment and pods (a Server's or Notebook's
-replicas), a Notebook's token."""
+"""What the operator observes of an object's world: its dependencies (from the operator's
+cache of our objects), its newest Job and that Job's pod (a Model's or Dataset's run), its
+Deployment and pods (a Server's or Notebook's replicas), all from the children's cache
+(children.py); from the API server, the Secrets its env names and a Notebook's token, and a
+failed container's log tail; from the bucket, a finished run's manifest."""
 
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from lightkube import ApiError, Client, operators
-from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Pod, PodLog, Secret
+from lightkube import ApiError, Client
+from lightkube.resources.core_v1 import PodLog, Secret
 
 from substratus.api.kinds import Notebook, Resource
 from substratus.core.graph import Key
@@ -27,6 +26,7 @@ from substratus.core.observed import (
 from substratus.core.reconcile import build_source
 from substratus.core.world import dependency_states, missing_secrets
 from substratus.runtimes.kubernetes import jobs, names, notebooks, services
+from substratus.runtimes.kubernetes.children import Children
 from substratus.runtimes.kubernetes.config import OperatorConfig
 from substratus.runtimes.kubernetes.imageconfig import ImageConfigError, ImageConfigs
 from substratus.runtimes.kubernetes.pods import (
@@ -35,6 +35,7 @@ from substratus.runtimes.kubernetes.pods import (
     CannotRun,
     fetched_urls,
     needs_entrypoint,
+    params_annotation,
     workload_argv,
 )
 from substratus.storage import ArtifactStore, StorageError
@@ -53,11 +54,13 @@ class Observer:
         store: ArtifactStore,
         cached: Callable[[Key], dict[str, Any] | None],
         cfg: OperatorConfig,
+        children: Children,
     ) -> None:
         self.client = client
         self.store = store
         self.cached = cached
         self.cfg = cfg
+        self.children = children
         self.images = ImageConfigs(cfg.insecure_registries)
 
     def entrypoint(self, obj: Resource, image_name: str) -> list[str] | None:
@@ -109,6 +112,7 @@ class Observer:
         if image_error is None and name is not None:
             try:
                 workload_argv(obj, name, self.entrypoint(obj, name))
+                params_annotation(obj)
             except CannotRun as e:
                 image_error = str(e)
         return Observed(
@@ -124,30 +128,16 @@ class Observer:
     def mounted_urls(self, namespace: str) -> set[str]:
         """The committed versions that workloads in ``namespace`` fetch, or may fetch again (a
         Job still running, a Deployment's pods when they restart): not to be pruned."""
-        ours = cast(dict[str, Any], {names.LABEL_KIND: operators.exists()})
         urls: set[str] = set()
-        for job in self.client.list(Job, namespace=namespace, labels=ours):
-            d = as_dict(job)
-            if not (jobs.condition(d, "Complete") or jobs.condition(d, "Failed")):
-                urls.update(fetched_urls(d["spec"]["template"]["spec"]))
-        for deployment in self.client.list(Deployment, namespace=namespace, labels=ours):
-            urls.update(fetched_urls(as_dict(deployment)["spec"]["template"]["spec"]))
+        for job in self.children.in_namespace("Job", namespace):
+            if not (jobs.condition(job, "Complete") or jobs.condition(job, "Failed")):
+                urls.update(fetched_urls(job["spec"]["template"]["spec"]))
+        for deployment in self.children.in_namespace("Deployment", namespace):
+            urls.update(fetched_urls(deployment["spec"]["template"]["spec"]))
         return urls
 
     def jobs(self, obj: Resource) -> list[dict[str, Any]]:
-        found = self.client.list(
-            Job,
-            namespace=obj.metadata.namespace,
-            labels=cast(dict[str, Any], names.labels(obj)),
-        )
-        out = []
-        for j in found:
-            d = as_dict(j)
-            if (d["metadata"].get("annotations") or {}).get(
-                jobs.ANNOTATION_NAME
-            ) == obj.metadata.name:
-                out.append(d)
-        return out
+        return self.children.of("Job", obj.key)
 
     def _latest_job(self, obj: Resource) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         def order(d: dict[str, Any]) -> tuple[int, int]:
@@ -160,13 +150,11 @@ class Observer:
         if not found:
             return None, None
         job = max(found, key=order)
+        name = job["metadata"]["name"]
         pods = [
-            as_dict(p)
-            for p in self.client.list(
-                Pod,
-                namespace=obj.metadata.namespace,
-                labels=cast(dict[str, Any], {"job-name": job["metadata"]["name"]}),
-            )
+            p
+            for p in self.children.of("Pod", obj.key)
+            if (p["metadata"].get("labels") or {}).get("job-name") == name
         ]
         pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
         return job, (pods[-1] if pods else None)
@@ -198,20 +186,17 @@ class Observer:
 
     def _service_state(self, obj: Resource) -> tuple[ServiceState | None, dict[str, Any] | None]:
         """The Server's Deployment as decide sees it, and its newest pod (for image errors)."""
-        ns = obj.metadata.namespace
-        try:
-            deployment = as_dict(
-                self.client.get(Deployment, services.deployment_name(obj), namespace=ns)
-            )
-        except ApiError as e:
-            if e.status.code == 404:
-                return None, None
-            raise
+        name = services.deployment_name(obj)
+        deployment = next(
+            (d for d in self.children.of("Deployment", obj.key) if d["metadata"]["name"] == name),
+            None,
+        )
+        if deployment is None:
+            return None, None
         pods = [
-            as_dict(p)
-            for p in self.client.list(
-                Pod, namespace=ns, labels=cast(dict[str, Any], names.labels(obj, role="service"))
-            )
+            p
+            for p in self.children.of("Pod", obj.key)
+            if (p["metadata"].get("labels") or {}).get(names.LABEL_ROLE) == "service"
         ]
         pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
         crashed = [

@@ -39,6 +39,7 @@ from substratus.core.retry import RetryPolicy
 from substratus.core.workqueue import WorkQueue
 from substratus.core.world import mount_sources
 from substratus.runtimes.kubernetes import jobs, names, notebooks, services
+from substratus.runtimes.kubernetes.children import Children
 from substratus.runtimes.kubernetes.config import OperatorConfig
 from substratus.runtimes.kubernetes.observe import Observer, as_dict
 from substratus.runtimes.kubernetes.pods import CREDENTIALS_SECRET
@@ -76,7 +77,8 @@ class Operator:
         self._needed_by: dict[Key, set[Key]] = {}  # and back
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self.observer = Observer(client, self.store, self._cached, cfg)
+        self.children = Children()  # Jobs, Deployments, Pods: the watch's, not listed
+        self.observer = Observer(client, self.store, self._cached, cfg, self.children)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -102,13 +104,10 @@ class Operator:
             for dependent in self.dependents(key):
                 self.queue.add(dependent)
 
-    def child_event(self, body: dict[str, Any]) -> None:
-        meta = body.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        name = (meta.get("annotations") or {}).get(jobs.ANNOTATION_NAME)
-        kind = labels.get(names.LABEL_KIND)
-        if name and kind:
-            self.queue.add((kind, meta["namespace"], name))
+    def child_event(self, kind: str, event_type: str, body: dict[str, Any]) -> None:
+        owner = self.children.event(kind, event_type, body)
+        if owner is not None:
+            self.queue.add(owner)
 
     def dependents(self, key: Key) -> list[Key]:
         """The objects that reference ``key`` (from an index kept as events arrive: one parse
@@ -125,8 +124,8 @@ class Operator:
 
     # -- workers --------------------------------------------------------------------------
 
-    def start(self, workers: int = 4) -> None:
-        for i in range(workers):
+    def start(self) -> None:
+        for i in range(self.cfg.workers):
             t = threading.Thread(target=self._work, name=f"reconcile-{i}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -159,23 +158,23 @@ class Operator:
     # -- reconcile ------------------------------------------------------------------------
 
     def reconcile(self, key: Key) -> None:
-        kind, namespace, name = key
-        try:
-            body = as_dict(self.client.get(RESOURCES[kind], name, namespace=namespace))
-        except ApiError as e:
-            if e.status.code == 404:
-                return
-            raise
-        body["kind"] = kind
-        meta = body["metadata"]
+        """Decide on the object as the watch last delivered it (a write made from a stale
+        copy fails on its resourceVersion, and the object is decided again)."""
+        kind = key[0]
+        cached = self._cached(key)
+        if cached is None:
+            return  # deleted
+        body = cached
+        meta = cached["metadata"]
         if meta.get("deletionTimestamp"):
-            self._finalize(kind, body)
+            self._finalize(kind, cached)
             return
         if KINDS[kind].HAS_ARTIFACTS and FINALIZER not in (meta.get("finalizers") or []):
-            self._patch_meta(
-                kind, body, {"finalizers": [*(meta.get("finalizers") or []), FINALIZER]}
-            )
-            return  # the write is an event: decide on the object as it now is
+            finalizers = [*(meta.get("finalizers") or []), FINALIZER]
+            written = self._patch_meta(kind, cached, {"finalizers": finalizers})
+            if written is None:
+                return
+            body = written
         obj = parse_object(body, "stored object")
         stored_token = None
         if isinstance(obj, Notebook) and isinstance(obj.status, NotebookStatus):
@@ -225,16 +224,21 @@ class Operator:
     def _write_status(self, kind: str, body: dict[str, Any], status: dict[str, Any]) -> None:
         self._patch(RESOURCES[kind].Status, body, {"status": status})
 
-    def _patch_meta(self, kind: str, body: dict[str, Any], changes: dict[str, Any]) -> None:
-        self._patch(RESOURCES[kind], body, {"metadata": changes})
+    def _patch_meta(
+        self, kind: str, body: dict[str, Any], changes: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        return self._patch(RESOURCES[kind], body, {"metadata": changes})
 
-    def _patch(self, resource: Any, body: dict[str, Any], patch: dict[str, Any]) -> None:
+    def _patch(
+        self, resource: Any, body: dict[str, Any], patch: dict[str, Any]
+    ) -> dict[str, Any] | None:
         """A merge patch that holds only if the object is still the one decided on (its
-        resourceVersion); otherwise the object is decided again."""
+        resourceVersion); otherwise (None) the object is decided again. The object as written
+        replaces the cached copy it was made from, unless the watch has brought another."""
         meta = body["metadata"]
         patch.setdefault("metadata", {})["resourceVersion"] = meta["resourceVersion"]
         try:
-            self.client.patch(
+            written = self.client.patch(
                 resource,
                 meta["name"],
                 patch,
@@ -246,6 +250,22 @@ class Operator:
             if e.status.code not in (404, 409):
                 raise
             self.queue.add(_key(body), 0.2)
+            return None
+        new = {**as_dict(written), "kind": body["kind"]}
+        key = _key(body)
+        with self._lock:
+            now = self._objects.get(key)
+            current = (
+                now is not None and now["metadata"]["resourceVersion"] == meta["resourceVersion"]
+            )
+            if current:
+                self._objects[key] = new
+        # The watch's event of this write will find the cache already holding it: the
+        # dependents hear of a new status now.
+        if current and (body.get("status") or {}) != (new.get("status") or {}):
+            for dependent in self.dependents(key):
+                self.queue.add(dependent)
+        return new
 
     def _finalize(self, kind: str, body: dict[str, Any]) -> None:
         """Deleting: the artifacts go (unless retained), then the finalizer; the children go
@@ -330,10 +350,9 @@ class Operator:
         self._ensure_credentials(ns)
         object_url = self.store.object_url(ns, obj.PLURAL, obj.metadata.name)
         entrypoint = self.observer.entrypoint(obj, action.image)
-        configmap, job = jobs.job_children(
+        job = jobs.job_children(
             obj, action, self.cfg, mount_sources(obs.deps), object_url, entrypoint
         )
-        self._apply(configmap)
         try:
             self.client.create(from_dict(job), field_manager=names.FIELD_MANAGER)
             log.info("%s/%s: created Job %s", ns, obj.metadata.name, job["metadata"]["name"])

@@ -4,7 +4,8 @@ The workload runs in ``/content`` (an emptyDir shared with the helper containers
 - ``model/`` and ``data/``: the referenced objects' committed artifacts, fetched by the
   ``substratus-init`` container (the operator's helper image) into emptyDirs mounted read-only
   (a Server's model also at ``/model/saved``);
-- ``params.json`` from a ConfigMap and ``PARAM_*`` variables; ``env`` with real secret
+- ``params.json`` from the pod's own annotation (a downward API volume) and ``PARAM_*``
+  variables; ``env`` with real secret
   references; the identity and thread variables of :func:`substratus.core.contract.contract_env`;
 - for a Job, ``artifacts/``, committed by the ``substratus-commit`` container once the command
   has exited 0: files first, the manifest last, to the run's version URL. The command runs
@@ -25,7 +26,6 @@ from substratus.core.images import BASE_IMAGE, NOTEBOOK_IMAGE, builtin_module, i
 from substratus.core.params import params_json
 from substratus.core.world import MountSources
 from substratus.runtimes.kubernetes.config import OperatorConfig
-from substratus.runtimes.kubernetes.names import owner_reference
 from substratus.runtimes.kubernetes.scheduling import placement, resource_requirements
 
 MAIN = "main"
@@ -40,23 +40,22 @@ HELPER_MODULE = "substratus.runtimes.kubernetes.podhelper"
 _WRAPPER = f'cd {WORKDIR} && "$@"; code=$?; echo "$code" > {EXIT_FILE}; exit "$code"'
 
 
-def params_configmap_name(child: str) -> str:
-    return f"{child}-params"
+PARAMS_ANNOTATION = "substratus.ai/params.json"
+# Annotations may hold 256 KiB in all; params also travel as PARAM_* variables in the spec.
+MAX_PARAMS_BYTES = 64 * 1024
 
 
-def params_configmap(obj: Resource, child: str, labels: dict[str, str]) -> dict[str, Any]:
-    """``params.json`` for the pods of ``child``, owned by the object."""
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": params_configmap_name(child),
-            "namespace": obj.metadata.namespace,
-            "labels": labels,
-            "ownerReferences": [owner_reference(obj)],
-        },
-        "data": {"params.json": params_json(obj.spec.params)},
-    }
+def params_annotation(obj: Resource) -> dict[str, str]:
+    """``params.json`` as the pod's annotation, which a downward API volume makes the file (no
+    ConfigMap to create per run). CannotRun when it would not fit."""
+    text = params_json(obj.spec.params)
+    size = len(text.encode())
+    if size > MAX_PARAMS_BYTES:
+        raise CannotRun(
+            f"spec.params: {size} bytes as params.json; at most {MAX_PARAMS_BYTES} on a cluster "
+            "(they travel in the pod's annotations and environment)"
+        )
+    return {PARAMS_ANNOTATION: text}
 
 
 def fetched_urls(pod_spec: dict[str, Any]) -> list[str]:
@@ -110,7 +109,6 @@ def workload_pod_spec(
     image_name: str,
     cfg: OperatorConfig,
     mounts: MountSources,
-    params_configmap: str,
     commit_to: tuple[str, str] | None = None,
     entrypoint: Sequence[str] | None = None,
 ) -> dict[str, Any]:
@@ -122,7 +120,17 @@ def workload_pod_spec(
     volumes: list[dict[str, Any]] = [
         {"name": "content", "emptyDir": {}},
         {"name": "helper", "emptyDir": {}},
-        {"name": "params", "configMap": {"name": params_configmap}},
+        {
+            "name": "params",
+            "downwardAPI": {
+                "items": [
+                    {
+                        "path": "params.json",
+                        "fieldRef": {"fieldPath": f"metadata.annotations['{PARAMS_ANNOTATION}']"},
+                    }
+                ]
+            },
+        },
     ]
     main_mounts: list[dict[str, Any]] = [
         {"name": "content", "mountPath": WORKDIR},

@@ -18,8 +18,7 @@ from substratus.runtimes.kubernetes.config import OperatorConfig
 from substratus.runtimes.kubernetes.jobs import ANNOTATION_NAME, pod_waiting
 from substratus.runtimes.kubernetes.pods import (
     MAIN,
-    params_configmap,
-    params_configmap_name,
+    params_annotation,
     workload_pod_spec,
 )
 
@@ -50,7 +49,7 @@ def service_children(
     mounts: MountSources,
     entrypoint: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The params ConfigMap, the Deployment and the Service of a Server's or Notebook's
+    """The Deployment and the Service of a Server's or Notebook's
     generation (a Notebook's claim and token Secret are made apart: they outlive a
     generation)."""
     deploy = deployment_name(obj)
@@ -59,9 +58,7 @@ def service_children(
     owner = [names.owner_reference(obj)]
     meta = {"namespace": obj.metadata.namespace, "labels": selector, "ownerReferences": owner}
     annotations = {ANNOTATION_NAME: obj.metadata.name, ANNOTATION_IMAGE: action.image}
-    spec = workload_pod_spec(
-        obj, action.image, cfg, mounts, params_configmap_name(deploy), entrypoint=entrypoint
-    )
+    spec = workload_pod_spec(obj, action.image, cfg, mounts, entrypoint=entrypoint)
     spec["restartPolicy"] = "Always"
     main = next(c for c in spec["containers"] if c["name"] == MAIN)
     listen = port(obj)
@@ -79,7 +76,6 @@ def service_children(
         "periodSeconds": 2,
         "failureThreshold": 3,
     }
-    configmap = params_configmap(obj, deploy, selector)
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -90,7 +86,10 @@ def service_children(
             "strategy": {"type": "Recreate" if isinstance(obj, Notebook) else "RollingUpdate"},
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": template_labels, "annotations": annotations},
+                "metadata": {
+                    "labels": template_labels,
+                    "annotations": {**annotations, **params_annotation(obj)},
+                },
                 "spec": spec,
             },
         },
@@ -104,7 +103,7 @@ def service_children(
             "ports": [{"name": "http", "port": listen, "targetPort": listen}],
         },
     }
-    return [configmap, deployment, service]
+    return [deployment, service]
 
 
 def service_state(
