@@ -160,7 +160,11 @@ def main() -> None:
             run(plane, Job, "bench-warm", [job("bench-warm", "warm")], job_complete)
             run(plane, MODEL, "bench-warm", [model("bench-warm", "warm")], model_ready)
             bare = run(
-                plane, Job, "bench-jobs", [job("bench-jobs", f"j{i}") for i in range(n)], job_complete
+                plane,
+                Job,
+                "bench-jobs",
+                [job("bench-jobs", f"j{i}") for i in range(n)],
+                job_complete,
             )
             ours = run(
                 plane,

@@ -42,7 +42,7 @@ MODEL = create_namespaced_resource("substratus.ai", "v1", "Model", "models")
 
 NODES = 10  # kwok nodes of 110 pods each
 IMAGE = "substratus.local/toolbox:latest"
-VERBOSE = True
+VERBOSE = False  # --verbose: the operator's log tail and when Models became Ready
 
 
 def pct(values: list[float], q: float) -> float:
@@ -133,6 +133,7 @@ def namespace(plane: ControlPlane, name: str) -> None:
 def bench_plain_jobs(plane: ControlPlane, n: int, threads: int) -> dict[str, Any]:
     ns = "bench-jobs"
     namespace(plane, ns)
+
     def complete(o: dict[str, Any]) -> str | None:
         conditions = (o.get("status") or {}).get("conditions") or []
         done = any(c["type"] == "Complete" and c["status"] == "True" for c in conditions)
@@ -215,7 +216,14 @@ def bench_operator(plane: ControlPlane, n: int, threads: int, work: Path) -> dic
         if VERBOSE:
             print(proc.tail(80), file=sys.stderr)
             ready_at = sorted(v - t0 for v in readies.seen.values())
-            print("ready at (s):", [round(ready_at[int(q * (len(ready_at) - 1))], 1) for q in (0, .1, .5, .9, .99, 1)], file=sys.stderr)
+            print(
+                "ready at (s):",
+                [
+                    round(ready_at[int(q * (len(ready_at) - 1))], 1)
+                    for q in (0, 0.1, 0.5, 0.9, 0.99, 1)
+                ],
+                file=sys.stderr,
+            )
 
 
 def _status_kb(pid: int, field: str) -> int:
@@ -240,7 +248,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
+    global VERBOSE
+    VERBOSE = args.verbose
     n = args.objects
     plane = ControlPlane()
     with tempfile.TemporaryDirectory(prefix="substratus-bench-") as tmp:

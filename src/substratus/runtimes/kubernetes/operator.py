@@ -77,6 +77,7 @@ class Operator:
         self._needed_by: dict[Key, set[Key]] = {}  # and back
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._credentials_applied: set[str] = set()  # namespaces (set.add is atomic)
         self.children = Children()  # Jobs, Deployments, Pods: the watch's, not listed
         self.observer = Observer(client, self.store, self._cached, cfg, self.children)
 
@@ -150,6 +151,7 @@ class Operator:
         """A timer: every object is decided again now and then, events or not."""
         while True:
             time.sleep(RESYNC_SECONDS)
+            self._credentials_applied.clear()
             with self._lock:
                 keys = list(self._objects)
             for key in keys:
@@ -328,15 +330,19 @@ class Operator:
         return notebooks.secret_token(data) or token
 
     def _ensure_credentials(self, namespace: str) -> None:
-        if self.cfg.credentials:
-            self._apply(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {"name": CREDENTIALS_SECRET, "namespace": namespace},
-                    "stringData": dict(self.cfg.credentials),
-                }
-            )
+        """The bucket credentials Secret in ``namespace``: applied once per namespace, and
+        again after each resync (in case someone deleted it), not once per run."""
+        if not self.cfg.credentials or namespace in self._credentials_applied:
+            return
+        self._apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": CREDENTIALS_SECRET, "namespace": namespace},
+                "stringData": dict(self.cfg.credentials),
+            }
+        )
+        self._credentials_applied.add(namespace)
 
     def _delete(self, resource: Any, name: str, namespace: str) -> None:
         try:
