@@ -308,35 +308,13 @@ class RealNode:
     def add_volumes(self, storage_class: str, count: int, size: str = "1Gi") -> None:
         """A StorageClass with ``count`` static hostPath volumes in the node's directory (no
         provisioner runs here): a claim of that class binds one, as on a cluster."""
-        docs: list[dict[str, Any]] = [
-            {
-                "apiVersion": "storage.k8s.io/v1",
-                "kind": "StorageClass",
-                "metadata": {"name": storage_class},
-                "provisioner": "kubernetes.io/no-provisioner",
-                "volumeBindingMode": "Immediate",
-            }
-        ]
+        paths = []
         for i in range(count):
             path = self.state / "volumes" / f"{storage_class}-{i}"
             path.mkdir(parents=True, exist_ok=True)
             path.chmod(0o777)  # hostPath volumes get no fsGroup ownership
-            docs.append(
-                {
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolume",
-                    "metadata": {"name": f"{storage_class}-{i}"},
-                    "spec": {
-                        "storageClassName": storage_class,
-                        "capacity": {"storage": size},
-                        "accessModes": ["ReadWriteOnce"],
-                        "persistentVolumeReclaimPolicy": "Retain",
-                        "hostPath": {"path": str(path), "type": "Directory"},
-                    },
-                }
-            )
-        items = {"apiVersion": "v1", "kind": "List", "items": docs}
-        self.plane.kubectl("apply", "-f", "-", input=json.dumps(items))
+            paths.append(str(path))
+        self.plane.kubectl("apply", "-f", "-", input=static_volumes(storage_class, paths, size))
 
     def remove_volumes(self, storage_class: str, count: int) -> None:
         pvs = [f"pv/{storage_class}-{i}" for i in range(count)]
@@ -479,3 +457,33 @@ class RealNode:
                 return bool(r.status == 200)
 
         self._wait("kube-proxy", healthy, timeout, proc)
+
+
+def static_volumes(storage_class: str, paths: list[str], size: str) -> str:
+    """A StorageClass with no provisioner and one hostPath PersistentVolume per path, named
+    ``<class>-<i>``, as a manifest for ``kubectl apply``."""
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": storage_class},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "Immediate",
+        }
+    ]
+    for i, path in enumerate(paths):
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"{storage_class}-{i}"},
+                "spec": {
+                    "storageClassName": storage_class,
+                    "capacity": {"storage": size},
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {"path": path, "type": "Directory"},
+                },
+            }
+        )
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})

@@ -32,6 +32,18 @@ def operator_kubeconfig(plane: ControlPlane, path: Path) -> Path:
     return path
 
 
+def node_settings(bucket: Any, helper_image: str, **extra: str) -> dict[str, str]:
+    """The operator's settings on the real node: the bucket (SeaweedFS), our helper image,
+    imported images only (``Never`` pulled), and ``extra`` (SUBSTRATUS_* names)."""
+    return {
+        **bucket.env,
+        "SUBSTRATUS_ARTIFACT_URL": "s3://artifacts",
+        "SUBSTRATUS_HELPER_IMAGE": helper_image,
+        "SUBSTRATUS_IMAGE_PULL_POLICY": "Never",
+        **extra,
+    }
+
+
 def start_operator(
     plane: ControlPlane,
     workdir: Path,

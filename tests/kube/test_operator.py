@@ -26,7 +26,14 @@ import pytest
 
 from tests.kube.cluster import REPO, ControlPlane, Proc
 from tests.kube.node import TOOLBOX_IMAGE, RealNode
-from tests.kube.operatorproc import apply, read, start_operator, stop_operator, wait_for
+from tests.kube.operatorproc import (
+    apply,
+    node_settings,
+    read,
+    start_operator,
+    stop_operator,
+    wait_for,
+)
 from tests.kube.registry import LocalRegistry
 
 pytestmark = pytest.mark.integration
@@ -41,15 +48,13 @@ def operator(
     local_registry: LocalRegistry,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Proc]:
-    settings = {
-        **node_bucket.env,
-        "SUBSTRATUS_INSECURE_REGISTRIES": local_registry.address,
-        "SUBSTRATUS_ARTIFACT_URL": "s3://artifacts",
-        "SUBSTRATUS_HELPER_IMAGE": dataset_loader_image,
-        "SUBSTRATUS_IMAGE_PULL_POLICY": "Never",
-        "SUBSTRATUS_JOB_ATTEMPTS": "2",
-        "SUBSTRATUS_BACKOFF_SECONDS": "1",
-    }
+    settings = node_settings(
+        node_bucket,
+        dataset_loader_image,
+        SUBSTRATUS_INSECURE_REGISTRIES=local_registry.address,
+        SUBSTRATUS_JOB_ATTEMPTS="2",
+        SUBSTRATUS_BACKOFF_SECONDS="1",
+    )
     proc = start_operator(kube_node.plane, tmp_path_factory.mktemp("operator"), settings)
     try:
         yield proc

@@ -26,6 +26,7 @@ from substratus.core.images import builtin_module, image_repository
 from substratus.core.params import params_env
 from substratus.storage import ArtifactStore
 from tests.kube.cluster import REPO, ControlPlane, Proc
+from tests.kube.node import static_volumes
 from tests.kube.operatorproc import apply, start_operator, stop_operator, wait_for
 
 pytestmark = pytest.mark.integration
@@ -59,32 +60,9 @@ def kwok_nodes(kube_cluster: ControlPlane) -> Iterator[ControlPlane]:
         plane.kubectl("cordon", name)
     for name, (gpus, labels) in NODES.items():
         plane.create_kwok_node(name, gpus, labels)
-    volumes: list[dict[str, Any]] = [
-        {
-            "apiVersion": "storage.k8s.io/v1",
-            "kind": "StorageClass",
-            "metadata": {"name": HOME_CLASS},
-            "provisioner": "kubernetes.io/no-provisioner",
-        },
-        *(
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": f"{HOME_CLASS}-{i}"},
-                "spec": {
-                    "storageClassName": HOME_CLASS,
-                    "capacity": {"storage": "10Gi"},
-                    "accessModes": ["ReadWriteOnce"],
-                    # kwok mounts nothing: the path is never used.
-                    "hostPath": {"path": f"/nonexistent/{HOME_CLASS}-{i}"},
-                },
-            }
-            for i in range(2)
-        ),
-    ]
-    plane.kubectl(
-        "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": volumes})
-    )
+    # kwok mounts nothing: the paths are never used.
+    paths = [f"/nonexistent/{HOME_CLASS}-{i}" for i in range(2)]
+    plane.kubectl("apply", "-f", "-", input=static_volumes(HOME_CLASS, paths, "10Gi"))
     try:
         yield plane
     finally:

@@ -18,7 +18,7 @@ import pytest
 
 from tests.kube.cluster import ControlPlane, Proc
 from tests.kube.node import TOOLBOX_IMAGE, RealNode
-from tests.kube.operatorproc import apply, start_operator, stop_operator, wait_for
+from tests.kube.operatorproc import apply, node_settings, start_operator, stop_operator, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,14 +33,12 @@ def operator(
     node_bucket: Any,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Proc]:
-    settings = {
-        **node_bucket.env,
-        "SUBSTRATUS_ARTIFACT_URL": "s3://artifacts",
-        "SUBSTRATUS_HELPER_IMAGE": dataset_loader_image,
-        "SUBSTRATUS_IMAGES": json.dumps({"substratusai/notebook": notebook_image}),
-        "SUBSTRATUS_IMAGE_PULL_POLICY": "Never",
-        "SUBSTRATUS_NOTEBOOK_STORAGE_CLASS": home_volumes,
-    }
+    settings = node_settings(
+        node_bucket,
+        dataset_loader_image,
+        SUBSTRATUS_IMAGES=json.dumps({"substratusai/notebook": notebook_image}),
+        SUBSTRATUS_NOTEBOOK_STORAGE_CLASS=home_volumes,
+    )
     proc = start_operator(kube_node.plane, tmp_path_factory.mktemp("operator"), settings)
     try:
         yield proc

@@ -19,7 +19,14 @@ import pytest
 
 from tests.kube.cluster import Proc
 from tests.kube.node import TOOLBOX_IMAGE, RealNode
-from tests.kube.operatorproc import apply, read, start_operator, stop_operator, wait_for
+from tests.kube.operatorproc import (
+    apply,
+    node_settings,
+    read,
+    start_operator,
+    stop_operator,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -44,13 +51,7 @@ def test_killed_twenty_times_mid_flight_the_operator_converges(
     tmp_path: Path,
 ) -> None:
     plane, ns = kube_node.plane, kube_namespace
-    settings = {
-        **node_bucket.env,
-        "SUBSTRATUS_ARTIFACT_URL": "s3://artifacts",
-        "SUBSTRATUS_HELPER_IMAGE": dataset_loader_image,
-        "SUBSTRATUS_IMAGE_PULL_POLICY": "Never",
-        "POD_NAME": "substratus-operator-0",
-    }
+    settings = node_settings(node_bucket, dataset_loader_image, POD_NAME="substratus-operator-0")
     rng = random.Random(20)
     # What each kill interrupted: the state of the Models in flight a moment before.
     seen: Counter[str] = Counter()

@@ -1,17 +1,16 @@
-"""The operator's control loop: observe an object's world through the API server, let
-``core.decide`` decide, carry out the actions with children, write the status.
+"""The operator's control loop: observe an object's world, let ``core.decide`` decide, carry
+out the actions with children, write the status.
 
-Level-triggered, as locally: every event of one of our objects, of a Job or Pod it owns, puts
-the object's key on a work queue (kopf watches; see ``kopf_handlers.py``); worker threads
-reconcile one key at a time, never the same key twice at once. A reconcile reads everything it
-needs again, so a restarted operator converges from the API server and the bucket alone: the
-Job of an attempt has a deterministic name (a second create finds it), the state of a run is in
-its Job and pod, a run's artifacts are committed to its own version by the pod itself.
-Our objects are cached from the watch (dependencies and dependents are looked up there); the
-status is written through the status subresource with the object's resourceVersion, so a
-decision made on a stale object is retried, not written.
+Level-triggered, as locally: every event of one of our objects, or of a Job, Deployment or Pod
+it owns, updates the operator's caches and puts the object's key on a work queue (kopf watches;
+see ``kopf_handlers.py``); worker threads reconcile one key at a time, never the same key twice
+at once. A reconcile holds no state of its own, so a restarted operator converges from the API
+server and the bucket alone: the Job of an attempt has a deterministic name (a second create
+finds it), the state of a run is in its Job and pod, a run's artifacts are committed to its own
+version by the pod itself. Our objects and their children are read from the watch's caches
+(with an index of dependents); the status is written through the status subresource with the
+object's resourceVersion, so a decision made on a stale copy is retried, not written.
 """
-
 from __future__ import annotations
 
 import logging
