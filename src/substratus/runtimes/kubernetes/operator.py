@@ -11,6 +11,7 @@ version by the pod itself. Our objects and their children are read from the watc
 (with an index of dependents); the status is written through the status subresource with the
 object's resourceVersion, so a decision made on a stale copy is retried, not written.
 """
+
 from __future__ import annotations
 
 import logging
