@@ -50,15 +50,15 @@ def start_operator(
     settings: Mapping[str, str],
     timeout: float = 30,
     wait: bool = True,
+    kubeconfig: Path | None = None,
 ) -> Proc:
     """``python -m substratus.runtimes.kubernetes`` with ``settings`` (SUBSTRATUS_*, the
     bucket's AWS_*); returns once it leads and has started watching (unless ``wait`` is
-    false: a second replica waits for the lease)."""
-    env = {
-        **os.environ,
-        **settings,
-        "KUBECONFIG": str(operator_kubeconfig(plane, workdir / "operator-kubeconfig")),
-    }
+    false: a second replica waits for the lease). ``kubeconfig``: one that
+    ``operator_kubeconfig`` wrote before (a restart), else a new one in ``workdir``."""
+    if kubeconfig is None:
+        kubeconfig = operator_kubeconfig(plane, workdir / "operator-kubeconfig")
+    env = {**os.environ, **settings, "KUBECONFIG": str(kubeconfig)}
     log = workdir / "operator.log"
     proc = spawn(
         "operator", [sys.executable, "-m", "substratus.runtimes.kubernetes"], log, REPO, env

@@ -57,6 +57,7 @@ def test_killed_twenty_times_mid_flight_the_operator_converges(
     seen: Counter[str] = Counter()
     (tmp_path / "run-0").mkdir()
     proc: Proc = start_operator(plane, tmp_path / "run-0", settings)
+    config = tmp_path / "run-0" / "operator-kubeconfig"  # the same token for each restart
     try:
         for i in range(KILLS):
             model = {
@@ -64,12 +65,12 @@ def test_killed_twenty_times_mid_flight_the_operator_converges(
                 "command": ["sh", "-c", f"sleep {rng.uniform(0, 2):.1f}; echo {i} > artifacts/i"],
             }
             apply(plane, ns, "Model", f"m{i}", model)
-            time.sleep(rng.uniform(0.05, 2.5))
+            time.sleep(rng.uniform(0.05, 1.5))
             for phase in _phases(kube_node, ns):
                 seen[phase] += 1
             proc.kill()
             (tmp_path / f"run-{i + 1}").mkdir()
-            proc = start_operator(plane, tmp_path / f"run-{i + 1}", settings)
+            proc = start_operator(plane, tmp_path / f"run-{i + 1}", settings, kubeconfig=config)
         for i in range(KILLS):
             done = wait_for(plane, proc, ns, "Model", f"m{i}", "Succeeded", timeout=300)
             status = done["status"]
