@@ -4,7 +4,7 @@ command: the overhead of the contract (fetching, committing to the bucket, repor
     sudo .venv/bin/python benchmarks/operator_real_node.py [--objects 20]
 
 Needs root and what the node tests need (`bash hack/control-plane.sh`, `bash hack/node.sh`,
-`bash hack/images.sh dataset-loader`). Starts the tests' control plane, kwok, a real node
+`bash hack/images.sh operator`). Starts the tests' control plane, kwok, a real node
 (kubelet, containerd), an S3-compatible bucket (SeaweedFS) and the operator, then:
 - bare: N Jobs running `true` in the toolbox image, created at once; until all are Complete;
 - operator: N Models running `true` in the same image, applied at once; until all are Ready
@@ -34,7 +34,7 @@ from lightkube.resources.batch_v1 import Job  # noqa: E402
 
 from tests.kube.cluster import ControlPlane  # noqa: E402
 from tests.kube.node import TOOLBOX_IMAGE, RealNode, machine_problem  # noqa: E402
-from tests.kube.operatorproc import start_operator, stop_operator  # noqa: E402
+from tests.kube.operatorproc import node_settings, start_operator, stop_operator  # noqa: E402
 
 MODEL = create_namespaced_resource("substratus.ai", "v1", "Model", "models")
 
@@ -100,10 +100,10 @@ def main() -> None:
     import subprocess
 
     archive = subprocess.run(
-        ["bash", "hack/images.sh", "dataset-loader"], cwd=REPO, capture_output=True, text=True
+        ["bash", "hack/images.sh", "operator"], cwd=REPO, capture_output=True, text=True
     )
     if archive.returncode != 0:
-        sys.exit(f"hack/images.sh dataset-loader failed:\n{archive.stderr[-2000:]}")
+        sys.exit(f"hack/images.sh operator failed:\n{archive.stderr[-2000:]}")
     from tests.integration.servers import SeaweedS3
 
     n = args.objects
@@ -126,13 +126,7 @@ def main() -> None:
             bucket.create_bucket("artifacts")
             plane.kubectl("apply", "-f", str(REPO / "deploy" / "crds"))
             plane.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-            settings = {
-                **bucket.env,
-                "SUBSTRATUS_ARTIFACT_URL": "s3://artifacts",
-                "SUBSTRATUS_HELPER_IMAGE": helper,
-                "SUBSTRATUS_IMAGE_PULL_POLICY": "Never",
-            }
-            operator = start_operator(plane, Path(tmp), settings)
+            operator = start_operator(plane, Path(tmp), node_settings(bucket, helper))
             for ns in ("bench-warm", "bench-jobs", "bench-models"):
                 plane.kubectl("create", "namespace", ns)
             container = {"name": "main", "image": TOOLBOX_IMAGE, "command": ["true"]}

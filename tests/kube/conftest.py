@@ -116,10 +116,15 @@ def node_image(node: RealNode, name: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def dataset_loader_image(kube_node: RealNode) -> str:
-    """Our dataset-loader image, loaded into the node. It holds the project, the bucket
-    libraries and a static busybox: the operator's tests also use it as the contract's helper
-    image."""
+    """Our dataset-loader image, loaded into the node."""
     return next(n for n in node_image(kube_node, "dataset-loader") if n.endswith(":latest"))
+
+
+@pytest.fixture(scope="session")
+def operator_image(kube_node: RealNode) -> str:
+    """Our operator image, loaded into the node: the operator in a pod, and the contract's
+    helper (fetch, commit) in every workload pod."""
+    return next(n for n in node_image(kube_node, "operator") if n.endswith(":latest"))
 
 
 @pytest.fixture(scope="session")

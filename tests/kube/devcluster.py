@@ -67,7 +67,7 @@ def image_archives() -> list[Path]:
     return sorted(d.glob("*.tar")) if d and d.is_dir() else []
 
 
-HELPER = "dataset-loader"  # images/: the project, the bucket libraries and a static busybox
+HELPER = "operator"  # images/: the project, the bucket libraries and a static busybox
 HOME_CLASS, HOME_VOLUMES = "substratus-dev-home", 8  # static volumes for Notebooks' homes
 
 

@@ -9,9 +9,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tests.kube.cluster import REPO, ControlPlane, Proc, spawn
 
@@ -74,6 +75,18 @@ def start_operator(
     return proc
 
 
+@contextmanager
+def running_operator(
+    plane: ControlPlane, workdir: Path, settings: Mapping[str, str]
+) -> Iterator[Proc]:
+    """``start_operator`` for the length of a ``with`` block (a module's fixture)."""
+    proc = start_operator(plane, workdir, settings)
+    try:
+        yield proc
+    finally:
+        stop_operator(proc)
+
+
 def stop_operator(proc: Proc) -> None:
     proc.popen.terminate()  # kopf stops its watches and runs the cleanup handlers
     try:
@@ -87,9 +100,17 @@ def apply(plane: ControlPlane, ns: str, kind: str, name: str, spec: dict[str, An
     plane.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(doc))
 
 
+class Running(Protocol):
+    """What ``wait_for`` reads of an operator: a process here, or the pod of its Deployment."""
+
+    def alive(self) -> bool: ...
+
+    def tail(self, lines: int = 30) -> str: ...
+
+
 def wait_for(
     plane: ControlPlane,
-    operator: Proc,
+    operator: Running,
     ns: str,
     kind: str,
     name: str,

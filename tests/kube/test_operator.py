@@ -4,9 +4,9 @@ the real node, with the container contract, artifacts committed to a real S3-com
 (SeaweedFS) and the status written from the committed manifest; a Server serves through its
 Service.
 
-The contract's helper image is our dataset-loader image (it holds the project, the bucket
-libraries and a static busybox); workloads run the toolbox image; images are imported, so the
-operator is configured with ``imagePullPolicy: Never``.
+The contract's helper image is our operator image (the project, the bucket libraries and a
+static busybox); workloads run the toolbox image; images are imported, so the operator is
+configured with ``imagePullPolicy: Never``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ from tests.kube.operatorproc import (
     apply,
     node_settings,
     read,
-    start_operator,
-    stop_operator,
+    running_operator,
     wait_for,
 )
 from tests.kube.registry import LocalRegistry
@@ -43,23 +42,20 @@ pytestmark = pytest.mark.integration
 def operator(
     kube_node: RealNode,
     substratus_crds: list[str],
-    dataset_loader_image: str,
+    operator_image: str,
     node_bucket: Any,
     local_registry: LocalRegistry,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Proc]:
     settings = node_settings(
         node_bucket,
-        dataset_loader_image,
+        operator_image,
         SUBSTRATUS_INSECURE_REGISTRIES=local_registry.address,
         SUBSTRATUS_JOB_ATTEMPTS="2",
         SUBSTRATUS_BACKOFF_SECONDS="1",
     )
-    proc = start_operator(kube_node.plane, tmp_path_factory.mktemp("operator"), settings)
-    try:
+    with running_operator(kube_node.plane, tmp_path_factory.mktemp("operator"), settings) as proc:
         yield proc
-    finally:
-        stop_operator(proc)
 
 
 def test_a_model_runs_as_a_job_on_the_real_node_and_commits_its_artifacts(

@@ -27,7 +27,7 @@ from substratus.core.params import params_env
 from substratus.storage import ArtifactStore
 from tests.kube.cluster import REPO, ControlPlane, Proc
 from tests.kube.node import static_volumes
-from tests.kube.operatorproc import apply, start_operator, stop_operator, wait_for
+from tests.kube.operatorproc import apply, running_operator, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -93,11 +93,8 @@ def operator(
         "SUBSTRATUS_CLOUD": "gke",
         "SUBSTRATUS_NOTEBOOK_STORAGE_CLASS": HOME_CLASS,
     }
-    proc = start_operator(kwok_nodes, tmp_path_factory.mktemp("operator"), settings)
-    try:
+    with running_operator(kwok_nodes, tmp_path_factory.mktemp("operator"), settings) as proc:
         yield proc
-    finally:
-        stop_operator(proc)
 
 
 def precommit(
@@ -288,5 +285,26 @@ def test_a_spec_change_runs_the_model_again_and_retires_the_old_job(
         # The superseded version is pruned, as locally.
         store = ArtifactStore(bucket)
         assert store.versions(store.object_url(ns, "models", "m")) == ["g2-a1-k8s"]
+    finally:
+        plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_params_too_large_for_a_pod_are_refused_naming_the_field(
+    operator: Proc, kwok_nodes: ControlPlane
+) -> None:
+    plane = kwok_nodes
+    ns = "big-params"
+    plane.kubectl("create", "namespace", ns)
+    try:
+        spec = {
+            "image": {"name": "substratus.local/toolbox:latest"},
+            "command": ["true"],
+            "params": {"prompt": "x" * 70_000},  # the API server takes it; a pod's annotation not
+        }
+        apply(plane, ns, "Model", "big", spec)
+        got = wait_for(plane, operator, ns, "Model", "big", "SpecNotRunnable", timeout=60)
+        ready = next(c for c in got["status"]["conditions"] if c["type"] == "Ready")
+        assert ready["message"].startswith("spec.params: ")
+        assert get(plane, ns, "jobs") == []
     finally:
         plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)

@@ -18,7 +18,7 @@ import pytest
 
 from tests.kube.cluster import ControlPlane, Proc
 from tests.kube.node import TOOLBOX_IMAGE, RealNode
-from tests.kube.operatorproc import apply, node_settings, start_operator, stop_operator, wait_for
+from tests.kube.operatorproc import apply, node_settings, running_operator, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 def operator(
     kube_node: RealNode,
     substratus_crds: list[str],
-    dataset_loader_image: str,
+    operator_image: str,
     notebook_image: str,
     home_volumes: str,
     node_bucket: Any,
@@ -35,15 +35,12 @@ def operator(
 ) -> Iterator[Proc]:
     settings = node_settings(
         node_bucket,
-        dataset_loader_image,
+        operator_image,
         SUBSTRATUS_IMAGES=json.dumps({"substratusai/notebook": notebook_image}),
         SUBSTRATUS_NOTEBOOK_STORAGE_CLASS=home_volumes,
     )
-    proc = start_operator(kube_node.plane, tmp_path_factory.mktemp("operator"), settings)
-    try:
+    with running_operator(kube_node.plane, tmp_path_factory.mktemp("operator"), settings) as proc:
         yield proc
-    finally:
-        stop_operator(proc)
 
 
 def jupyter(

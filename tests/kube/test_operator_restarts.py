@@ -45,13 +45,13 @@ def jobs_of(kube_node: RealNode, ns: str) -> dict[str, list[str]]:
 def test_killed_twenty_times_mid_flight_the_operator_converges(
     kube_node: RealNode,
     substratus_crds: list[str],
-    dataset_loader_image: str,
+    operator_image: str,
     node_bucket: Any,
     kube_namespace: str,
     tmp_path: Path,
 ) -> None:
     plane, ns = kube_node.plane, kube_namespace
-    settings = node_settings(node_bucket, dataset_loader_image, POD_NAME="substratus-operator-0")
+    settings = node_settings(node_bucket, operator_image, POD_NAME="substratus-operator-0")
     rng = random.Random(20)
     # What each kill interrupted: the state of the Models in flight a moment before.
     seen: Counter[str] = Counter()

@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
 LABEL = "ai.substratus.images"
 SERVER_PORTS = {"substratus.workloads.server": "8080", "substratus.workloads.notebook": "8888"}
+# Images of the platform itself, not workloads a manifest names: the operator (which is also the
+# contract's helper in every workload pod).
+PLATFORM_IMAGES = {"substratusai/operator": "substratus.runtimes.kubernetes"}
 
 
 @dataclass
@@ -116,14 +119,21 @@ def test_no_stale_dockerfiles() -> None:
     for df in dockerfiles():
         names = df.images()
         assert names, f"{df.path}: no LABEL {LABEL}=... naming the catalog image(s) it builds"
-        stale = [n for n in names if n not in BUILTIN_IMAGES]
+        stale = [n for n in names if n not in BUILTIN_IMAGES and n not in PLATFORM_IMAGES]
         assert not stale, f"{df.path}: builds {stale}, which src/substratus/core/images.py lacks"
         # The directory is named after the first image it builds.
         assert df.path.parent.name == names[0].rsplit("/", 1)[-1], df.path
 
 
+def test_platform_images_run_their_module() -> None:
+    built = by_image()
+    for name, module in PLATFORM_IMAGES.items():
+        assert name not in BUILTIN_IMAGES, f"{name}: a platform image is not a workload"
+        assert built[name].exec_form("ENTRYPOINT") == ["python", "-m", module], name
+
+
 def test_catalog_modules_exist() -> None:
-    for name, module in BUILTIN_IMAGES.items():
+    for name, module in {**BUILTIN_IMAGES, **PLATFORM_IMAGES}.items():
         rel = Path("src", *module.split("."))
         assert (ROOT / rel.with_suffix(".py")).exists() or (ROOT / rel / "__main__.py").exists(), (
             f"{name}: module {module} not found under src/"
@@ -143,7 +153,8 @@ def test_dockerfile_follows_the_contract(df: Dockerfile) -> None:
     copied = " ".join(df.all("COPY"))
     assert "pyproject.toml" in copied and "README.md" in copied and "src/" in copied, where
     runs = " ".join(df.all("RUN"))
-    assert 'pip install ".[s3,gcs,azure]"' in runs, f"{where}: does not install the project"
+    extras = "kubernetes,s3,gcs,azure" if PLATFORM_IMAGES.keys() & df.images() else "s3,gcs,azure"
+    assert f'pip install ".[{extras}]"' in runs, f"{where}: does not install the project"
     ignore = df.path.with_name("Dockerfile.dockerignore").read_text().split()
     assert "*" in ignore and "!src" in ignore and "!pyproject.toml" in ignore, where
 

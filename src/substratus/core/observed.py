@@ -95,3 +95,6 @@ class Observed:
     capacity: Capacity | None = None  # None: the runtime cannot tell (a scheduler decides)
     missing_secrets: tuple[str, ...] = ()  # "env.NAME: secret S has no key K", one per problem
     image_error: str | None = None  # the runtime cannot run the resolved image, and why
+    # the spec is valid but this runtime cannot run it as given (e.g. params too large for a
+    # pod), naming the field
+    spec_error: str | None = None

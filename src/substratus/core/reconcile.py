@@ -185,6 +185,9 @@ def decide(
     if obs.image_error:
         s.ready(False, "ImageUnavailable", obs.image_error)
         return s.done(StopWorkload())
+    if obs.spec_error:
+        s.ready(False, "SpecNotRunnable", obs.spec_error)
+        return s.done(StopWorkload())
 
     if obj.IS_JOB:
         return _decide_job(s, obs.job, image, policy, obs.now)

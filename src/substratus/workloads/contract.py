@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 # The seed mounts a Server's model at /model/saved; everywhere else it is model/.
 SEED_MODEL_PATH = Path("/model/saved")
@@ -27,6 +28,17 @@ SEED_MODEL_PATH = Path("/model/saved")
 
 class ParamError(ValueError):
     """A param is missing or malformed; the message names it (``params.NAME``)."""
+
+
+def redact(url: str) -> str:
+    """A URL without its user:password part (it goes into logs and dataset.json)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 @dataclass

@@ -10,7 +10,8 @@ Params (``params.json`` or ``PARAM_*``):
   branch, tag or commit). ``HF_TOKEN`` from the environment authenticates (private and gated
   repos); ``HF_ENDPOINT`` points at another hub (a mirror, or a test server).
 - ``url``: instead of ``name``, a local path, ``file://`` URL or bucket URL (``s3://``,
-  ``gs://``, ``az://``, read through fsspec): one file or a directory.
+  ``gs://``, ``az://``, read through fsspec): one file or a directory; or one file over
+  ``http://``/``https://`` (``http_file.py``).
 - ``files``: glob patterns (comma/space separated, matched against the path in the repo as
   huggingface_hub does). Default: every file, except that when the source has ``*.safetensors``
   weights the other weight formats (``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.h5``,
@@ -45,12 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from substratus.workloads import http_file
 from substratus.workloads.contract import (
     ParamError,
     Params,
     Progress,
     artifacts_dir,
     fail,
+    redact,
     scratch_dir,
 )
 from substratus.workloads.gguf_convert import ConversionError
@@ -85,7 +88,7 @@ class Request:
 
     @property
     def source(self) -> str:
-        return self.url or f"{self.name}@{self.revision}"
+        return redact(self.url) if self.url else f"{self.name}@{self.revision}"
 
     @classmethod
     def from_params(cls, params: Params) -> Request:
@@ -352,6 +355,7 @@ class UrlSource:
     """The fsspec path of the directory (or of the single file)."""
     single: bool
     local: bool
+    http: bool = False  # one file over HTTP(S) (http_file.py); fs is None
 
     def full(self, rel: str) -> str:
         return self.root if self.single else f"{self.root.rstrip('/')}/{rel}"
@@ -359,6 +363,14 @@ class UrlSource:
 
 def url_listing(req: Request) -> tuple[UrlSource, list[SourceFile]]:
     assert req.url is not None
+    if http_file.is_http(req.url):
+        name = http_file.file_name(req.url)
+        try:
+            size = http_file.probe(req.url)
+        except http_file.HttpFileError as e:
+            raise LoaderError(str(e)) from None
+        src = UrlSource(None, req.url, single=True, local=False, http=True)
+        return src, [SourceFile(name, size or 0)]
     from substratus.storage.backends import MissingDependency, backend_for, parse_url
 
     try:
@@ -400,6 +412,12 @@ def _copy_one(src: UrlSource, f: SourceFile, dest: Path) -> bool:
     if target.is_file() and target.stat().st_size == f.size:
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
+    if src.http:
+        try:
+            http_file.download(src.root, target, f.size or None)
+        except http_file.HttpFileError as e:
+            raise LoaderError(str(e)) from None
+        return True
     part = target.with_name(target.name + ".part")
     try:
         if src.local:

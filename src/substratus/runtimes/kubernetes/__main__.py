@@ -45,11 +45,12 @@ def main() -> int:
         kopf.operator(
             registry=registry(op),
             settings=settings(),
-            standalone=True,  # one replica acts (Recreate); no kopf peering objects needed
+            standalone=True,  # the Lease keeps one replica acting; no kopf peering objects
             clusterwide=not namespaces,
             namespaces=namespaces,
         )
     )
+    elector.release()  # kopf returns on SIGTERM, after its cleanup stopped the workers
     return 0
 
 

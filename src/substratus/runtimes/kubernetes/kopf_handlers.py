@@ -5,6 +5,8 @@ the objects (only event handlers are registered: no progress annotations, no kop
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -14,6 +16,7 @@ from substratus.runtimes.kubernetes import names
 from substratus.runtimes.kubernetes.operator import RUN_KINDS, Operator
 
 log = logging.getLogger("substratus.operator")
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 def registry(op: Operator) -> kopf.OperatorRegistry:
@@ -39,10 +42,10 @@ def registry(op: Operator) -> kopf.OperatorRegistry:
     on_child("Pod", "", "pods")
 
     @kopf.on.login(registry=reg)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    def login(settings: kopf.OperatorSettings, **kwargs: Any) -> kopf.ConnectionInfo | None:
         # A registry of our own has none of kopf's default handlers: in a pod its
         # ServiceAccount, elsewhere the kubeconfig (KUBECONFIG or ~/.kube/config).
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        return in_cluster(settings) or kopf.login_with_kubeconfig(settings=settings, **kwargs)
 
     @kopf.on.startup(registry=reg)
     def start(**_: Any) -> None:
@@ -54,6 +57,25 @@ def registry(op: Operator) -> kopf.OperatorRegistry:
         op.stop()
 
     return reg
+
+
+def in_cluster(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """The pod's ServiceAccount, at the API server that KUBERNETES_SERVICE_HOST/PORT name (as
+    client-go and lightkube find it; kopf's own handler asks DNS for kubernetes.default.svc,
+    which a pod on the host's network, or a cluster without DNS, cannot resolve)."""
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    if not host or not (SERVICE_ACCOUNT / "token").is_file():
+        return None
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    ca = SERVICE_ACCOUNT / "ca.crt"
+    namespace = SERVICE_ACCOUNT / "namespace"
+    return kopf.ConnectionInfo(
+        server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}",
+        ca_path=str(ca) if ca.is_file() else None,
+        token=(SERVICE_ACCOUNT / "token").read_text().strip() or None,
+        default_namespace=namespace.read_text().strip() if namespace.is_file() else None,
+        trust_env=settings.networking.trust_env,
+    )
 
 
 def settings() -> kopf.OperatorSettings:

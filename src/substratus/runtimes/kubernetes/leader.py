@@ -47,6 +47,7 @@ class LeaderElector:
         self.client = client
         self.namespace = namespace
         self.me = me or identity()
+        self._released = threading.Event()
 
     def _expired(self, lease: Any) -> bool:
         spec = lease.spec or LeaseSpec()
@@ -120,8 +121,7 @@ class LeaderElector:
 
         def renew() -> None:
             last = time.monotonic()
-            while True:
-                time.sleep(RENEW_EVERY_S)
+            while not self._released.wait(RENEW_EVERY_S):
                 try:
                     if self.try_acquire():
                         last = time.monotonic()
@@ -138,3 +138,18 @@ class LeaderElector:
         thread = threading.Thread(target=renew, name="lease", daemon=True)
         thread.start()
         return thread
+
+    def release(self) -> None:
+        """Give the Lease up on a clean stop (SIGTERM), so a waiting replica (the next pod of
+        a rolling update) leads at once instead of after the Lease expires."""
+        self._released.set()
+        try:
+            lease = self.client.get(Lease, LEASE_NAME, namespace=self.namespace)
+            if lease.spec is None or lease.spec.holderIdentity != self.me:
+                return
+            lease.spec.holderIdentity = None
+            lease.spec.renewTime = _now()
+            self.client.replace(lease)
+            log.info("released the lease %s/%s", self.namespace, LEASE_NAME)
+        except ApiError as e:  # taken meanwhile, or gone: nothing of ours to give up
+            log.info("did not release the lease: %s", e.status.message)

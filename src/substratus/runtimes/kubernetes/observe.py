@@ -112,9 +112,13 @@ class Observer:
         if image_error is None and name is not None:
             try:
                 workload_argv(obj, name, self.entrypoint(obj, name))
-                params_annotation(obj)
             except CannotRun as e:
                 image_error = str(e)
+        spec_error = None
+        try:
+            params_annotation(obj)
+        except CannotRun as e:
+            spec_error = str(e)
         return Observed(
             now=time.time(),
             deps=dependency_states(obj, self.cached),
@@ -123,6 +127,7 @@ class Observer:
             service=service,
             missing_secrets=tuple(missing_secrets(obj, self._secret)),
             image_error=image_error,
+            spec_error=spec_error,
         )
 
     def mounted_urls(self, namespace: str) -> set[str]:

@@ -77,7 +77,10 @@ class Operator:
         self._needed_by: dict[Key, set[Key]] = {}  # and back
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._credentials_applied: set[str] = set()  # namespaces (set.add is atomic)
+        # Done once, and again after each resync (in case someone deleted or changed them):
+        self._credentials_applied: set[str] = set()  # namespaces with the bucket's Secret
+        self._claims_made: set[Key] = set()  # Notebooks whose home claim exists
+        self._pruned: dict[Key, str] = {}  # object -> the version it was pruned to
         self.children = Children()  # Jobs, Deployments, Pods: the watch's, not listed
         self.observer = Observer(client, self.store, self._cached, cfg, self.children)
 
@@ -92,6 +95,8 @@ class Operator:
             old = self._objects.get(key)
             if deleted:
                 self._objects.pop(key, None)
+                self._claims_made.discard(key)  # a new object of this name starts afresh
+                self._pruned.pop(key, None)
             else:
                 self._objects[key] = body
             for dep in self._needs.pop(key, set()) - needs:
@@ -152,6 +157,8 @@ class Operator:
         while True:
             time.sleep(RESYNC_SECONDS)
             self._credentials_applied.clear()
+            self._claims_made.clear()
+            self._pruned.clear()
             with self._lock:
                 keys = list(self._objects)
             for key in keys:
@@ -211,10 +218,13 @@ class Operator:
         interrupted commit's leftovers) once its newest run has committed, as locally; a
         version that a workload still fetches stays until a later reconcile finds it unused."""
         ns = obj.metadata.namespace
-        object_url = self.store.object_url(ns, obj.PLURAL, obj.metadata.name)
         keep = keep_url.rstrip("/").rsplit("/", 1)[-1]
+        if self._pruned.get(obj.key) == keep:
+            return  # a Ready object's reconciles list nothing until the next resync
+        object_url = self.store.object_url(ns, obj.PLURAL, obj.metadata.name)
         if self.store.versions(object_url) == [keep]:
-            return  # the usual case: one listing, nothing more
+            self._pruned[obj.key] = keep  # the usual case: one listing, nothing more
+            return
         used = {
             url.rstrip("/").rsplit("/", 1)[-1]
             for url in self.observer.mounted_urls(ns)
@@ -222,6 +232,8 @@ class Operator:
         }
         self.store.retain_only(object_url, {keep, *used})
         log.info("%s/%s: pruned its artifacts to %s", ns, obj.metadata.name, sorted({keep, *used}))
+        if used <= {keep}:
+            self._pruned[obj.key] = keep
 
     def _write_status(self, kind: str, body: dict[str, Any], status: dict[str, Any]) -> None:
         self._patch(RESOURCES[kind].Status, body, {"status": status})
@@ -294,8 +306,9 @@ class Operator:
             self._start_job(obj, action, obs)
         elif isinstance(action, EnsureService):
             self._ensure_credentials(obj.metadata.namespace)
-            if isinstance(obj, Notebook):
+            if isinstance(obj, Notebook) and obj.key not in self._claims_made:
                 self._create(notebooks.home_claim(obj, self.cfg))
+                self._claims_made.add(obj.key)
             entrypoint = self.observer.entrypoint(obj, action.image)
             mounts = mount_sources(obs.deps)
             for child in services.service_children(obj, action, self.cfg, mounts, entrypoint):

@@ -38,6 +38,7 @@ Layout: ``params`` (the params), ``formats`` (telling a source's format), ``sour
 Only the functions that need them import pyarrow and datasets.
 """
 
+from substratus.workloads.contract import redact
 from substratus.workloads.dataset_loader.common import (
     BATCH_ROWS,
     LoaderError,
@@ -57,7 +58,7 @@ from substratus.workloads.dataset_loader.readers import (
     read_txt,
     rows_of,
 )
-from substratus.workloads.dataset_loader.sources import Opened, expand, redact
+from substratus.workloads.dataset_loader.sources import Opened, expand
 from substratus.workloads.dataset_loader.writers import (
     Columns,
     JsonlWriter,

@@ -13,22 +13,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from substratus.workloads.contract import ParamError
+from substratus.workloads.contract import ParamError, redact
 from substratus.workloads.dataset_loader.common import LoaderError
 from substratus.workloads.dataset_loader.formats import KNOWN, format_by_path
-
-
-def redact(url: str) -> str:
-    """A URL without its user:password part (it goes into logs and dataset.json)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 @dataclass
