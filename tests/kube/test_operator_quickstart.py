@@ -123,7 +123,9 @@ def test_the_quickstart_runs_on_the_cluster_and_the_tuned_model_answers_openai(
     from openai import OpenAI
 
     plane, ns = kube_node.plane, kube_namespace
+    t0 = time.monotonic()
     workloads = next(n for n in node_image(kube_node, "base") if n.endswith(":latest"))
+    print(f"the base image: built (if needed) and loaded in {time.monotonic() - t0:.0f}s")
     settings = node_settings(
         node_bucket, operator_image, SUBSTRATUS_IMAGES=json.dumps(dict.fromkeys(BUILTIN, workloads))
     )
@@ -131,6 +133,7 @@ def test_the_quickstart_runs_on_the_cluster_and_the_tuned_model_answers_openai(
     manifests.mkdir()
     render(manifests, inputs)
     cluster = ["--kubeconfig", str(plane.kubeconfig), "--context", "substratus-test", "-n", ns]
+    (tmp_path / "operator").mkdir()
     with running_operator(plane, tmp_path / "operator", settings) as operator:
         applied = sub("apply", "-f", str(manifests), *cluster, "--wait", "--timeout", "20m")
         assert applied.returncode == 0, (
