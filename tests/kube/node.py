@@ -3,9 +3,11 @@
 :class:`RealNode` joins a :class:`~tests.kube.cluster.ControlPlane` and runs real containers from
 images made locally (``hack/node.sh``: the pause and toolbox images; ``hack/images.sh``: ours).
 Everything lives under a private state directory (``$TMPDIR/substratus-node-<pid>-*``): the
-kubelet's root and certificates, containerd's root, state and sockets, the CNI configuration
-(:mod:`tests.kube.nodeconfig`) and address leases, logs. One node per machine at a time (a lock
-file), since the kubelet and kube-proxy also change the host (see :mod:`tests.kube.hoststate`).
+kubelet's root and certificates, containerd's state and sockets, the CNI configuration
+(:mod:`tests.kube.nodeconfig`) and address leases, logs; but containerd's root, the imported
+images, is kept in the node cache between sessions (:mod:`tests.kube.imagestore`). One node
+per machine at a time (a lock file), since the kubelet and kube-proxy also change the host
+(see :mod:`tests.kube.hoststate`).
 
 Teardown is one code path, :func:`tests.kube.reaper.teardown`, run by a small reaper process that
 outlives the test process: :meth:`RealNode.stop` closes a pipe and waits for it; when the test
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from tests.kube import hoststate, nodeconfig, reaper
+from tests.kube import hoststate, imagestore, nodeconfig, reaper
 from tests.kube.cluster import (
     REPO,
     ControlPlane,
@@ -126,6 +128,14 @@ def host_ip() -> str | None:
     return None if ip.startswith("127.") else ip
 
 
+def _normalized(name: str) -> str:
+    """A docker reference as containerd writes it (docker.io/library/ for bare names)."""
+    first = name.split("/", 1)[0]
+    if "/" in name and ("." in first or ":" in first or first == "localhost"):
+        return name
+    return f"docker.io/{name}" if "/" in name else f"docker.io/library/{name}"
+
+
 def node_cache() -> Path:
     """Where ``hack/node.sh`` puts containerd and the node's images (same rule as the script)."""
     root = os.environ.get("SUBSTRATUS_NODE_CACHE")
@@ -205,6 +215,7 @@ class RealNode:
         self.name = NODE_NAME
         self.ip = ""
         self.state = Path()
+        self.store = node_cache() / "containerd-root"  # containerd's root: kept (imagestore)
         self.parts: NodeParts | None = None
         self.procs: list[Proc] = []
         self.startup_s = 0.0
@@ -286,24 +297,39 @@ class RealNode:
         return r
 
     def load_image(self, archive: Path) -> list[str]:
-        """Import an OCI or docker archive into the node's containerd; return the image names."""
-        before = set(self.images())
-        self.ctr("images", "import", str(archive))
-        return sorted(set(self.images()) - before) or self.images_in(archive)
+        """Import an OCI or docker archive into the node's containerd, unless an earlier
+        session did (the store outlives sessions: :mod:`tests.kube.imagestore`); return the
+        image names."""
+        done = imagestore.already_imported(self.store, archive, self.ctr)
+        if done is not None:
+            return done
+        before = imagestore.digests(self.ctr)
+        self.ctr("images", "import", str(archive), timeout=900)
+        after = imagestore.digests(self.ctr)
+        names = sorted(n for n, d in after.items() if before.get(n) != d)
+        names = names or self.images_in(archive)
+        imagestore.record(self.store, archive, names, self.ctr)
+        return names
 
     def images(self) -> list[str]:
         return self.ctr("images", "list", "-q").stdout.split()
 
     @staticmethod
     def images_in(archive: Path) -> list[str]:
-        """The names in an OCI archive's index (hack/ociarchive.py's)."""
+        """The names in an OCI archive's index (hack/ociarchive.py's) or a docker archive's
+        manifest (hack/images.sh's), as containerd names them."""
         with tarfile.open(archive) as tar:
-            member = tar.extractfile("index.json")
-            index = json.load(member) if member else {}
-        return [
-            m.get("annotations", {}).get("io.containerd.image.name", "")
-            for m in index.get("manifests", [])
-        ]
+            names = tar.getnames()
+            if "index.json" in names:
+                member = tar.extractfile("index.json")
+                index = json.load(member) if member else {}
+                return [
+                    m.get("annotations", {}).get("io.containerd.image.name", "")
+                    for m in index.get("manifests", [])
+                ]
+            member = tar.extractfile("manifest.json")
+            manifest = json.load(member) if member else []
+        return sorted(_normalized(tag) for m in manifest for tag in m.get("RepoTags") or [])
 
     def add_volumes(self, storage_class: str, count: int, size: str = "1Gi") -> None:
         """A StorageClass with ``count`` static hostPath volumes in the node's directory (no
@@ -405,7 +431,7 @@ class RealNode:
         pause = RealNode.images_in(self.parts.images[0])[0]
         (d / "config.toml").write_text(
             nodeconfig.containerd_config(
-                self.state, pause, self.parts.runc, self.parts.cni_bin, hosts
+                self.state, self.store, pause, self.parts.runc, self.parts.cni_bin, hosts
             )
         )
         env = dict(os.environ, PATH=f"{self.parts.containerd_bin}:{os.environ.get('PATH', '')}")
@@ -415,6 +441,7 @@ class RealNode:
             env=env,
         )
         self._wait("containerd", lambda: self.ctr("version", timeout=5) and True, 30, proc)
+        imagestore.forget_containers(self.ctr)
 
     def _start_kubelet(self, timeout: float) -> None:
         assert self.parts is not None and self.plane.pki is not None

@@ -42,11 +42,14 @@ def registry_hosts(registry: str) -> str:
     )
 
 
-def containerd_config(state: Path, pause: str, runc: Path, cni_bin: Path, hosts: Path) -> str:
-    """containerd 1.6's configuration (version 2): every directory and socket private."""
+def containerd_config(
+    state: Path, root: Path, pause: str, runc: Path, cni_bin: Path, hosts: Path
+) -> str:
+    """containerd 1.6's configuration (version 2): every directory and socket private; its
+    ``root`` (images) outlives the session (tests/kube/imagestore.py)."""
     d = state / "containerd"
     return f"""version = 2
-root = "{d / "root"}"
+root = "{root}"
 state = "{d / "state"}"
 oom_score = 0
 [grpc]
