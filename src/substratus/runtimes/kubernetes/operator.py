@@ -39,7 +39,7 @@ from substratus.core.retry import RetryPolicy
 from substratus.core.workqueue import WorkQueue
 from substratus.core.world import mount_sources
 from substratus.runtimes.kubernetes import jobs, names, notebooks, services
-from substratus.runtimes.kubernetes.children import Children
+from substratus.runtimes.kubernetes.children import Children, slim
 from substratus.runtimes.kubernetes.config import OperatorConfig
 from substratus.runtimes.kubernetes.observe import Observer, as_dict
 from substratus.runtimes.kubernetes.pods import CREDENTIALS_SECRET
@@ -87,7 +87,7 @@ class Operator:
     # -- events ---------------------------------------------------------------------------
 
     def object_event(self, kind: str, event_type: str, body: dict[str, Any]) -> None:
-        body = {**body, "kind": kind}
+        body = {**slim(body), "kind": kind}
         key = _key(body)
         deleted = event_type == "DELETED"
         needs = set() if deleted else self._dependencies(body)
@@ -265,7 +265,7 @@ class Operator:
                 raise
             self.queue.add(_key(body), 0.2)
             return None
-        new = {**as_dict(written), "kind": body["kind"]}
+        new = {**slim(as_dict(written)), "kind": body["kind"]}
         key = _key(body)
         with self._lock:
             now = self._objects.get(key)
