@@ -7,6 +7,7 @@ cache), prune, delete; plus signed uploads, uncommitted versions and tampered ob
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from substratus.storage import (
     MANIFEST_NAME,
     ArtifactStore,
     StorageError,
+    file_md5,
+    signed,
     upload_to_signed_url,
 )
 from substratus.storage.backends import backend_for, parse_url
@@ -199,6 +202,68 @@ def test_signed_upload(backend: Backend, tmp_path: Path) -> None:
     assert other != signed
     headers = {"x-ms-blob-type": "BlockBlob"}  # Azure checks headers before signatures
     assert httpx.put(other, content=b"x", headers=headers).status_code == 403
+
+
+def test_signed_upload_bound_to_its_md5(backend: Backend, tmp_path: Path) -> None:
+    """The URL a client gets for a context with md5 M accepts that context and nothing else:
+    S3 and GCS sign Content-MD5 into the URL, and a server refuses a body whose md5 is not
+    the header's (Azure cannot bind it: the build checks the stored tarball again)."""
+    store = backend.store
+    src = tmp_path / "ctx.tar.gz"
+    src.write_bytes(os.urandom(300_000))
+    md5 = file_md5(src)
+    url = store.object_url("default", "models", "m") + f"{md5}.tar.gz"
+    signed = store.signed_upload_url(url, expires_s=600, md5=md5)
+    other = tmp_path / "other.tar.gz"
+    other.write_bytes(os.urandom(300_000))
+    if backend.scheme != "gs":  # fake-gcs-server checks neither signatures nor md5
+        # Another file under the URL's md5 header: the body does not match it.
+        with pytest.raises(StorageError, match="HTTP 400"):
+            upload_to_signed_url(signed, other, md5=md5)
+    if backend.scheme == "s3":
+        # Another md5 header than the one signed: the signature does not match.
+        with pytest.raises(StorageError, match="HTTP 403"):
+            upload_to_signed_url(signed, other, md5=file_md5(other))
+    sent: list[int] = []
+    upload_to_signed_url(signed, src, md5=md5, progress=sent.append)
+    assert sum(sent) == src.stat().st_size
+    out = tmp_path / "back"
+    store.get_file(url, out)
+    assert file_md5(out) == md5
+
+
+def test_expired_signed_url_is_refused(backend: Backend, tmp_path: Path) -> None:
+    if backend.scheme == "gs":
+        pytest.skip("fake-gcs-server does not check signatures or their expiry; GCS does")
+    src = tmp_path / "ctx.tar.gz"
+    src.write_bytes(b"context")
+    url = backend.store.object_url("default", "models", "m") + "late.tar.gz"
+    signed = backend.store.signed_upload_url(url, expires_s=1, md5=file_md5(src))
+    time.sleep(2.5)
+    with pytest.raises(StorageError, match="HTTP 403"):
+        upload_to_signed_url(signed, src, md5=file_md5(src))
+    assert not backend.store.exists(url)
+
+
+def test_azure_large_context_goes_up_in_blocks(
+    azurite_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for key, value in azurite_server.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(signed, "AZURE_BLOCK_BYTES", 256 * 1024)
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    azurite_server.create_bucket(bucket)
+    store = ArtifactStore(f"az://{bucket}/substratus")
+    src = tmp_path / "ctx.tar.gz"
+    src.write_bytes(os.urandom(5 * 256 * 1024 + 123))  # six blocks, the last one short
+    md5 = file_md5(src)
+    url = store.object_url("default", "models", "m") + f"{md5}.tar.gz"
+    sent: list[int] = []
+    upload_to_signed_url(store.signed_upload_url(url, 600, md5), src, md5=md5, progress=sent.append)
+    assert len(sent) == 6 and sum(sent) == src.stat().st_size
+    out = tmp_path / "back"
+    store.get_file(url, out)
+    assert file_md5(out) == md5
 
 
 def test_missing_bucket_is_a_clear_error(backend: Backend, artifacts: Path) -> None:

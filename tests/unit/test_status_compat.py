@@ -78,6 +78,7 @@ def test_stored_md5_once_the_build_verified_the_upload() -> None:
     assert built.status.model_dump(by_alias=True)["buildUpload"] == {
         "signedURL": "u",
         "requestID": "r1",
+        "expiration": None,  # a local path never expires
         "storedMD5Checksum": MD5,
     }
 

@@ -67,7 +67,8 @@ def test_mount_sources_map_either_spelling_to_model_and_data() -> None:
 def test_names() -> None:
     assert artifact_version(3, 2, 17) == "g3-a2-17"
     upload = UploadSource(md5="d41d8cd98f00b204e9800998ecf8427e", requestId="r1")
-    assert upload_file_name(upload) == "r1-d41d8cd98f00b204e9800998ecf8427e.tar.gz"
+    assert upload_file_name(upload) == "d41d8cd98f00b204e9800998ecf8427e.tar.gz"
+    assert upload_file_name(UploadSource(requestId="r1")) == "request-r1.tar.gz"
     assert retains_artifacts({"substratus.ai/retain-artifacts": "True"})
     assert not retains_artifacts({"substratus.ai/retain-artifacts": "no"})
     assert retains_artifacts(None, requested=True)

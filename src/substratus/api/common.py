@@ -111,7 +111,8 @@ class UploadSource(Strict):
     request_id: str | None = Field(
         None,
         alias="requestId",
-        description="Identifies one upload; a new one triggers a rebuild.",
+        description="Identifies one upload request: a new one gets a fresh uploadUrl and "
+        "retries a failed build (an image built from the same md5 is reused).",
         json_schema_extra={"pattern": REQUEST_ID_RE.pattern},
     )
 

@@ -105,6 +105,9 @@ class BuildUploadStatus(BaseModel):
         alias="requestID",
         description="The spec's upload requestId this URL is for; check it before uploading.",
     )
+    expiration: str | None = Field(
+        None, description="Same as status.uploadUrlExpiration: when the URL stops working."
+    )
     stored_md5_checksum: str | None = Field(
         None,
         alias="storedMD5Checksum",
@@ -130,7 +133,16 @@ class CommonStatus(BaseModel):
     )
     image: str | None = Field(None, description="Image built from spec.image's source.")
     upload_url: str | None = Field(
-        None, alias="uploadUrl", description="Signed URL the client uploads its build context to."
+        None,
+        alias="uploadUrl",
+        description="Signed URL the client PUTs its build context to, with the spec's md5 as "
+        "Content-MD5.",
+    )
+    upload_url_expiration: str | None = Field(
+        None,
+        alias="uploadUrlExpiration",
+        description="When uploadUrl stops working (RFC 3339); a new spec.image.upload.requestId "
+        "asks for a fresh URL sooner.",
     )
     build_upload: BuildUploadStatus | None = Field(
         None,

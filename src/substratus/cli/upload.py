@@ -9,6 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from substratus.cli.manifests import Document
 from substratus.cli.waiting import WaitTimeout
@@ -55,11 +63,32 @@ def prepare_upload(doc: Document, upload_dir: str | None) -> Path | None:
     return tarball
 
 
+def _upload_with_bar(url: str, tarball: Path, md5: str | None, console: Console) -> None:
+    size = tarball.stat().st_size
+    columns = (
+        TextColumn("uploading build context"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("upload", total=size)
+        upload_to_signed_url(url, tarball, md5=md5, progress=lambda n: bar.advance(task, n))
+    console.print(f"uploaded build context ({size / 1e6:.1f} MB)")
+
+
 def finish_upload(client: Client, obj: dict[str, Any], tarball: Path, console: Console) -> None:
-    """Upload ``tarball`` once the control plane has published ``status.uploadUrl``."""
+    """Upload ``tarball`` once the control plane has published ``status.uploadUrl`` for this
+    request; nothing when it holds a context with the same md5 already."""
     kind, meta = obj["kind"], obj["metadata"]
+    section = _upload_section(obj.get("spec") or {})
+    assert section is not None
+    parent, _, md5_key, id_key = section
+    md5, request_id = parent["upload"].get(md5_key), parent["upload"].get(id_key)
     deadline = time.monotonic() + SIGN_TIMEOUT
     with console.status(f"{kind.lower()}/{meta['name']}: waiting for an upload URL"):
+        url = None
         for event in client.watch(kind, meta["namespace"], meta["name"], timeout=SIGN_TIMEOUT):
             if event["type"] == "BOOKMARK":
                 if time.monotonic() > deadline:
@@ -74,9 +103,12 @@ def finish_upload(client: Client, obj: dict[str, Any], tarball: Path, console: C
             )
             if ready.get("reason") != "AwaitingUpload":
                 return  # this context was uploaded before: nothing to send
-            if status.get("uploadUrl"):
-                size = tarball.stat().st_size
-                console.print(f"uploading build context ({size / 1e6:.1f} MB)")
-                upload_to_signed_url(status["uploadUrl"], tarball)
-                return
-    raise WaitTimeout(f"{kind.lower()}/{meta['name']}: no status.uploadUrl after {SIGN_TIMEOUT}s")
+            granted = status.get("buildUpload") or {}
+            if status.get("uploadUrl") and granted.get("requestID") == request_id:
+                url = status["uploadUrl"]
+                break
+    if url is None:
+        raise WaitTimeout(
+            f"{kind.lower()}/{meta['name']}: no status.uploadUrl after {SIGN_TIMEOUT}s"
+        )
+    _upload_with_bar(url, tarball, md5, console)

@@ -17,10 +17,11 @@ def artifact_version(generation: int, attempt: int, run: int | str) -> str:
 
 
 def upload_file_name(upload: UploadSource) -> str:
-    """The uploaded context's object name, keyed by request and content: a reused requestId
-    with new contents is a new upload."""
-    ident = "-".join(p for p in (upload.request_id or "pending", upload.md5) if p)
-    return f"{ident}.tar.gz"
+    """The uploaded context's object name: its md5 (content-addressed, so a context stored
+    once is not uploaded again under a new requestId), else the request's id."""
+    if upload.md5:
+        return f"{upload.md5}.tar.gz"
+    return f"request-{upload.request_id or 'pending'}.tar.gz"
 
 
 def retains_artifacts(annotations: Mapping[str, str] | None, requested: bool = False) -> bool:

@@ -33,6 +33,7 @@ class BuildState:
 @dataclass(frozen=True)
 class UploadState:
     url: str | None = None  # where the client should upload (signed URL)
+    expires_at: float | None = None  # when url stops working (None: never, e.g. file://)
     received: bool = False  # the tarball for the spec's requestId has arrived
 
 

@@ -30,6 +30,7 @@ from substratus.core.graph import dependencies
 from substratus.core.observed import JobState, Observed, Phase, ServiceState
 from substratus.core.retry import RetryPolicy
 from substratus.core.sizes import human_size
+from substratus.core.uploads import iso
 
 LOG_TAIL_CHARS = 2000
 UPLOAD_POLL_SECONDS = 1.0
@@ -90,7 +91,8 @@ def _original_fields(
     if isinstance(status, ArtifactStatus):
         status.artifacts = ArtifactsStatus(url=status.url) if status.url else None
     if upload is None:
-        status.upload_url = status.build_upload = None  # a URL for a source no longer asked for
+        # A URL for a source no longer asked for.
+        status.upload_url = status.upload_url_expiration = status.build_upload = None
     elif published:
         # requestID names the request this URL was made for, so a client never sends one
         # request's tarball to another's URL; a path that did not publish (a suspended
@@ -99,6 +101,7 @@ def _original_fields(
             BuildUploadStatus(
                 signed_url=status.upload_url,
                 request_id=upload.request_id,
+                expiration=status.upload_url_expiration,
                 stored_md5_checksum=stored_md5,
             )
             if status.upload_url
@@ -127,6 +130,8 @@ def decide(
         upload = obj.spec.image.upload
         if upload is not None:
             s.status.upload_url = obs.upload.url
+            expires = obs.upload.expires_at
+            s.status.upload_url_expiration = iso(expires) if expires is not None else None
             s.published = True
             if not upload.request_id or not obs.upload.received:
                 s.cond(C.BUILT, False, "AwaitingUpload", "upload the build context to uploadUrl")

@@ -18,6 +18,7 @@ from substratus.storage.manifest import (
     Manifest,
     build_manifest,
 )
+from substratus.storage.signed import file_md5, md5_base64
 from substratus.storage.store import (
     ArtifactStore,
     Committed,
@@ -38,7 +39,9 @@ __all__ = [
     "Progress",
     "StorageError",
     "build_manifest",
+    "file_md5",
     "human_size",
+    "md5_base64",
     "pack_context",
     "unpack_context",
     "upload_to_signed_url",

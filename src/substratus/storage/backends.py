@@ -123,8 +123,9 @@ class Backend:
         """An ``fsspec.AbstractFileSystem`` configured from the environment."""
         raise NotImplementedError
 
-    def signed_put_url(self, path: str, expires_s: int) -> str:
-        """An HTTP(S) URL that accepts one ``PUT`` of the object at ``path``."""
+    def signed_put_url(self, path: str, expires_s: int, content_md5: str | None = None) -> str:
+        """An HTTP(S) URL that accepts one ``PUT`` of the object at ``path``; with
+        ``content_md5`` (base64), only of a body with that md5 where the scheme can bind it."""
         raise NotImplementedError
 
 
@@ -136,7 +137,7 @@ class LocalBackend(Backend):
 
         return LocalFileSystem()
 
-    def signed_put_url(self, path: str, expires_s: int) -> str:
+    def signed_put_url(self, path: str, expires_s: int, content_md5: str | None = None) -> str:
         return f"file://{path}"
 
 
@@ -185,7 +186,7 @@ class S3Backend(Backend):
             use_listings_cache=False,
         )
 
-    def signed_put_url(self, path: str, expires_s: int) -> str:
+    def signed_put_url(self, path: str, expires_s: int, content_md5: str | None = None) -> str:
         # botocore comes with s3fs (through aiobotocore): no need for boto3.
         session_mod = _import("botocore.session", self.extra, self.scheme)
         config_mod = _import("botocore.config", self.extra, self.scheme)
@@ -196,9 +197,10 @@ class S3Backend(Backend):
             region_name=self.region() or "us-east-1",
             config=config_mod.Config(**self._config()),
         )
-        url: str = client.generate_presigned_url(
-            "put_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_s
-        )
+        params = {"Bucket": bucket, "Key": key}
+        if content_md5:
+            params["ContentMD5"] = content_md5  # a signed header: any other md5 is refused
+        url: str = client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_s)
         return url
 
 
@@ -233,7 +235,7 @@ class GCSBackend(Backend):
             kwargs["token"] = "anon"
         return cls(**kwargs)
 
-    def signed_put_url(self, path: str, expires_s: int) -> str:
+    def signed_put_url(self, path: str, expires_s: int, content_md5: str | None = None) -> str:
         auth = _import("google.auth", self.extra, self.scheme)
         storage = _import("google.cloud.storage", self.extra, self.scheme)
         auth_credentials = _import("google.auth.credentials", self.extra, self.scheme)
@@ -258,6 +260,7 @@ class GCSBackend(Backend):
                 expiration=timedelta(seconds=expires_s),
                 credentials=credentials,
                 api_access_endpoint=self.emulator() or None,
+                content_md5=content_md5,
                 **extra,
             )
         )
@@ -293,7 +296,9 @@ class AzureBackend(Backend):
             )
         return adlfs.AzureBlobFileSystem(**settings, use_listings_cache=False)
 
-    def signed_put_url(self, path: str, expires_s: int) -> str:
+    def signed_put_url(self, path: str, expires_s: int, content_md5: str | None = None) -> str:
+        # A SAS cannot bind an md5: the client's Content-MD5 is checked by the service, and
+        # the build checks the stored tarball again.
         blob_mod = _import("azure.storage.blob", self.extra, self.scheme)
         container, _, blob = path.partition("/")
         settings = self.settings()

@@ -24,8 +24,9 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
+from substratus.storage import signed
 from substratus.storage.backends import Location, backend_for, parse_url
 from substratus.storage.manifest import (
     CHUNK,
@@ -481,14 +482,16 @@ class ArtifactStore:
 
     # -- single files and signed URLs -------------------------------------------------------
 
-    def signed_upload_url(self, url: str, expires_s: int = 3600) -> str:
+    def signed_upload_url(self, url: str, expires_s: int = 3600, md5: str | None = None) -> str:
         """A URL that accepts one HTTP ``PUT`` of the object at ``url`` (for ``file://``, the
-        URL itself; see :func:`upload_to_signed_url`)."""
+        URL itself; see :func:`upload_to_signed_url`), bound to ``md5`` (hex) where the
+        scheme allows."""
         loc = self._parse(url)
         if loc.is_local:
             return loc.url
+        content_md5 = signed.md5_base64(md5) if md5 else None
         with _errors("sign an upload URL for", url):
-            return backend_for(loc).signed_put_url(loc.path, expires_s)
+            return backend_for(loc).signed_put_url(loc.path, expires_s, content_md5)
 
     def put_file(self, local: Path, url: str) -> None:
         loc = self._parse(url)
@@ -520,46 +523,32 @@ class ArtifactStore:
             return bool(self._fs(loc).exists(loc.path))
 
 
-def _redact(url: str) -> str:
-    """A URL without its query (signed URLs carry credentials there)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
-
-
-def upload_to_signed_url(signed_url: str, path: Path) -> None:
+def upload_to_signed_url(
+    signed_url: str,
+    path: Path,
+    *,
+    md5: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """Upload one file to a URL from :meth:`ArtifactStore.signed_upload_url`.
 
-    ``file://``: an atomic copy (temp file and rename). ``http(s)://``: a streamed ``PUT``.
+    ``file://``: an atomic copy (temp file and rename). ``http(s)://``: a streamed ``PUT``
+    with ``md5`` (hex) as ``Content-MD5`` (:mod:`substratus.storage.signed`).
     """
     path = Path(path)
     if not path.is_file():
         raise StorageError(f"cannot upload {path}: not a file")
-    parts = urlsplit(signed_url)
-    if parts.scheme == "file":
+    if urlsplit(signed_url).scheme == "file":
         try:
             dest = parse_url(signed_url)
         except ValueError as e:
             raise StorageError(str(e)) from None
         with _errors("upload to", signed_url):
             _atomic_copy(path, Path(dest.path))
+        if progress is not None:
+            progress(path.stat().st_size)
         return
-    if parts.scheme not in ("http", "https"):
-        raise StorageError(f"cannot upload to {_redact(signed_url)}: not an http(s) or file URL")
-    import httpx
-
-    headers = {"Content-Type": "application/octet-stream"}
-    query = parse_qs(parts.query)
-    if "sig" in query and "sv" in query:  # an Azure SAS: Put Blob needs the blob type
-        headers["x-ms-blob-type"] = "BlockBlob"
-    timeout = httpx.Timeout(60.0, connect=30.0)
     try:
-        with open(path, "rb") as f:
-            # A real file: httpx sends its length (S3 refuses chunked uploads) and streams it.
-            response = httpx.put(signed_url, content=f, headers=headers, timeout=timeout)
-    except httpx.HTTPError as e:
-        raise StorageError(f"cannot upload {path} to {_redact(signed_url)}: {e}") from e
-    if response.status_code >= 300:
-        raise StorageError(
-            f"cannot upload {path} to {_redact(signed_url)}: HTTP {response.status_code}: "
-            f"{response.text[:500]}"
-        )
+        signed.upload_to_signed_url(signed_url, path, md5=md5, progress=progress)
+    except (signed.SignedUploadError, OSError) as e:
+        raise StorageError(str(e)) from e

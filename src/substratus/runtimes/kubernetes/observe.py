@@ -6,6 +6,7 @@ failed container's log tail; from the bucket, a finished run's manifest."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -22,8 +23,10 @@ from substratus.core.observed import (
     Observed,
     Phase,
     ServiceState,
+    UploadState,
 )
 from substratus.core.reconcile import build_source
+from substratus.core.uploads import observe_upload
 from substratus.core.world import dependency_states, missing_secrets
 from substratus.runtimes.kubernetes import jobs, names, notebooks, services
 from substratus.runtimes.kubernetes.children import Children
@@ -41,6 +44,7 @@ from substratus.runtimes.kubernetes.pods import (
 from substratus.storage import ArtifactStore, StorageError
 
 LOG_TAIL_LINES = 40
+log = logging.getLogger("substratus.operator")
 
 
 def as_dict(resource: Any) -> dict[str, Any]:
@@ -90,6 +94,21 @@ class Observer:
         data = self._secret(obj.metadata.namespace, notebooks.token_secret_name(obj))
         return notebooks.secret_token(data)
 
+    def upload_state(self, obj: Resource) -> UploadState:
+        """A bucket sends no event when an upload lands: ``decide`` asks to be called again
+        soon while it waits."""
+
+        def exists(url: str) -> bool:
+            try:
+                return self.store.exists(url)
+            except StorageError as e:
+                log.warning("%s: %s", obj.key, e)
+                return False
+
+        local = self.store.local_path(self.cfg.artifact_url) is not None  # a test's file://
+        sign = None if local else self.store.signed_upload_url
+        return observe_upload(obj, self.cfg.artifact_url, exists, sign, time.time())
+
     def observe(self, obj: Resource) -> Observed:
         source = build_source(obj)
         build = BuildState()
@@ -128,6 +147,7 @@ class Observer:
             missing_secrets=tuple(missing_secrets(obj, self._secret)),
             image_error=image_error,
             spec_error=spec_error,
+            upload=self.upload_state(obj),
         )
 
     def mounted_urls(self, namespace: str) -> set[str]:

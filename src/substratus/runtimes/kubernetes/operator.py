@@ -71,6 +71,7 @@ class Operator:
         self.cfg = cfg
         self.policy = policy or RetryPolicy()
         self.store = ArtifactStore(cfg.artifact_url)
+        self.uploads = ArtifactStore(cfg.artifact_url + "/.uploads")
         self.queue: WorkQueue[Key] = WorkQueue()
         self._objects: dict[Key, dict[str, Any]] = {}  # our objects, as the watch last saw them
         self._needs: dict[Key, set[Key]] = {}  # object -> the objects it references
@@ -288,9 +289,11 @@ class Operator:
         finalizers = meta.get("finalizers") or []
         if FINALIZER not in finalizers:
             return
+        plural = KINDS[kind].PLURAL
         if not retains_artifacts(meta.get("annotations")):
-            url = self.store.object_url(meta["namespace"], KINDS[kind].PLURAL, meta["name"])
-            self.store.delete(url)
+            self.store.delete(self.store.object_url(meta["namespace"], plural, meta["name"]))
+        # Uploaded build contexts are inputs, not artifacts: they go either way.
+        self.uploads.delete(self.uploads.object_url(meta["namespace"], plural, meta["name"]))
         self._patch_meta(kind, body, {"finalizers": [f for f in finalizers if f != FINALIZER]})
 
     # -- observe --------------------------------------------------------------------------

@@ -13,10 +13,10 @@ from substratus.runtimes.local.builds import (
     BuildFailed,
     build_from_git,
     build_from_upload,
-    file_md5,
 )
 from substratus.runtimes.local.db import Run
 from substratus.runtimes.local.engines import EngineError
+from substratus.storage import file_md5
 
 if TYPE_CHECKING:
     from substratus.runtimes.local.runner import Runner

@@ -36,7 +36,7 @@ from typing import Literal, TextIO
 
 from substratus.api.common import GitSource
 from substratus.runtimes.local.engines import BuildFailed, Engine, stream_command
-from substratus.storage import unpack_context
+from substratus.storage import file_md5, unpack_context
 
 __all__ = [
     "BuildFailed",
@@ -44,7 +44,6 @@ __all__ = [
     "build_dir",
     "build_from_git",
     "build_from_upload",
-    "file_md5",
 ]
 
 LOCAL_REGISTRY = "substratus.local"
@@ -284,14 +283,6 @@ def build_from_git(
 
 
 # --- upload ----------------------------------------------------------------------------------
-
-
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_from_upload(

@@ -16,7 +16,6 @@ from substratus.api.loading import parse_object
 from substratus.core.actions import Action, EnsureService, StartBuild, StartJob, StopWorkload
 from substratus.core.graph import Key, dependents
 from substratus.core.images import builtin_module
-from substratus.core.naming import upload_file_name
 from substratus.core.observed import (
     Artifacts,
     BuildState,
@@ -28,6 +27,7 @@ from substratus.core.observed import (
 )
 from substratus.core.reconcile import decide
 from substratus.core.retry import RetryPolicy
+from substratus.core.uploads import context_url, observe_upload
 from substratus.core.world import dependency_states, missing_secrets
 from substratus.runtimes.local import processes
 from substratus.runtimes.local.db import Run, StateDB
@@ -197,16 +197,13 @@ class Controller:
         upload = obj.spec.image.upload
         if upload is None:
             return None
-        base = self.uploads.object_url(obj.metadata.namespace, obj.PLURAL, obj.metadata.name)
-        return base + upload_file_name(upload)
+        meta = obj.metadata
+        return context_url(self.store.base_url, meta.namespace, obj.PLURAL, meta.name, upload)
 
     def _upload_state(self, obj: Resource) -> UploadState:
-        url = self.upload_url(obj)
-        if url is None:
-            return UploadState()
-        upload = obj.spec.image.upload
-        received = bool(upload and upload.request_id) and self.uploads.exists(url)
-        return UploadState(url=self.uploads.signed_upload_url(url), received=received)
+        local = self.store.local_path(self.store.base_url) is not None  # a path: not signed
+        sign = None if local else self.uploads.signed_upload_url
+        return observe_upload(obj, self.store.base_url, self.uploads.exists, sign, time.time())
 
     def _job_state(self, obj: Resource) -> JobState | None:
         run = self._latest(obj, "job")
