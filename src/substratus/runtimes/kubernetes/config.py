@@ -28,6 +28,7 @@ import yaml
 from substratus.core.images import BUILTIN_IMAGES, ORIGINAL_IMAGES, image_repository
 
 CLOUDS = ("generic", "gke", "eks", "aks")
+DEFAULT_BUILD_IMAGE = "docker.io/moby/buildkit:v0.34.2-rootless"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 CREDENTIAL_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCSFS_")
 CREDENTIAL_NAMES = ("STORAGE_EMULATOR_HOST",)
@@ -60,6 +61,23 @@ class OperatorConfig:
     notebook_home_size: str = "10Gi"
     # Copied into each workload namespace's credentials Secret (see the module docstring).
     credentials: Mapping[str, str] = field(default_factory=dict)
+    # Image builds (image.git, image.upload): where built images are pushed (host[:port][/path];
+    # empty: builds fail, saying so), the rootless BuildKit image a build Job runs, how long a
+    # build may take, and a docker config.json with the registry's credentials (copied into
+    # each namespace that builds as the Secret builds push with and pods pull with).
+    registry: str = ""
+    build_image: str = DEFAULT_BUILD_IMAGE
+    build_timeout_seconds: int = 3600
+    registry_auth: str = ""  # the config.json's text
+
+    @property
+    def registry_host(self) -> str:
+        return self.registry.split("/", 1)[0]
+
+    @property
+    def registry_insecure(self) -> bool:
+        """Plain HTTP to the registry (a test's or a dev cluster's)."""
+        return self.registry_host in self.insecure_registries
 
     def image(self, name: str) -> str:
         """The image a pod runs for ``spec.image.name``: built-in names map to the configured
@@ -145,6 +163,23 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
             f"SUBSTRATUS_IMAGE_PULL_POLICY: {policy!r} is not one of {', '.join(PULL_POLICIES)}"
         )
     namespaces = _words(_setting(env, file, "namespaces"))
+    registry = str(_setting(env, file, "registry") or "").strip().rstrip("/")
+    if registry and (registry.startswith(("http://", "https://")) or registry != registry.lower()):
+        raise ConfigError(
+            f"SUBSTRATUS_REGISTRY: {registry!r}: write host[:port][/path], in lower case, "
+            "without a scheme (plain HTTP registries go in SUBSTRATUS_INSECURE_REGISTRIES)"
+        )
+    auth_path = str(_setting(env, file, "registry_auth_file") or "")
+    registry_auth = ""
+    if auth_path:
+        try:
+            registry_auth = Path(auth_path).read_text()
+            json.loads(registry_auth)
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"SUBSTRATUS_REGISTRY_AUTH_FILE: {auth_path}: not a readable docker "
+                f"config.json ({e})"
+            ) from None
     return OperatorConfig(
         artifact_url=artifact_url.rstrip("/"),
         helper_image=str(_setting(env, file, "helper_image")),
@@ -159,6 +194,10 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         lease_namespace=str(_setting(env, file, "lease_namespace") or "substratus-system"),
         notebook_storage_class=str(_setting(env, file, "notebook_storage_class") or ""),
         notebook_home_size=_quantity(env, file, "notebook_home_size", "10Gi"),
+        registry=registry,
+        build_image=str(_setting(env, file, "build_image") or DEFAULT_BUILD_IMAGE),
+        build_timeout_seconds=_positive(env, file, "build_timeout_seconds", 3600),
+        registry_auth=registry_auth,
         credentials={
             k: v
             for k, v in env.items()

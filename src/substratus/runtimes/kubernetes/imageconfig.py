@@ -2,7 +2,8 @@
 workload that gives no ``spec.command``: in a pod the command runs under the contract's shell,
 so the operator must spell out what the image would have run, as the local runtime does.
 
-Anonymous pulls, with the bearer-token dance registries such as Docker Hub ask for; an index
+Anonymous pulls (or with the login of a docker config.json for the build registry), with the
+bearer-token dance registries such as Docker Hub ask for; an index
 (multi-platform image) is resolved to ``linux/amd64`` (configurable). Registries named in
 ``SUBSTRATUS_INSECURE_REGISTRIES`` are spoken to over plain HTTP. Answers are cached for a
 while: a tag may move, but not every reconcile should cost a registry round trip.
@@ -10,6 +11,7 @@ while: a tag may move, but not every reconcile should cost a registry round trip
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -32,6 +34,24 @@ CACHE_SECONDS = 600.0
 MAX_DOCUMENT = 4 << 20  # a manifest or config larger than this is not an image's
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+
+
+def registry_logins(config_json: str) -> dict[str, tuple[str, str]]:
+    """Registry host -> (user, password) from a docker ``config.json``'s ``auths``."""
+    if not config_json:
+        return {}
+    logins = {}
+    for host, entry in (json.loads(config_json).get("auths") or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("auth"):
+            user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+        else:
+            user, password = entry.get("username", ""), entry.get("password", "")
+        host = host.removeprefix("https://").removeprefix("http://").split("/", 1)[0]
+        if user:
+            logins[host] = (str(user), str(password))
+    return logins
 
 
 class ImageConfigError(Exception):
@@ -76,8 +96,11 @@ class ImageConfigs:
         insecure: tuple[str, ...] = (),
         platform: str = "linux/amd64",
         timeout: float = 10.0,
+        auths: dict[str, tuple[str, str]] | None = None,
     ) -> None:
         self.insecure = set(insecure)
+        self.auths = dict(auths or {})  # registry host -> (user, password)
+        self._digests: dict[str, str] = {}
         self.os, _, self.arch = platform.partition("/")
         self.timeout = timeout
         self._cache: dict[str, tuple[float, list[str] | ImageConfigError]] = {}
@@ -104,12 +127,35 @@ class ImageConfigs:
             raise result
         return list(result)
 
+    def digest(self, image: str) -> str | None:
+        """The digest ``image`` (a tag) points at, or None when the registry has no such tag.
+        Found digests are kept: the tags looked up here name their input (a build's)."""
+        with self._lock:
+            if image in self._digests:
+                return self._digests[image]
+        ref = Reference.parse(image)
+        try:
+            with httpx.Client(timeout=self.timeout, follow_redirects=True) as http:
+                session = _Session(http, ref.repository, self.auths.get(ref.registry))
+                found = session.head_digest(
+                    f"{self._base(ref)}/manifests/{ref.reference}", (*INDEX_TYPES, *MANIFEST_TYPES)
+                )
+        except httpx.HTTPError as e:
+            raise ImageConfigError(f"{type(e).__name__}: {e}") from None
+        if found is not None:
+            with self._lock:
+                self._digests[image] = found
+        return found
+
+    def _base(self, ref: Reference) -> str:
+        scheme = "http" if ref.registry in self.insecure else "https"
+        return f"{scheme}://{ref.registry}/v2/{ref.repository}"
+
     def _read(self, image: str) -> list[str]:
         ref = Reference.parse(image)
-        scheme = "http" if ref.registry in self.insecure else "https"
-        base = f"{scheme}://{ref.registry}/v2/{ref.repository}"
+        base = self._base(ref)
         with httpx.Client(timeout=self.timeout, follow_redirects=True) as http:
-            session = _Session(http, ref.repository)
+            session = _Session(http, ref.repository, self.auths.get(ref.registry))
             doc, media = session.get_json(
                 f"{base}/manifests/{ref.reference}", (*INDEX_TYPES, *MANIFEST_TYPES)
             )
@@ -135,21 +181,38 @@ class ImageConfigs:
 class _Session:
     """GETs against one repository, answering a registry's bearer challenge once."""
 
-    def __init__(self, http: httpx.Client, repository: str) -> None:
+    def __init__(
+        self, http: httpx.Client, repository: str, login: tuple[str, str] | None = None
+    ) -> None:
         self.http = http
         self.repository = repository
-        self.token: str | None = None
+        self.login = login
+        self.authorization: str | None = None
 
-    def get_json(self, url: str, accept: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+    def _send(self, method: str, url: str, accept: tuple[str, ...]) -> httpx.Response:
         headers = {"Accept": ", ".join(accept)}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        r = self.http.get(url, headers=headers)
-        if r.status_code == 401 and self.token is None:
-            self.token = self._token(r.headers.get("WWW-Authenticate", ""))
-            return self.get_json(url, accept)
+        if self.authorization:
+            headers["Authorization"] = self.authorization
+        r = self.http.request(method, url, headers=headers)
+        if r.status_code == 401 and self.authorization is None:
+            self.authorization = self._authorize(r.headers.get("WWW-Authenticate", ""))
+            return self._send(method, url, accept)
         if r.status_code == 401:
             raise ImageConfigError("the registry wants credentials (a private image)")
+        return r
+
+    def head_digest(self, url: str, accept: tuple[str, ...]) -> str | None:
+        r = self._send("HEAD", url, accept)
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        digest = r.headers.get("Docker-Content-Digest")
+        if not digest:
+            raise ImageConfigError(f"{url}: the registry gave no Docker-Content-Digest")
+        return str(digest)
+
+    def get_json(self, url: str, accept: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+        r = self._send("GET", url, accept)
         if r.status_code == 404:
             raise ImageConfigError("not found in its registry")
         r.raise_for_status()
@@ -161,9 +224,12 @@ class _Session:
             raise ImageConfigError(f"{url}: not a JSON object")
         return doc, media
 
-    def _token(self, challenge: str) -> str:
-        """An anonymous pull token from the realm a ``Bearer`` challenge names."""
+    def _authorize(self, challenge: str) -> str:
+        """The Authorization header a challenge asks for: Basic with the configured login, or
+        a pull token from the realm a ``Bearer`` challenge names (with the login, if any)."""
         scheme, _, params = challenge.partition(" ")
+        if scheme.lower() == "basic" and self.login is not None:
+            return "Basic " + base64.b64encode(":".join(self.login).encode()).decode()
         if scheme.lower() != "bearer":
             raise ImageConfigError("the registry wants credentials (a private image)")
         fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
@@ -171,11 +237,11 @@ class _Session:
             raise ImageConfigError(f"a bearer challenge without a realm: {challenge!r}")
         query = {"service": fields.get("service", "")}
         query["scope"] = fields.get("scope") or f"repository:{self.repository}:pull"
-        r = self.http.get(fields["realm"], params=query)
+        r = self.http.get(fields["realm"], params=query, auth=self.login)
         if r.status_code != 200:
-            raise ImageConfigError(f"no anonymous pull token ({r.status_code})")
+            raise ImageConfigError(f"no pull token ({r.status_code})")
         body = r.json()
         token = body.get("token") or body.get("access_token")
         if not token:
             raise ImageConfigError("the token service gave no token")
-        return str(token)
+        return f"Bearer {token}"

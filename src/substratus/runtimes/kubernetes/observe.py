@@ -18,20 +18,22 @@ from substratus.api.kinds import Notebook, Resource
 from substratus.core.graph import Key
 from substratus.core.observed import (
     Artifacts,
-    BuildState,
     JobState,
     Observed,
-    Phase,
     ServiceState,
     UploadState,
 )
-from substratus.core.reconcile import build_source
 from substratus.core.uploads import observe_upload
 from substratus.core.world import dependency_states, missing_secrets
 from substratus.runtimes.kubernetes import jobs, names, notebooks, services
+from substratus.runtimes.kubernetes.builder import Builder
 from substratus.runtimes.kubernetes.children import Children
 from substratus.runtimes.kubernetes.config import OperatorConfig
-from substratus.runtimes.kubernetes.imageconfig import ImageConfigError, ImageConfigs
+from substratus.runtimes.kubernetes.imageconfig import (
+    ImageConfigError,
+    ImageConfigs,
+    registry_logins,
+)
 from substratus.runtimes.kubernetes.pods import (
     COMMIT,
     MAIN,
@@ -65,7 +67,10 @@ class Observer:
         self.cached = cached
         self.cfg = cfg
         self.children = children
-        self.images = ImageConfigs(cfg.insecure_registries)
+        self.images = ImageConfigs(
+            cfg.insecure_registries, auths=registry_logins(cfg.registry_auth)
+        )
+        self.builds = Builder(client, cfg, children, self.images, self._log_tail)
 
     def entrypoint(self, obj: Resource, image_name: str) -> list[str] | None:
         """The image's own command where that is what runs (``needs_entrypoint``), from its
@@ -110,16 +115,7 @@ class Observer:
         return observe_upload(obj, self.cfg.artifact_url, exists, sign, time.time())
 
     def observe(self, obj: Resource) -> Observed:
-        source = build_source(obj)
-        build = BuildState()
-        if source is not None:
-            field = "git" if obj.spec.image.git is not None else "upload"
-            build = BuildState(
-                source=source,
-                phase=Phase.FAILED,
-                message=f"spec.image.{field}: this operator does not build images in the "
-                "cluster yet; give spec.image.name",
-            )
+        build = self.builds.state(obj)
         job, pod, service = None, None, None
         if obj.IS_JOB:
             job, pod = self._latest_job(obj)
@@ -162,7 +158,12 @@ class Observer:
         return urls
 
     def jobs(self, obj: Resource) -> list[dict[str, Any]]:
-        return self.children.of("Job", obj.key)
+        """The object's runs (not its builds)."""
+        return [
+            j
+            for j in self.children.of("Job", obj.key)
+            if (j["metadata"].get("labels") or {}).get(names.LABEL_ROLE) == "job"
+        ]
 
     def _latest_job(self, obj: Resource) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         def order(d: dict[str, Any]) -> tuple[int, int]:

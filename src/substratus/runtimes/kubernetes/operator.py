@@ -38,7 +38,7 @@ from substratus.core.reconcile import decide
 from substratus.core.retry import RetryPolicy
 from substratus.core.workqueue import WorkQueue
 from substratus.core.world import mount_sources
-from substratus.runtimes.kubernetes import jobs, names, notebooks, services
+from substratus.runtimes.kubernetes import builds, jobs, names, notebooks, services
 from substratus.runtimes.kubernetes.children import Children, slim
 from substratus.runtimes.kubernetes.config import OperatorConfig
 from substratus.runtimes.kubernetes.observe import Observer, as_dict
@@ -158,6 +158,7 @@ class Operator:
         while True:
             time.sleep(RESYNC_SECONDS)
             self._credentials_applied.clear()
+            self.observer.builds.forget()
             self._claims_made.clear()
             self._pruned.clear()
             with self._lock:
@@ -320,8 +321,8 @@ class Operator:
             self._delete_jobs(obj, keep=())
         elif isinstance(action, StopWorkload):
             self._delete(Deployment, services.deployment_name(obj), obj.metadata.namespace)
-        elif isinstance(action, StartBuild):  # pragma: no cover - observe reports builds failed
-            log.warning("%s: image builds are not run by this operator", obj.key)
+        elif isinstance(action, StartBuild):
+            self.observer.builds.start(obj, action.source, self._ensure_credentials)
 
     def _apply(self, manifest: dict[str, Any]) -> None:
         self.client.apply(from_dict(manifest), field_manager=names.FIELD_MANAGER, force=True)
@@ -346,18 +347,22 @@ class Operator:
         return notebooks.secret_token(data) or token
 
     def _ensure_credentials(self, namespace: str) -> None:
-        """The bucket credentials Secret in ``namespace``: applied once per namespace, and
-        again after each resync (in case someone deleted it), not once per run."""
-        if not self.cfg.credentials or namespace in self._credentials_applied:
+        """The bucket credentials Secret in ``namespace`` (and the registry's, that builds push
+        with and pods pull built images with): applied once per namespace, and again after
+        each resync (in case someone deleted it), not once per run."""
+        if namespace in self._credentials_applied:
             return
-        self._apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": CREDENTIALS_SECRET, "namespace": namespace},
-                "stringData": dict(self.cfg.credentials),
-            }
-        )
+        if self.cfg.credentials:
+            self._apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": CREDENTIALS_SECRET, "namespace": namespace},
+                    "stringData": dict(self.cfg.credentials),
+                }
+            )
+        if self.cfg.registry_auth:
+            self._apply(builds.registry_secret(namespace, self.cfg.registry_auth))
         self._credentials_applied.add(namespace)
 
     def _delete(self, resource: Any, name: str, namespace: str) -> None:

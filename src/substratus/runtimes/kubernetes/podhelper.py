@@ -4,13 +4,17 @@
         [--fetch URL=DIR ...]
     python -m substratus.runtimes.kubernetes.podhelper commit --exit-file F --artifacts DIR \\
         --to OBJECT_URL --version VERSION
+    python -m substratus.runtimes.kubernetes.podhelper context --dest DIR \\
+        (--upload URL [--md5 MD5] | --git URL [--ref REF] [--commit SHA])
 
 ``init`` (an init container) copies a static shell into ``--bin`` (the workload's command runs
 under it, so any image works), makes ``artifacts/`` in the working directory, and downloads
 each committed version into its directory, checked against its manifest. ``commit`` (beside
 the workload) waits for the workload's exit code; on 0 it commits ``artifacts/`` as
 ``VERSION`` of the object (files first, the manifest last) and exits 0; otherwise it exits with
-the workload's code without storing anything.
+the workload's code without storing anything. ``context`` (a build Job's init container) puts a
+build context in ``--dest``: an uploaded tarball, checked against its md5 before anything is
+unpacked, or a clone of a repository at the commit the operator resolved.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
-from substratus.storage import ArtifactStore
+from substratus.core.redaction import redact_userinfo
+from substratus.storage import ArtifactStore, StorageError, file_md5, unpack_context
 
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
 
@@ -73,6 +80,54 @@ def commit(exit_file: Path, artifacts: Path, object_url: str, version: str) -> i
     return 0
 
 
+def _fail(message: str) -> int:
+    print(f"substratus-context: {message}", file=sys.stderr, flush=True)
+    return 3
+
+
+def fetch_upload(url: str, md5: str | None, dest: Path) -> int:
+    tarball = dest.parent / "context.tar.gz"
+    try:
+        ArtifactStore(url).get_file(url, tarball)
+    except StorageError as e:
+        return _fail(f"spec.image.upload: the uploaded context cannot be read: {e}")
+    actual = file_md5(tarball)
+    if md5 and actual != md5:
+        return _fail(
+            f"spec.image.upload.md5: the uploaded context has md5 {actual}, expected {md5}"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        unpack_context(tarball, dest)
+    except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+        return _fail(f"spec.image.upload: not a valid build context tarball: {e}")
+    finally:
+        tarball.unlink(missing_ok=True)
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    print(f"substratus-context: unpacked {url} ({actual}, {size} bytes)", flush=True)
+    return 0
+
+
+def clone(url: str, ref: str | None, commit: str | None, dest: Path) -> int:
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    argv = ["git", "clone", "--quiet", "--single-branch"]
+    argv += (["--branch", ref] if ref else []) + ["--", url, str(dest)]
+    steps = [argv]
+    if commit:
+        steps.append(["git", "-C", str(dest), "checkout", "--quiet", "--detach", commit])
+    for step in steps:
+        done = subprocess.run(step, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            error = redact_userinfo(done.stderr.strip())
+            return _fail(f"spec.image.git: {' '.join(step[:2])} failed: {error}")
+    head = subprocess.run(
+        ["git", "-C", str(dest), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    shutil.rmtree(dest / ".git", ignore_errors=True)  # not part of the context
+    print(f"substratus-context: cloned {redact_userinfo(url)} at {head}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="podhelper")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -85,10 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     p_commit.add_argument("--artifacts", type=Path, required=True)
     p_commit.add_argument("--to", required=True, metavar="OBJECT_URL")
     p_commit.add_argument("--version", required=True)
+    p_context = sub.add_parser("context")
+    p_context.add_argument("--dest", type=Path, required=True)
+    source = p_context.add_mutually_exclusive_group(required=True)
+    source.add_argument("--upload", metavar="URL")
+    source.add_argument("--git", metavar="URL")
+    p_context.add_argument("--md5")
+    p_context.add_argument("--ref")
+    p_context.add_argument("--commit")
     a = ap.parse_args(argv)
-    os.umask(0o022)
+    os.umask(0o022)  # the builder runs as another user: it must read what is written here
     if a.command == "init":
         return init(a.bin, a.workdir, a.fetch)
+    if a.command == "context" and a.upload:
+        return fetch_upload(a.upload, a.md5, a.dest)
+    if a.command == "context":
+        return clone(a.git, a.ref, a.commit, a.dest)
     return commit(a.exit_file, a.artifacts, a.to, a.version)
 
 

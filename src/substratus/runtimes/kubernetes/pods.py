@@ -32,6 +32,7 @@ MAIN = "main"
 INIT = "substratus-init"
 COMMIT = "substratus-commit"
 CREDENTIALS_SECRET = "substratus-artifact-credentials"
+REGISTRY_SECRET = "substratus-registry"  # the build registry's docker config (builds.py)
 HELPER_DIR = "/substratus"  # the static shell, the exit code
 EXIT_FILE = f"{HELPER_DIR}/exit-code"
 HELPER_MODULE = "substratus.runtimes.kubernetes.podhelper"
@@ -210,6 +211,8 @@ def workload_pod_spec(
         "volumes": volumes,
         **placement(obj.spec.resources, cfg.cloud, cfg.gpu_type_label),
     }
+    if cfg.registry_auth:  # built images come from the build registry
+        spec["imagePullSecrets"] = [{"name": REGISTRY_SECRET}]
     return spec
 
 

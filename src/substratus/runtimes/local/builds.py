@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Literal, TextIO
 
 from substratus.api.common import GitSource
+from substratus.core.redaction import redact_userinfo
 from substratus.runtimes.local.engines import BuildFailed, Engine, stream_command
 from substratus.storage import file_md5, unpack_context
 
@@ -54,7 +55,6 @@ PYTHON_PROJECT_FILES = ("pyproject.toml", "requirements.txt")
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _SCP_LIKE_RE = re.compile(r"^[^/]+:")  # [user@]host:path, git's ssh shorthand (":" before "/")
-_USERINFO_RE = re.compile(r"([a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,6 @@ def _tag_component(name: str) -> str:
     """A name usable as an image repository path component: lowercase letters, digits, '-'."""
     cleaned = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     return cleaned[:120] or "image"
-
-
-def _redact(text: str) -> str:
-    """`text` with the user:password (or token) of any URL in it replaced, for messages and logs."""
-    return _USERINFO_RE.sub(r"\1***@", text)
 
 
 def _is_local_path(url: str) -> bool:
@@ -151,7 +146,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _ls_remote(url: str, git: GitSource) -> tuple[str, str]:
     """The full ref name that `git` asks for in `url` (branch, tag or HEAD) and its commit sha."""
-    shown = _redact(git.url)
+    shown = redact_userinfo(git.url)
     if git.tag:
         patterns = [f"refs/tags/{git.tag}", f"refs/tags/{git.tag}^{{}}"]
         field, what = "image.git.tag", f"no tag {git.tag!r}"
@@ -180,7 +175,8 @@ def _ls_remote(url: str, git: GitSource) -> tuple[str, str]:
         raise BuildFailed("image.git: git is not installed on this machine") from exc
     if result.returncode != 0:
         raise BuildFailed(
-            f"image.git.url: cannot clone {shown}: {_redact(_git_error_line(result.stderr))}"
+            f"image.git.url: cannot clone {shown}: "
+            + redact_userinfo(_git_error_line(result.stderr))
         )
     refs: dict[str, str] = {}
     for line in result.stdout.splitlines():
@@ -195,7 +191,7 @@ def _ls_remote(url: str, git: GitSource) -> tuple[str, str]:
 
 
 def _git_step(argv: list[str], log: TextIO, shown_url: str) -> None:
-    log.write("$ " + " ".join(_redact(part) for part in argv) + "\n")
+    log.write("$ " + " ".join(redact_userinfo(part) for part in argv) + "\n")
     log.flush()
     result = subprocess.run(
         argv,
@@ -206,11 +202,12 @@ def _git_step(argv: list[str], log: TextIO, shown_url: str) -> None:
         env=_git_env(),
         check=False,
     )
-    log.write(_redact(result.stdout + result.stderr))
+    log.write(redact_userinfo(result.stdout + result.stderr))
     log.flush()
     if result.returncode != 0:
         raise BuildFailed(
-            f"image.git.url: cannot clone {shown_url}: {_redact(_git_error_line(result.stderr))}"
+            f"image.git.url: cannot clone {shown_url}: "
+            + redact_userinfo(_git_error_line(result.stderr))
         )
 
 
@@ -227,7 +224,7 @@ def _clone(url: str, git: GitSource, ref: str, sha: str, cache: Path, log: TextI
         return final
     tmp = _mkdir_tmp(cache, f"git-{sha[:12]}-")
     checkout = tmp / "src"
-    shown = _redact(git.url)
+    shown = redact_userinfo(git.url)
     try:
         _git_step(["git", "-c", "init.defaultBranch=main", "init", "-q", str(checkout)], log, shown)
         fetch = ["git", "-C", str(checkout), "-c", "http.lowSpeedLimit=1000"]
@@ -273,10 +270,12 @@ def build_from_git(
         inside = src.resolve().is_relative_to(checkout.resolve())
         if not inside or not src.is_dir():
             raise BuildFailed(
-                f"image.git.path: {git.path!r} is not a directory in {_redact(git.url)} "
+                f"image.git.path: {git.path!r} is not a directory in {redact_userinfo(git.url)} "
                 f"at commit {sha[:12]}"
             )
-    source = f"git {_redact(git.url)} at {sha[:12]}" + (f" path {git.path}" if git.path else "")
+    source = f"git {redact_userinfo(git.url)} at {sha[:12]}" + (
+        f" path {git.path}" if git.path else ""
+    )
     return build_dir(
         src, cache, engine, log, tag_name=tag_name, key=f"git:{sha}:{git.path or ''}", source=source
     )
