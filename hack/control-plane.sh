@@ -5,6 +5,8 @@
 #         (Jobs, scheduling, simulated nodes with nvidia.com/gpu capacity)
 #         + kubelet, kube-proxy, pause, registry (the real node of tests/kube/node.py, which
 #         also needs hack/node.sh, and the local image registry)
+#         + buildkitd, buildctl, rootlesskit, buildctl-daemonless.sh (rootless BuildKit, for
+#         the image hack/images.sh buildkit that in-cluster builds run)
 # from Go modules (hack/control-plane/*/go.mod; versions in hack/control-plane/versions.env)
 # into ${SUBSTRATUS_KUBE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/substratus-test/kube}/<kubernetes version>/.
 #
@@ -53,9 +55,12 @@ declare -A spec=(
   [kube-proxy]="kubernetes|k8s.io/kubernetes/cmd/kube-proxy|$KUBERNETES_VERSION"
   [registry]="registry|github.com/distribution/distribution/v3/cmd/registry|$REGISTRY_VERSION"
   [pause]="pause|substratus.test/control-plane/pause|$PAUSE_VERSION"
+  [buildkitd]="buildkit|github.com/moby/buildkit/cmd/buildkitd|$BUILDKIT_VERSION"
+  [buildctl]="buildkit|github.com/moby/buildkit/cmd/buildctl|$BUILDKIT_VERSION"
+  [rootlesskit]="buildkit|github.com/rootless-containers/rootlesskit/v3/cmd/rootlesskit|$ROOTLESSKIT_VERSION"
 )
 wanted=(etcd kube-apiserver)
-[ "$set_name" = full ] && wanted+=(kube-controller-manager kube-scheduler kwok kubelet kube-proxy registry pause)
+[ "$set_name" = full ] && wanted+=(kube-controller-manager kube-scheduler kwok kubelet kube-proxy registry pause buildkitd buildctl rootlesskit)
 
 assets="${KUBEBUILDER_ASSETS:-}"
 from_assets() { [ -n "$assets" ] && [ -x "$assets/$1" ]; }
@@ -100,6 +105,8 @@ check_pin kubernetes k8s.io/kubernetes "$KUBERNETES_VERSION"
 check_pin etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 check_pin kwok sigs.k8s.io/kwok "$KWOK_VERSION"
 check_pin registry github.com/distribution/distribution/v3 "$REGISTRY_VERSION"
+check_pin buildkit github.com/moby/buildkit "$BUILDKIT_VERSION"
+check_pin buildkit github.com/rootless-containers/rootlesskit/v3 "$ROOTLESSKIT_VERSION"
 
 mkdir -p "$dest"
 tmp="$(mktemp -d "$cache_root/.build.XXXXXX")" # same filesystem as $dest: mv is a rename
@@ -139,15 +146,19 @@ if [ -z "${GOCACHE:-}" ]; then
   own_gocache=1
 fi
 
-for mod in etcd kubernetes kwok registry pause; do
+for mod in etcd kubernetes kwok registry pause buildkit; do
   bins=() pkgs=()
   for b in "${missing[@]}"; do
     IFS='|' read -r m pkg _ <<<"${spec[$b]}"
     [ "$m" = "$mod" ] && bins+=("$b") && pkgs+=("$pkg")
   done
   [ "${#bins[@]}" = 0 ] && continue
-  ldflags="-s -w"
+  ldflags="-s -w" tags=""
   [ "$mod" = kubernetes ] && ldflags+="$kube_x"
+  if [ "$mod" = buildkit ]; then # as BuildKit's own Dockerfile builds buildkitd
+    ldflags+=" -X github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION"
+    tags="osusergo netgo static_build seccomp"
+  fi
   echo "building ${bins[*]} ($mod module, $("$go_bin" env GOVERSION))..."
   t0=$(date +%s)
   if [ "${#bins[@]}" = 1 ]; then
@@ -155,7 +166,12 @@ for mod in etcd kubernetes kwok registry pause; do
   else
     out="$tmp/"
   fi
-  (cd "$src/$mod" && "$go_bin" build -ldflags "$ldflags" -o "$out" "${pkgs[@]}")
+  (cd "$src/$mod" && "$go_bin" build -tags "$tags" -ldflags "$ldflags" -o "$out" "${pkgs[@]}")
+  if [ "$mod" = buildkit ]; then # the script the rootless image runs, from the same module
+    moddir="$(cd "$src/$mod" && "$go_bin" list -m -f '{{.Dir}}' github.com/moby/buildkit)"
+    install -m 0755 "$moddir/examples/buildctl-daemonless/buildctl-daemonless.sh" "$tmp/"
+    mv -f "$tmp/buildctl-daemonless.sh" "$dest/buildctl-daemonless.sh"
+  fi
   # Each built binary moves into place, then its stamp: no stamp, no reuse.
   for b in "${bins[@]}"; do
     mv -f "$tmp/$b" "$dest/$b"

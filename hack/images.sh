@@ -18,7 +18,9 @@
 # key is reused (a second run does nothing), older archives of the same image are removed.
 # Archives are written under a temp name and renamed when complete. Prints one line per image:
 # the archive path (build output goes to stderr). Needs root and debootstrap for the base.
-# notebook-gpu is not built: its CUDA base comes from a registry.
+# notebook-gpu is not built: its CUDA base comes from a registry. buildkit (only when named) is
+# rootless BuildKit for the tests' in-cluster builds: hack/buildkit/Dockerfile with the binaries
+# of hack/control-plane.sh as its context, tagged substratus.local/buildkit:<version>-rootless.
 #
 # usage: hack/images.sh [--print-dir] [--check] [all | NAME | NAME:STAGE ...]     (default: all)
 #   --check      build nothing; exit 1 (listing them) if archives are missing
@@ -65,6 +67,8 @@ for a in "${asked[@]}"; do
       "from a registry; build it with 'docker build -f images/notebook-gpu/Dockerfile .'" \
       "where one is reachable" >&2
     exit 2
+  elif [ "$a" = buildkit ]; then
+    names+=(buildkit)
   elif [ -f "images/${a%%:*}/Dockerfile" ]; then
     if [[ "$a" == *:* ]] && ! grep -qiE "^FROM .* AS ${a#*:}\$" "images/${a%%:*}/Dockerfile"; then
       echo "images.sh: images/${a%%:*}/Dockerfile has no stage '${a#*:}'" >&2
@@ -115,7 +119,20 @@ context_files() {
     LC_ALL=C sort
 }
 
+# shellcheck source=control-plane/versions.env
+. hack/control-plane/versions.env
+kube_bin="$(bash hack/control-plane.sh --print-dir)"
+BUILDKIT_FILES=(buildkitd buildctl rootlesskit buildctl-daemonless.sh)
+
 image_key() { # $1: NAME or NAME:STAGE
+  if [ "$1" = buildkit ]; then
+    {
+      echo "$KEY_REV $base_key buildkit $BUILDKIT_VERSION $ROOTLESSKIT_VERSION"
+      sha256sum hack/buildkit/Dockerfile
+      cat "$kube_bin"/.{buildkitd,buildctl,rootlesskit}.version 2>/dev/null
+    } | sha256sum | cut -c1-16
+    return
+  fi
   local df="images/${1%%:*}/Dockerfile" files
   files="$(context_files "$df.dockerignore")"
   {
@@ -129,7 +146,12 @@ image_key() { # $1: NAME or NAME:STAGE
 declare -A archive
 missing=()
 for n in "${names[@]}"; do
-  if [ ! -f "images/${n%%:*}/Dockerfile.dockerignore" ]; then
+  if [ "$n" = buildkit ]; then
+    for f in "${BUILDKIT_FILES[@]}"; do
+      [ -x "$kube_bin/$f" ] ||
+        { echo "images.sh: $kube_bin/$f is missing: run bash hack/control-plane.sh" >&2; exit 2; }
+    done
+  elif [ ! -f "images/${n%%:*}/Dockerfile.dockerignore" ]; then
     echo "images.sh: images/${n%%:*}/Dockerfile.dockerignore is missing (the whole checkout" \
       "would be the build context)" >&2
     exit 2
@@ -268,6 +290,23 @@ for n in "${names[@]}"; do
   fi
   df="images/${n%%:*}/Dockerfile"
   tags=() target=()
+  if [ "$n" = buildkit ]; then
+    ctx="$work/buildkit"
+    mkdir -p "$ctx"
+    cp hack/buildkit/Dockerfile "$ctx/"
+    for f in "${BUILDKIT_FILES[@]}"; do cp "$kube_bin/$f" "$ctx/"; done
+    tags=("substratus.local/buildkit:$BUILDKIT_VERSION-rootless" "substratus.local/buildkit:latest")
+    echo "building buildkit (${tags[*]})..." >&2
+    t0=$(date +%s)
+    podman build --pull=never -f "$ctx/Dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+      "${mounts[@]}" "${tags[@]/#/--tag=}" "$ctx" >&2
+    podman save -q --format docker-archive -o "$work/buildkit.tar" "${tags[@]}"
+    mv -f "$work/buildkit.tar" "${archive[$n]}"
+    prune_old buildkit "${archive[$n]}"
+    echo "built buildkit in $(($(date +%s) - t0))s ($(du -h "${archive[$n]}" | cut -f1))" >&2
+    echo "${archive[$n]}"
+    continue
+  fi
   if [[ "$n" == *:* ]]; then
     tags=("substratus.local/${n/:/-}:latest") target=(--target "${n#*:}")
   else

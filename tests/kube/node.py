@@ -416,6 +416,13 @@ class RealNode:
                 raise RuntimeError(f"{what}: not ready in {timeout:.0f}s\n{self.logs()}")
             time.sleep(0.2)
 
+    def trust_registry(self, address: str) -> None:
+        """Let the node pull from another plain-HTTP registry (containerd reads its hosts
+        directory at each pull: no restart)."""
+        hosts = self.state / "containerd" / "certs.d" / address
+        hosts.mkdir(parents=True, exist_ok=True)
+        (hosts / "hosts.toml").write_text(nodeconfig.registry_hosts(address))
+
     def _start_containerd(self) -> None:
         assert self.parts is not None
         d = self.state / "containerd"

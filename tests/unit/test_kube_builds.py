@@ -96,7 +96,12 @@ def test_upload_build_job() -> None:
         f"type=registry,ref={repo}:buildcache,registry.insecure=true",
     ]
     env = {e["name"]: e["value"] for e in build["env"]}
-    assert env == {"BUILDKITD_FLAGS": "--oci-worker-no-process-sandbox"}
+    assert env == {
+        "BUILDKITD_FLAGS": "--oci-worker-no-process-sandbox --config /workspace/buildkitd.toml"
+    }
+    # The daemon's settings travel to the context step, which writes them beside the context.
+    toml = {e["name"]: e["value"] for e in context["env"]}["SUBSTRATUS_BUILDKITD_TOML"]
+    assert toml == '[registry."10.0.0.5:5000"]\n  http = true\n  insecure = true\n'
     security = build["securityContext"]
     assert security["runAsUser"] == 1000
     assert security["seccompProfile"] == {"type": "Unconfined"}
@@ -143,10 +148,22 @@ def test_registry_credentials_are_mounted_for_the_push() -> None:
     build = job_for(UPLOADED, cfg)["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e["value"] for e in build["env"]}
     assert env["DOCKER_CONFIG"] == "/home/user/.docker"
+    assert env["BUILDKITD_FLAGS"] == "--oci-worker-no-process-sandbox"  # nothing to configure
     assert not any("insecure" in a for a in build["args"])
     assert registry_logins(auth) == {"registry.example": ("u", "p")}
     secret = builds.registry_secret("team", auth)
     assert secret["type"] == "kubernetes.io/dockerconfigjson"
+
+
+def test_mirrors_for_from_images() -> None:
+    cfg = replace(CFG, registry_mirrors={"substratus.local": "10.0.0.5:5000"})
+    assert builds.buildkitd_toml(cfg) == (
+        '[registry."10.0.0.5:5000"]\n  http = true\n  insecure = true\n'
+        '[registry."substratus.local"]\n  mirrors = ["10.0.0.5:5000"]\n'
+    )
+    env = {"SUBSTRATUS_ARTIFACT_URL": "s3://b", "SUBSTRATUS_HELPER_IMAGE": "h"}
+    loaded = load_config({**env, "SUBSTRATUS_REGISTRY_MIRRORS": '{"substratus.local": "r:5"}'})
+    assert loaded.registry_mirrors == {"substratus.local": "r:5"}
 
 
 def test_registry_settings_are_checked() -> None:

@@ -52,7 +52,7 @@ def test_a_url_is_signed_once_for_the_md5_and_kept_while_it_has_time() -> None:
     now = 1_000_000.0
     status = published(model({"md5": MD5, "requestId": "r1"}), now, signer, set())
     assert signer.calls == [(STORED, URL_SECONDS, MD5)]
-    assert status["uploadUrl"].startswith(f"https://s3.example/bucket/substratus/.uploads/")
+    assert status["uploadUrl"].startswith("https://s3.example/bucket/substratus/.uploads/")
     assert status["uploadUrlExpiration"] == iso(now + URL_SECONDS)
     assert status["buildUpload"]["expiration"] == status["uploadUrlExpiration"]
     assert status["conditions"][0]["reason"] == "AwaitingUpload"

@@ -68,6 +68,19 @@ def _cache_opts(repo: str, cfg: OperatorConfig) -> str:
     return f"type=registry,ref={repo}:buildcache{insecure}"
 
 
+def buildkitd_toml(cfg: OperatorConfig) -> str:
+    """BuildKit's daemon settings for the registries it talks to: plain HTTP to the insecure
+    ones (pushes, the layer cache, ``FROM`` pulls), and the configured mirrors."""
+    lines: list[str] = []
+    for host in sorted({*cfg.insecure_registries, *cfg.registry_mirrors}):
+        lines.append(f'[registry."{host}"]')
+        if host in cfg.registry_mirrors:
+            lines.append(f'  mirrors = ["{cfg.registry_mirrors[host]}"]')
+        if host in cfg.insecure_registries:
+            lines += ["  http = true", "  insecure = true"]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def buildctl_args(image: str, cfg: OperatorConfig, context_dir: str) -> list[str]:
     """``buildctl build`` for the context in ``context_dir``: push ``image``, reuse and
     refresh the repository's layer cache."""
@@ -114,10 +127,14 @@ def build_job(
         {"name": "workspace", "mountPath": WORKSPACE, "readOnly": True},
         {"name": "buildkit", "mountPath": BUILDKIT_STATE},
     ]
-    build_env: list[dict[str, Any]] = [
-        # No PID namespace of its own in a pod (Kubernetes cannot unmask /proc for it).
-        {"name": "BUILDKITD_FLAGS", "value": "--oci-worker-no-process-sandbox"},
-    ]
+    # No PID namespace of its own in a pod (Kubernetes cannot unmask /proc for it).
+    flags = "--oci-worker-no-process-sandbox"
+    toml = buildkitd_toml(cfg)
+    context_env: list[dict[str, Any]] = []
+    if toml:  # written by the context step, beside the context
+        flags += f" --config {WORKSPACE}/buildkitd.toml"
+        context_env.append({"name": "SUBSTRATUS_BUILDKITD_TOML", "value": toml})
+    build_env: list[dict[str, Any]] = [{"name": "BUILDKITD_FLAGS", "value": flags}]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "serviceAccountName": SERVICE_ACCOUNT,
@@ -129,6 +146,7 @@ def build_job(
                 "imagePullPolicy": cfg.image_pull_policy,
                 "command": ["python", "-m", HELPER_MODULE],
                 "args": ["context", "--dest", f"{WORKSPACE}/context", *context_args],
+                "env": context_env,
                 "envFrom": [{"secretRef": {"name": CREDENTIALS_SECRET, "optional": True}}],
                 "volumeMounts": [{"name": "workspace", "mountPath": WORKSPACE}],
                 "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},

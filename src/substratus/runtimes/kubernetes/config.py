@@ -69,6 +69,9 @@ class OperatorConfig:
     build_image: str = DEFAULT_BUILD_IMAGE
     build_timeout_seconds: int = 3600
     registry_auth: str = ""  # the config.json's text
+    # Registries builds pull FROM images through another (host -> mirror host[:port]): a dev
+    # cluster serves the images it loaded (substratus.local/...) from its local registry.
+    registry_mirrors: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def registry_host(self) -> str:
@@ -120,6 +123,19 @@ def _quantity(env: Mapping[str, str], file: Mapping[str, Any], name: str, defaul
     return value
 
 
+def _mapping(env: Mapping[str, str], file: Mapping[str, Any], name: str) -> dict[str, str]:
+    """A mapping from the file, or JSON in the environment variable."""
+    value = _setting(env, file, name) or {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise ConfigError(f"SUBSTRATUS_{name.upper()}: not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"SUBSTRATUS_{name.upper()}: a mapping")
+    return {str(k): str(v) for k, v in value.items()}
+
+
 def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
     """The configuration from ``env`` (default: the process's), or ConfigError naming what is
     missing or wrong."""
@@ -143,14 +159,7 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
     artifact_url = str(_setting(env, file, "artifact_url"))
     if "://" not in artifact_url:
         raise ConfigError(f"SUBSTRATUS_ARTIFACT_URL: {artifact_url!r} is not a bucket URL")
-    images = _setting(env, file, "images") or {}
-    if isinstance(images, str):
-        try:
-            images = json.loads(images)
-        except ValueError as e:
-            raise ConfigError(f"SUBSTRATUS_IMAGES: not JSON: {e}") from None
-    if not isinstance(images, dict):
-        raise ConfigError("SUBSTRATUS_IMAGES: a mapping of built-in image name to image")
+    images = _mapping(env, file, "images")
     unknown = sorted(set(images) - set(BUILTIN_IMAGES))
     if unknown:
         raise ConfigError(f"SUBSTRATUS_IMAGES: not built-in images: {', '.join(unknown)}")
@@ -184,7 +193,7 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         artifact_url=artifact_url.rstrip("/"),
         helper_image=str(_setting(env, file, "helper_image")),
         image_tag=str(_setting(env, file, "image_tag") or "latest"),
-        images={str(k): str(v) for k, v in images.items()},
+        images=images,
         image_pull_policy=policy,
         cloud=cloud,
         gpu_type_label=str(_setting(env, file, "gpu_type_label") or ""),
@@ -198,6 +207,7 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         build_image=str(_setting(env, file, "build_image") or DEFAULT_BUILD_IMAGE),
         build_timeout_seconds=_positive(env, file, "build_timeout_seconds", 3600),
         registry_auth=registry_auth,
+        registry_mirrors=_mapping(env, file, "registry_mirrors"),
         credentials={
             k: v
             for k, v in env.items()

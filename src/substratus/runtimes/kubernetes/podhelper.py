@@ -152,9 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o022)  # the builder runs as another user: it must read what is written here
     if a.command == "init":
         return init(a.bin, a.workdir, a.fetch)
-    if a.command == "context" and a.upload:
-        return fetch_upload(a.upload, a.md5, a.dest)
     if a.command == "context":
+        toml = os.environ.get("SUBSTRATUS_BUILDKITD_TOML")
+        if toml:  # BuildKit's daemon settings, from the operator's (builds.buildkitd_toml)
+            a.dest.parent.mkdir(parents=True, exist_ok=True)
+            (a.dest.parent / "buildkitd.toml").write_text(toml)
+        if a.upload:
+            return fetch_upload(a.upload, a.md5, a.dest)
         return clone(a.git, a.ref, a.commit, a.dest)
     return commit(a.exit_file, a.artifacts, a.to, a.version)
 

@@ -118,6 +118,9 @@ def workload_pod_spec(
     ``entrypoint`` the image's own command, where that is what runs (``needs_entrypoint``).
     Raises CannotRun when there is no command to run."""
     image, argv = cfg.image(image_name), workload_argv(obj, image_name, entrypoint)
+    # A built image is pinned by digest and lives in the build registry only: pulled once,
+    # whatever the policy for the images a cluster imports.
+    pull = "IfNotPresent" if obj.spec.image.has_build else cfg.image_pull_policy
     volumes: list[dict[str, Any]] = [
         {"name": "content", "emptyDir": {}},
         {"name": "helper", "emptyDir": {}},
@@ -158,7 +161,7 @@ def workload_pod_spec(
         {
             "name": MAIN,
             "image": image,
-            "imagePullPolicy": cfg.image_pull_policy,
+            "imagePullPolicy": pull,
             "command": [f"{HELPER_DIR}/bin/sh", "-c", _WRAPPER, "substratus", *argv],
             "workingDir": WORKDIR,
             "env": _env(obj),
