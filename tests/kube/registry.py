@@ -80,15 +80,30 @@ class LocalRegistry:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
 
-    def push(self, repository: str, tag: str, files: dict[str, bytes], cmd: list[str]) -> str:
-        """Push a one-layer image (``files`` at its root, ``cmd`` its CMD) through the
-        registry's HTTP API, as a client would; returns its manifest digest."""
+    def push(
+        self,
+        repository: str,
+        tag: str,
+        files: dict[str, bytes],
+        cmd: list[str],
+        links: dict[str, str] | None = None,
+    ) -> str:
+        """Push a one-layer image (``files`` at its root, executable; ``links`` name ->
+        target; ``cmd`` its CMD) through the registry's HTTP API, as a client would; returns
+        its manifest digest."""
         layer_buf = io.BytesIO()
         with tarfile.open(fileobj=layer_buf, mode="w:gz") as tar:
             for name, data in files.items():
                 info = tarfile.TarInfo(name)
-                info.size = len(data)
+                info.size, info.mode = len(data), 0o755
                 tar.addfile(info, io.BytesIO(data))
+            for name, target in (links or {}).items():
+                info = tarfile.TarInfo(name)
+                info.type, info.linkname = tarfile.SYMTYPE, target
+                tar.addfile(info)
+            tmp = tarfile.TarInfo("tmp")
+            tmp.type, tmp.mode = tarfile.DIRTYPE, 0o1777
+            tar.addfile(tmp)
         layer = layer_buf.getvalue()
         diff_id = "sha256:" + hashlib.sha256(gzip.decompress(layer)).hexdigest()
         config = json.dumps(

@@ -27,18 +27,33 @@ import httpx
 import pytest
 import yaml
 
-from tests.kube.cluster import ControlPlane, Proc
+from tests.kube.cluster import ControlPlane, Proc, free_port
 from tests.kube.operatorproc import start_operator, stop_operator
 from tests.kube.registry import LocalRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-SERVERS = {"s3": "s3_server", "gs": "gcs_server", "az": "azurite_server"}
+SERVERS = {"s3": "s3_server", "gs": "gcs_server", "az": "azurite_server", "endpoint": ""}
 DOCKERFILE = "FROM substratus.local/toolbox:latest\nCOPY train.sh /train.sh\n"
 
 
+class OwnEndpoint:
+    """No bucket that signs: a file store, and the operator's own upload endpoint."""
+
+    def __init__(self, port: int) -> None:
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.env: dict[str, str] = {}
+        self.settings = {
+            "SUBSTRATUS_UPLOAD_ENDPOINT": self.endpoint,
+            "SUBSTRATUS_UPLOAD_LISTEN": f"127.0.0.1:{port}",
+            "SUBSTRATUS_UPLOAD_KEY": os.urandom(16).hex(),
+        }
+
+
 @pytest.fixture(params=list(SERVERS))
-def bucket(request: pytest.FixtureRequest) -> tuple[str, Any]:
+def bucket(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Any]:
+    if request.param == "endpoint":
+        return f"file://{tmp_path}/bucket", OwnEndpoint(free_port())
     server = request.getfixturevalue(SERVERS[request.param])
     name = f"b{os.urandom(5).hex()}"
     server.create_bucket(name)
@@ -51,6 +66,7 @@ def build_operator(
 ) -> Iterator[Proc]:
     settings = {
         **server.env,
+        **getattr(server, "settings", {}),
         "SUBSTRATUS_ARTIFACT_URL": url,
         "SUBSTRATUS_HELPER_IMAGE": "docker.io/substratusai/operator:latest",
         "SUBSTRATUS_REGISTRY": f"{registry.address}/builds",
@@ -179,6 +195,8 @@ def test_upload_through_signed_urls_then_a_build_job(
     assert abs(expires - time.time() - 3600) < 300
     if scheme == "s3":
         assert "content-md5" in signed.lower()  # signed into the URL
+    if scheme == "file":
+        assert signed.startswith(f"{server.endpoint}/uploads/.uploads/")
     assert ready_reason(model) == "Building"
 
     (job,) = build_jobs(plane, ns)
@@ -187,7 +205,7 @@ def test_upload_through_signed_urls_then_a_build_job(
     assert pod["initContainers"][0]["args"] == [
         "context", "--dest", "/workspace/context", "--upload", stored, "--md5", md5,
     ]  # fmt: skip
-    image = f"{local_registry.address}/builds/{ns}/model-built:md5-{md5}"
+    image = f"{local_registry.address}/builds/{ns}/images:md5-{md5}"
     assert (
         f"type=image,name={image},push=true,registry.insecure=true" in pod["containers"][0]["args"]
     )
@@ -218,7 +236,7 @@ def test_upload_through_signed_urls_then_a_build_job(
     if scheme != "gs":  # fake-gcs-server checks neither md5 nor signatures; GCS does both
         wrong_body = httpx.put(fresh, content=other, headers=headers)
         assert wrong_body.status_code in (400, 403), wrong_body.text
-        marker = {"s3": "X-Amz-Signature=", "az": "sig="}[scheme]
+        marker = {"s3": "X-Amz-Signature=", "az": "sig=", "file": "sig="}[scheme]
         at = fresh.index(marker) + len(marker)
         tampered = fresh[:at] + ("A" if fresh[at] != "A" else "B") + fresh[at + 1 :]
         refused = httpx.put(tampered, content=b"", headers=headers)
@@ -253,10 +271,10 @@ def _registry_hit(
 
     md5 = pack_context(ctx, tmp_path / "probe.tar.gz")
     digest = local_registry.push(
-        f"builds/{ns}/model-built", f"md5-{md5}", {"train.sh": b"true\n"}, ["sh"]
+        f"builds/{ns}/images", f"md5-{md5}", {"train.sh": b"true\n"}, ["sh"]
     )
     sub(plane, ns, "apply", "-f", str(ctx / "model.yaml"), env=dict(server.env))
-    pinned = f"{local_registry.address}/builds/{ns}/model-built@{digest}"
+    pinned = f"{local_registry.address}/builds/{ns}/images@{digest}"
 
     def built() -> Any:
         m = get(plane, ns, "model", "built")

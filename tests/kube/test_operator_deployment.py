@@ -63,6 +63,9 @@ def manifests(plane: ControlPlane, image: str) -> list[dict[str, Any]]:
         {"name": "KUBERNETES_SERVICE_PORT", "value": str(api.port)},
     ]
     pod.update(hostNetwork=True, dnsPolicy="ClusterFirstWithHostNet")
+    # On the host's network a declared port is a host port: two replicas on the one node
+    # could not both run (the upload endpoint is off here anyway).
+    container.pop("ports", None)
     return docs
 
 

@@ -59,7 +59,7 @@ def test_upload_build_job() -> None:
     assert meta["ownerReferences"][0]["uid"] == "u-1"
     assert meta["labels"][names.LABEL_ROLE] == "build"
     assert meta["annotations"][builds.ANNOTATION_IMAGE] == (
-        f"10.0.0.5:5000/builds/team/model-ft:md5-{MD5}"
+        f"10.0.0.5:5000/builds/team/images:md5-{MD5}"
     )
     assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == 3600
     pod = spec["template"]["spec"]
@@ -79,7 +79,7 @@ def test_upload_build_job() -> None:
     (build,) = pod["containers"]
     assert build["image"] == "docker.io/moby/buildkit:v0.34.2-rootless"
     assert build["command"] == ["buildctl-daemonless.sh"]
-    repo = "10.0.0.5:5000/builds/team/model-ft"
+    repo = "10.0.0.5:5000/builds/team/images"
     assert build["args"] == [
         "build",
         "--frontend",
@@ -227,11 +227,11 @@ def test_state_without_a_registry_names_the_setting() -> None:
 
 
 def test_state_from_the_registry_when_there_is_no_job() -> None:
-    image = f"10.0.0.5:5000/builds/team/model-ft:md5-{MD5}"
+    image = f"10.0.0.5:5000/builds/team/images:md5-{MD5}"
     assert builder({}).state(UPLOADED).phase == Phase.NONE
     found = builder({image: "sha256:abc"}).state(UPLOADED)
     assert found.phase == Phase.SUCCEEDED
-    assert found.image == "10.0.0.5:5000/builds/team/model-ft@sha256:abc"
+    assert found.image == "10.0.0.5:5000/builds/team/images@sha256:abc"
     assert found.source == build_source(UPLOADED)
 
 

@@ -8,6 +8,7 @@ applied server-side (field manager ``sub``); the operator does the rest.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -37,7 +38,9 @@ GROUP = "substratus.ai"
 RESOURCES = {
     kind: create_namespaced_resource(GROUP, "v1", kind, cls.PLURAL) for kind, cls in KINDS.items()
 }
-LABEL_KIND, LABEL_NAME = f"{GROUP}/kind", f"{GROUP}/name"
+LABEL_KIND, LABEL_NAME, LABEL_ROLE = f"{GROUP}/kind", f"{GROUP}/name", f"{GROUP}/role"
+MAIN, BUILD_CONTEXT, BUILD = "main", "substratus-context", "build"  # the operator's names
+START_WAIT_SECONDS = 120.0  # `logs -f` waits this long for a container to start
 ANNOTATION_NAME = f"{GROUP}/object-name"
 
 
@@ -50,6 +53,10 @@ def _plain(resource: Any) -> dict[str, Any]:
     body = cast(dict[str, Any], resource.to_dict())
     body.get("metadata", {}).pop("managedFields", None)  # kubectl hides them too
     return body
+
+
+def _raise(e: Exception) -> None:
+    raise e
 
 
 class KubeClient:
@@ -191,7 +198,8 @@ class KubeClient:
     def logs(
         self, kind: str, namespace: str, name: str, follow: bool = False, tail: int | None = None
     ) -> Iterator[bytes]:
-        """The workload's output: the newest pod the operator made for the object."""
+        """The workload's output: the newest pod the operator made for the object (while
+        its image builds, the build's: fetching the context, then BuildKit)."""
         cls = kind_of(kind)
         pods = [
             p
@@ -203,20 +211,42 @@ class KubeClient:
         if not pods:
             raise NotFoundError(f"{cls.PLURAL}/{name}: no pod yet")
         pod = max(pods, key=lambda p: p.metadata.creationTimestamp)
-        lines = self._call(
-            name,
-            self.k.log,
-            pod.metadata.name,
-            namespace=namespace,
-            container="main",
-            follow=follow,
-            tail_lines=tail,
-        )
-        try:
-            for line in lines:
-                yield line.encode()
-        except (httpx2.HTTPError, OSError) as e:
-            raise UnavailableError(f"cluster {self.context!r}: {e}") from None
+        building = (pod.metadata.labels or {}).get(LABEL_ROLE) == "build"
+        containers = [BUILD_CONTEXT, BUILD] if building else [MAIN]
+        for container in containers:
+            last = container == containers[-1]
+            yield from self._container_log(
+                pod.metadata.name, namespace, name, container, follow and last, tail
+            )
+
+    def _container_log(
+        self,
+        pod: str,
+        namespace: str,
+        name: str,
+        container: str,
+        follow: bool,
+        tail: int | None,
+    ) -> Iterator[bytes]:
+        deadline = time.monotonic() + (START_WAIT_SECONDS if follow else 0)
+        while True:
+            try:
+                lines = self.k.log(
+                    pod, namespace=namespace, container=container, follow=follow, tail_lines=tail
+                )
+                for line in lines:
+                    yield line.encode()
+                return
+            except ApiError as e:
+                if e.status.code != 400:
+                    self._call(name, _raise, e)  # as the Client interface's errors
+                # The container has not started (an init container still runs): wait for it
+                # when following, else there is nothing to show yet.
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(1.0)
+            except (httpx2.HTTPError, OSError) as e:
+                raise UnavailableError(f"cluster {self.context!r}: {e}") from None
 
     def secrets(self, namespace: str | None) -> list[dict[str, Any]]:
         items = self._call("secrets", self.k.list, Secret, namespace=namespace or ALL_NS)

@@ -35,11 +35,18 @@ def main() -> int:
     from substratus.runtimes.kubernetes.operator import Operator
 
     client = Client(field_manager="substratus-operator")
+    op = Operator(client, cfg, RetryPolicy.from_env(os.environ))
+    endpoint = op.observer.upload_endpoint
+    if endpoint is not None:  # every replica receives uploads; only the leader reconciles
+        host, _, port = cfg.upload_listen.rpartition(":")
+        endpoint.serve(host, int(port))
+        logging.getLogger("substratus.operator").info(
+            "upload endpoint on %s, for clients at %s", cfg.upload_listen, cfg.upload_endpoint
+        )
     elector = LeaderElector(client, cfg.lease_namespace)
     elector.acquire()
     # A replica that cannot renew stops at once, so it never acts beside a new leader.
     elector.keep(lambda: os._exit(3))
-    op = Operator(client, cfg, RetryPolicy.from_env(os.environ))
     namespaces = list(cfg.namespaces)
     asyncio.run(
         kopf.operator(

@@ -9,7 +9,7 @@ a restarted operator finds it, never starts a second one. The pod:
 - ``build`` runs ``buildctl-daemonless.sh`` (BuildKit's rootless image: user 1000, its own
   user namespace, hence seccomp and AppArmor unconfined and no process sandbox, as BuildKit's
   own Kubernetes example does), with the Dockerfile frontend (it honours ``.dockerignore``),
-  pushing ``<registry>/<namespace>/<kind>-<name>:<tag>`` and a registry layer cache beside it.
+  pushing ``<registry>/<namespace>/images:<tag>`` and a registry layer cache beside it.
 
 The tag names the input (``md5-<md5>``, ``git-<commit>``), so an image already pushed for the
 same input is found in the registry and not built again.
@@ -42,8 +42,10 @@ def source_hash(source: str) -> str:
 
 
 def repository(obj: Resource, cfg: OperatorConfig) -> str:
-    """Where ``obj``'s built images go: one repository per object."""
-    return f"{cfg.registry}/{obj.metadata.namespace}/{obj.KIND.lower()}-{obj.metadata.name}"
+    """Where ``obj``'s built images go: one repository per namespace, tagged by input, so
+    objects built from the same context (a Notebook, then the Model it became) share one
+    image and one layer cache."""
+    return f"{cfg.registry}/{obj.metadata.namespace}/images"
 
 
 def image_tag(obj: Resource, source: str, commit: str | None) -> str:
@@ -197,7 +199,14 @@ def build_job(
         "spec": {
             "backoffLimit": 0,  # a failed build is BuildFailed; a new requestId tries again
             "activeDeadlineSeconds": cfg.build_timeout_seconds,
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            # The owner's name on the pod too: the operator's cache and `sub logs` find it.
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {names.ANNOTATION_OWNER: obj.metadata.name},
+                },
+                "spec": pod_spec,
+            },
         },
     }
 

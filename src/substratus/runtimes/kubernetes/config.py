@@ -72,6 +72,12 @@ class OperatorConfig:
     # Registries builds pull FROM images through another (host -> mirror host[:port]): a dev
     # cluster serves the images it loaded (substratus.local/...) from its local registry.
     registry_mirrors: Mapping[str, str] = field(default_factory=dict)
+    # The operator's own upload endpoint (uploadserver.py), for buckets that cannot sign URLs
+    # for clients: the URL clients reach it at (empty: off), where it listens, and its
+    # signing key (SUBSTRATUS_UPLOAD_KEY, from a Secret; required with the endpoint).
+    upload_endpoint: str = ""
+    upload_listen: str = "0.0.0.0:8080"
+    upload_key: str = field(default="", repr=False)
 
     @property
     def registry_host(self) -> str:
@@ -189,6 +195,20 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
                 f"SUBSTRATUS_REGISTRY_AUTH_FILE: {auth_path}: not a readable docker "
                 f"config.json ({e})"
             ) from None
+    upload_endpoint = str(_setting(env, file, "upload_endpoint") or "").rstrip("/")
+    upload_listen = str(_setting(env, file, "upload_listen") or "0.0.0.0:8080")
+    upload_key = env.get("SUBSTRATUS_UPLOAD_KEY", "")
+    if upload_endpoint:
+        if not upload_endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"SUBSTRATUS_UPLOAD_ENDPOINT: {upload_endpoint!r} is not a URL")
+        if len(upload_key) < 16:
+            raise ConfigError(
+                "SUBSTRATUS_UPLOAD_KEY: the upload endpoint signs URLs with it: give at least "
+                "16 random characters (from a Secret)"
+            )
+        host, _, port = upload_listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"SUBSTRATUS_UPLOAD_LISTEN: {upload_listen!r} is not host:port")
     return OperatorConfig(
         artifact_url=artifact_url.rstrip("/"),
         helper_image=str(_setting(env, file, "helper_image")),
@@ -208,6 +228,9 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         build_timeout_seconds=_positive(env, file, "build_timeout_seconds", 3600),
         registry_auth=registry_auth,
         registry_mirrors=_mapping(env, file, "registry_mirrors"),
+        upload_endpoint=upload_endpoint,
+        upload_listen=upload_listen,
+        upload_key=upload_key,
         credentials={
             k: v
             for k, v in env.items()

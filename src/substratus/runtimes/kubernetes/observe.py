@@ -43,6 +43,7 @@ from substratus.runtimes.kubernetes.pods import (
     params_annotation,
     workload_argv,
 )
+from substratus.runtimes.kubernetes.uploadserver import UploadEndpoint
 from substratus.storage import ArtifactStore, StorageError
 
 LOG_TAIL_LINES = 40
@@ -71,6 +72,11 @@ class Observer:
             cfg.insecure_registries, auths=registry_logins(cfg.registry_auth)
         )
         self.builds = Builder(client, cfg, children, self.images, self._log_tail)
+        self.upload_endpoint: UploadEndpoint | None = None
+        if cfg.upload_endpoint:
+            self.upload_endpoint = UploadEndpoint(
+                store, cfg.upload_key.encode(), cfg.upload_endpoint
+            )
 
     def entrypoint(self, obj: Resource, image_name: str) -> list[str] | None:
         """The image's own command where that is what runs (``needs_entrypoint``), from its
@@ -111,7 +117,11 @@ class Observer:
                 return False
 
         local = self.store.local_path(self.cfg.artifact_url) is not None  # a test's file://
-        sign = None if local else self.store.signed_upload_url
+        sign: Callable[[str, int, str | None], str] | None
+        if self.upload_endpoint is not None:
+            sign = self.upload_endpoint.sign
+        else:
+            sign = None if local else self.store.signed_upload_url
         return observe_upload(obj, self.cfg.artifact_url, exists, sign, time.time())
 
     def observe(self, obj: Resource) -> Observed:
