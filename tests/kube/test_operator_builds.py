@@ -173,7 +173,9 @@ def test_upload_through_signed_urls_then_a_build_job(
     scheme = url.split("://")[0]
     env = dict(server.env)  # the client's upload goes to the bucket's host
     ctx = context_dir(tmp_path, "echo one > artifacts/out.txt\n")
-    out = sub(plane, ns, "apply", "-f", str(ctx / "model.yaml"), env=env)
+    # No node runs the build here: do not wait for it.
+    apply = ["apply", "--no-follow-build", "-f", str(ctx / "model.yaml")]
+    out = sub(plane, ns, *apply, env=env)
     assert "uploaded build context" in out
 
     model = until(
@@ -219,7 +221,7 @@ def test_upload_through_signed_urls_then_a_build_job(
     renewed = until("a URL for the new request", lambda: granted(plane, ns, "again"), operator)
     assert renewed["status"]["uploadUrl"] != signed
     assert ready_reason(renewed) == "Building"
-    out = sub(plane, ns, "apply", "-f", str(ctx / "model.yaml"), env=env)
+    out = sub(plane, ns, *apply, env=env)
     assert "uploaded" not in out  # the same md5 is stored: nothing sent
 
     # New contents: AwaitingUpload, and only the declared md5's bytes, through the URL as

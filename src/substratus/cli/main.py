@@ -73,6 +73,10 @@ def apply(
     ] = None,
     wait: Annotated[bool, typer.Option(help="Wait until every object is Ready.")] = False,
     timeout: Annotated[str, typer.Option(help="With --wait: e.g. 300s, 10m.")] = "30m",
+    follow_build: Annotated[
+        bool,
+        typer.Option(help="After an upload, show the image build's log until it is built."),
+    ] = True,
 ) -> None:
     """Create or update objects from manifests (multi-document YAML).
 
@@ -85,7 +89,7 @@ def apply(
         cat model.yaml | sub apply -f -
     """
     from substratus.cli.manifests import read_documents
-    from substratus.cli.upload import finish_upload, prepare_upload
+    from substratus.cli.upload import finish_upload, prepare_upload, show_build
 
     def run() -> None:
         docs = read_documents(filename, namespace, recursive)
@@ -103,6 +107,8 @@ def apply(
             out.print(f"{label} {result.action}")
             if tarball is not None:
                 finish_upload(c, obj, tarball, err)
+                if follow_build:
+                    show_build(c, obj, err)
             applied.append(obj)
         if wait:
             from substratus.cli.waiting import wait_for

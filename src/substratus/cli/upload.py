@@ -19,8 +19,9 @@ from rich.progress import (
 )
 
 from substratus.cli.manifests import Document
-from substratus.cli.waiting import WaitTimeout
-from substratus.core.client import Client
+from substratus.cli.waiting import WaitFailed, WaitTimeout
+from substratus.core import conditions as C
+from substratus.core.client import Client, NotFoundError
 from substratus.storage import pack_context, upload_to_signed_url
 
 SIGN_TIMEOUT = 60.0
@@ -112,3 +113,49 @@ def finish_upload(client: Client, obj: dict[str, Any], tarball: Path, console: C
             f"{kind.lower()}/{meta['name']}: no status.uploadUrl after {SIGN_TIMEOUT}s"
         )
     _upload_with_bar(url, tarball, md5, console)
+
+
+BUILD_TIMEOUT = 3600.0
+
+
+def _build_phase(obj: dict[str, Any]) -> tuple[str, str]:
+    """("built" | "failed" | "building" | "other", message), from a current status only."""
+    status = obj.get("status") or {}
+    if status.get("observedGeneration") != obj["metadata"].get("generation"):
+        return "building", ""  # not decided on this spec yet
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    built, ready = conditions.get(C.BUILT) or {}, conditions.get(C.READY) or {}
+    if built.get("status") == "True":
+        return "built", ""
+    if ready.get("reason") == "BuildFailed":
+        return "failed", str(ready.get("message") or "")
+    if ready.get("reason") in ("AwaitingUpload", "Building"):
+        return "building", ""
+    return "other", ""
+
+
+def show_build(
+    client: Client, obj: dict[str, Any], console: Console, timeout: float = BUILD_TIMEOUT
+) -> None:
+    """Show the image build's log while it runs; return once the image is built (or nothing
+    is being built), raise WaitFailed with the reason when the build failed."""
+    kind, meta = obj["kind"], obj["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    deadline = time.monotonic() + timeout
+    streamed = False
+    while time.monotonic() < deadline:
+        phase, message = _build_phase(client.get(kind, ns, name))
+        if phase == "failed":
+            raise WaitFailed(f"{kind.lower()}/{name}: BuildFailed: {message}")
+        if phase != "building":
+            return
+        if not streamed:
+            try:
+                for chunk in client.logs(kind, ns, name, follow=True):
+                    streamed = True
+                    console.file.write(chunk.decode(errors="replace"))
+                    console.file.flush()
+            except NotFoundError:
+                pass  # no build pod (or run) yet
+        time.sleep(1.0)
+    raise WaitTimeout(f"{kind.lower()}/{name}: the image was not built within {timeout:.0f}s")
