@@ -2,8 +2,9 @@
 # A local cluster with a real node, to try the operator by hand (as `kind create cluster` is used
 # elsewhere): the control plane with kwok GPU nodes, a real node (kubelet + containerd running
 # real containers), a local image registry, an S3-compatible bucket, our CRDs, the images of
-# hack/node.sh (substratus.local/toolbox:latest) and hack/images.sh loaded into the node, and
-# the operator run from the working tree (`up --no-operator` leaves it out).
+# hack/node.sh (substratus.local/toolbox:latest) and hack/images.sh loaded into the node (and
+# pushed to the registry, so an image build's Dockerfile can start FROM them), and the operator
+# run from the working tree, building images in the cluster (`up --no-operator` leaves it out).
 #
 #   eval "$(bash hack/dev-cluster.sh up)"    # prints: export KUBECONFIG=...
 #   kubectl get nodes

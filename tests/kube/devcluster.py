@@ -2,9 +2,13 @@
 
 ``python -m tests.kube.devcluster up|down|status`` (``hack/dev-cluster.sh`` runs it): ``up``
 starts, in a background process that holds them, the control plane with kwok's GPU node(s), the
-real node (:mod:`tests.kube.node`), the local registry, an S3-compatible bucket (SeaweedFS), then
-applies our CRDs, loads the images built by ``hack/images.sh`` into the node, runs the operator
-from the working tree (its helper image built first; ``--no-operator`` leaves it out), writes a
+real node (:mod:`tests.kube.node`), the local registry (on the node's address), an
+S3-compatible bucket (SeaweedFS), then applies our CRDs, loads the images built by
+``hack/images.sh`` into the node and pushes them (up to 2 GiB each) to the registry, so an
+image build's ``FROM substratus.local/...`` or ``FROM docker.io/substratusai/...`` finds them
+through the operator's registry mirrors, runs the operator from the working tree, configured to
+build images with rootless BuildKit and push them to that registry (its helper and BuildKit
+images built first; ``--no-operator`` leaves it out), writes a
 kubeconfig and prints ``export KUBECONFIG=...`` on stdout (everything else goes to stderr, so a
 shell can ``eval`` it). ``up`` when it is already up prints the same line. ``down`` stops the
 background process, which tears everything down (the node's teardown included) and exits.
@@ -29,7 +33,7 @@ from typing import Any
 
 from tests.kube.cluster import REPO, ControlPlane, Proc, dump_logs
 from tests.kube.hoststate import alive
-from tests.kube.node import RealNode
+from tests.kube.node import RealNode, host_ip
 from tests.kube.operatorproc import start_operator, stop_operator
 from tests.kube.registry import LocalRegistry
 
@@ -72,9 +76,26 @@ HOME_CLASS, HOME_VOLUMES = "substratus-dev-home", 8  # static volumes for Notebo
 
 
 def ensure_helper_image() -> None:
-    """The operator's contract helper (hack/images.sh builds it once; minutes the first time)."""
-    _say(f"the operator's helper image: bash hack/images.sh {HELPER} (cached after the first time)")
-    subprocess.run(["bash", "hack/images.sh", HELPER], cwd=REPO, check=True, stdout=sys.stderr)
+    """The operator's contract helper and the rootless BuildKit image builds run (hack/images.sh
+    builds them once; minutes the first time)."""
+    for name in (HELPER, "buildkit"):
+        _say(f"image {name}: bash hack/images.sh {name} (cached after the first time)")
+        subprocess.run(["bash", "hack/images.sh", name], cwd=REPO, check=True, stdout=sys.stderr)
+
+
+SERVED_MAX_BYTES = 2 << 30  # larger archives are loaded into the node but not pushed
+
+
+def serve_images(registry: LocalRegistry, archives: list[Path]) -> list[str]:
+    """Push what the node loaded into the registry too, so a build's ``FROM`` finds it through
+    the mirrors (substratus.local and docker.io); archives over 2 GiB are left out (said)."""
+    served = []
+    for archive in archives:
+        if archive.stat().st_size > SERVED_MAX_BYTES:
+            _say(f"not pushed to the registry (over 2 GiB): {archive.name}")
+            continue
+        served += registry.push_archive(archive)
+    return served
 
 
 def serve(d: Path, gpu_nodes: int, with_operator: bool) -> None:
@@ -89,7 +110,8 @@ def serve(d: Path, gpu_nodes: int, with_operator: bool) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     plane = ControlPlane()
-    registry = LocalRegistry()
+    # On the node's address: build pods push to it (they cannot reach the host's loopback).
+    registry = LocalRegistry(host=host_ip() or "127.0.0.1")
     node: RealNode | None = None
     bucket: Any = None
     operator: Proc | None = None
@@ -111,9 +133,14 @@ def serve(d: Path, gpu_nodes: int, with_operator: bool) -> None:
         _say(f"bucket s3://{BUCKET} at {bucket.endpoint}")
         plane.kubectl("apply", "-f", str(REPO / "deploy" / "crds"))
         images = [*node.images()]
-        for archive in image_archives():
+        archives = image_archives()
+        for archive in archives:
             images += node.load_image(archive)
             _say(f"loaded {archive.name}")
+        assert node.parts is not None
+        served = serve_images(registry, [*node.parts.images, *archives])
+        _say(f"registry serves {len(served)} images to builds")
+        buildkit = next((i for i in images if i.startswith("substratus.local/buildkit:v")), None)
         node.add_volumes(HOME_CLASS, HOME_VOLUMES)  # Notebooks' homes
         if with_operator:
             settings = {
@@ -121,6 +148,13 @@ def serve(d: Path, gpu_nodes: int, with_operator: bool) -> None:
                 "SUBSTRATUS_ARTIFACT_URL": f"s3://{BUCKET}",
                 "SUBSTRATUS_HELPER_IMAGE": f"docker.io/substratusai/{HELPER}:latest",
                 "SUBSTRATUS_NOTEBOOK_STORAGE_CLASS": HOME_CLASS,
+                # Builds push here, and their FROM images come from here.
+                "SUBSTRATUS_REGISTRY": f"{registry.address}/builds",
+                "SUBSTRATUS_INSECURE_REGISTRIES": registry.address,
+                "SUBSTRATUS_REGISTRY_MIRRORS": json.dumps(
+                    {"substratus.local": registry.address, "docker.io": registry.address}
+                ),
+                **({"SUBSTRATUS_BUILD_IMAGE": buildkit} if buildkit else {}),
             }
             operator = start_operator(plane, d, settings)
             _say(f"operator pid {operator.pid}, log {d / 'operator.log'}")
@@ -134,6 +168,7 @@ def serve(d: Path, gpu_nodes: int, with_operator: bool) -> None:
             "node": node.name,
             "node_ip": node.ip,
             "registry": registry.address,
+            "served": sorted(served),
             "bucket": {"url": f"s3://{BUCKET}", **bucket.env},
             "images": sorted(i for i in set(images) if not i.startswith("sha256:")),
             "operator": {"pid": operator.pid, "log": str(operator.log)} if operator else None,
