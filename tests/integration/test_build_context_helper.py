@@ -102,3 +102,33 @@ def test_git_failure_says_what_failed(tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert "spec.image.git: git clone failed" in err
     assert "hunter2" not in err
+
+
+def test_the_operator_resolves_branches_and_tags_with_ls_remote(tmp_path: Path) -> None:
+    from substratus.api.common import GitSource
+    from substratus.runtimes.kubernetes.builder import Builder
+    from substratus.runtimes.kubernetes.children import Children
+    from substratus.runtimes.kubernetes.config import OperatorConfig
+    from substratus.runtimes.kubernetes.imageconfig import ImageConfigs
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "t@example.com")
+    git(repo, "config", "user.name", "t")
+    (repo / "Dockerfile").write_text("FROM x\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "one")
+    first = git(repo, "rev-parse", "HEAD")
+    git(repo, "tag", "-a", "v1", "-m", "annotated")  # ls-remote shows the tag object too
+    (repo / "Dockerfile").write_text("FROM y\n")
+    git(repo, "commit", "-qam", "two")
+    second = git(repo, "rev-parse", "HEAD")
+    cfg = OperatorConfig(artifact_url="s3://b", helper_image="h")
+    builder = Builder(None, cfg, Children(), ImageConfigs(), lambda p, c: "")  # type: ignore[arg-type]
+    url = f"file://{repo}"
+    assert builder.resolve(GitSource(url=url, branch="main")) == second
+    assert builder.resolve(GitSource(url=url)) == second  # the default branch
+    assert builder.resolve(GitSource(url=url, tag="v1")) == first  # peeled to its commit
+    assert builder.resolve(GitSource(url=url, branch="nope")) is None
+    assert builder.resolve(GitSource(url=f"file://{tmp_path}/missing")) is None
