@@ -20,6 +20,7 @@ from substratus.core.observed import (
     Artifacts,
     JobState,
     Observed,
+    Phase,
     ServiceState,
     UploadState,
 )
@@ -133,7 +134,9 @@ class Observer:
             service, pod = self._service_state(obj)
         state = self._job_state(obj, job, pod) if job is not None else None
         image_error = jobs.image_error(pod)
-        name = obj.spec.image.name
+        # The image that runs: the spec's, or the one built for it (its command is read from
+        # the registry as well when the spec gives none).
+        name = obj.spec.image.name or (build.image if build.phase == Phase.SUCCEEDED else None)
         if image_error is None and name is not None:
             try:
                 workload_argv(obj, name, self.entrypoint(obj, name))
