@@ -193,7 +193,7 @@ class Registry(ImageConfigs):
         super().__init__()
         self.tags = tags
 
-    def digest(self, image: str) -> str | None:
+    def digest(self, image: str, fresh: bool = False) -> str | None:
         return self.tags.get(image)
 
 

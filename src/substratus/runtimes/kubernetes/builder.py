@@ -119,7 +119,7 @@ class Builder:
         pod = pods[-1] if pods else None
         if jobs.condition(job, "Complete"):
             try:
-                digest = self.images.digest(image)
+                digest = self.images.digest(image, fresh=True)
             except ImageConfigError as e:
                 return BuildState(source, Phase.RUNNING, message=f"reading {image}: {e}")
             if digest is None:

@@ -31,6 +31,7 @@ MANIFEST_TYPES = (
 )
 DOCKER_HUB = "registry-1.docker.io"
 CACHE_SECONDS = 600.0
+MISS_SECONDS = 5.0  # a tag found missing is not asked for again sooner
 MAX_DOCUMENT = 4 << 20  # a manifest or config larger than this is not an image's
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -101,6 +102,7 @@ class ImageConfigs:
         self.insecure = set(insecure)
         self.auths = dict(auths or {})  # registry host -> (user, password)
         self._digests: dict[str, str] = {}
+        self._misses: dict[str, float] = {}  # tags not there when last asked
         self.os, _, self.arch = platform.partition("/")
         self.timeout = timeout
         self._cache: dict[str, tuple[float, list[str] | ImageConfigError]] = {}
@@ -127,12 +129,16 @@ class ImageConfigs:
             raise result
         return list(result)
 
-    def digest(self, image: str) -> str | None:
+    def digest(self, image: str, fresh: bool = False) -> str | None:
         """The digest ``image`` (a tag) points at, or None when the registry has no such tag.
-        Found digests are kept: the tags looked up here name their input (a build's)."""
+        Found digests are kept: the tags looked up here name their input (a build's); a
+        missing tag is remembered for a few seconds, unless ``fresh`` (a build just pushed)."""
+        now = time.monotonic()
         with self._lock:
             if image in self._digests:
                 return self._digests[image]
+            if not fresh and now - self._misses.get(image, -MISS_SECONDS) < MISS_SECONDS:
+                return None
         ref = Reference.parse(image)
         try:
             with httpx.Client(timeout=self.timeout, follow_redirects=True) as http:
@@ -142,9 +148,11 @@ class ImageConfigs:
                 )
         except httpx.HTTPError as e:
             raise ImageConfigError(f"{type(e).__name__}: {e}") from None
-        if found is not None:
-            with self._lock:
+        with self._lock:
+            if found is not None:
                 self._digests[image] = found
+            else:
+                self._misses[image] = now
         return found
 
     def _base(self, ref: Reference) -> str:

@@ -18,6 +18,7 @@ from substratus.api.kinds import Notebook, Resource
 from substratus.core.graph import Key
 from substratus.core.observed import (
     Artifacts,
+    BuildState,
     JobState,
     Observed,
     Phase,
@@ -126,7 +127,10 @@ class Observer:
         return observe_upload(obj, self.cfg.artifact_url, exists, sign, time.time())
 
     def observe(self, obj: Resource) -> Observed:
-        build = self.builds.state(obj)
+        upload = self.upload_state(obj)
+        awaiting = obj.spec.image.upload is not None and not upload.received
+        # While the context is awaited, decide looks at nothing else: no registry round trip.
+        build = BuildState() if awaiting else self.builds.state(obj)
         job, pod, service = None, None, None
         if obj.IS_JOB:
             job, pod = self._latest_job(obj)
@@ -156,7 +160,7 @@ class Observer:
             missing_secrets=tuple(missing_secrets(obj, self._secret)),
             image_error=image_error,
             spec_error=spec_error,
-            upload=self.upload_state(obj),
+            upload=upload,
         )
 
     def mounted_urls(self, namespace: str) -> set[str]:
