@@ -289,4 +289,25 @@ def test_failed_context_names_the_field_and_a_failed_build_gives_its_log() -> No
 def test_run_jobs_and_build_jobs_are_told_apart() -> None:
     build = job_for(UPLOADED)
     b = builder({}, ("Job", build))
-    assert [j["metadata"]["name"] for j in b.jobs(UPLOADED)] == [build["metadata"]["name"]]
+    assert [j["metadata"]["name"] for j in b.jobs(UPLOADED.key)] == [build["metadata"]["name"]]
+
+
+def test_builds_in_their_own_namespace() -> None:
+    cfg = replace(CFG, build_namespace="substratus-builds")
+    job = job_for(UPLOADED, cfg)
+    meta = job["metadata"]
+    assert meta["namespace"] == "substratus-builds"
+    assert "ownerReferences" not in meta  # none across namespaces: the finalizer deletes it
+    owner = {names.ANNOTATION_OWNER: "ft", names.ANNOTATION_OWNER_NAMESPACE: "team"}
+    assert owner.items() <= meta["annotations"].items()
+    assert job["spec"]["template"]["metadata"]["annotations"] == owner
+    # Objects of the same name in two namespaces build side by side there.
+    other = parse_object({**UPLOADED.dump(), "metadata": {"name": "ft", "namespace": "other"}})
+    source = build_source(UPLOADED)
+    assert source is not None
+    assert builds.job_name(UPLOADED, source, cfg) != builds.job_name(other, source, cfg)
+    # The operator's cache files the Job and its pod under their owner, in its namespace.
+    b = Builder(None, cfg, Children(), Registry({}), lambda p, c: "")  # type: ignore[arg-type]
+    b.children.event("Job", "ADDED", job)
+    assert [j["metadata"]["name"] for j in b.jobs(UPLOADED.key)] == [meta["name"]]
+    assert b.state(UPLOADED).phase == Phase.RUNNING

@@ -42,6 +42,7 @@ LABEL_KIND, LABEL_NAME, LABEL_ROLE = f"{GROUP}/kind", f"{GROUP}/name", f"{GROUP}
 MAIN, BUILD_CONTEXT, BUILD = "main", "substratus-context", "build"  # the operator's names
 START_WAIT_SECONDS = 120.0  # `logs -f` waits this long for a container to start
 ANNOTATION_NAME = f"{GROUP}/object-name"
+ANNOTATION_NAMESPACE = f"{GROUP}/object-namespace"  # a build pod's owner in another namespace
 
 
 def chosen_context(context: str | None) -> str | None:
@@ -208,6 +209,7 @@ class KubeClient:
             )
             if (p.metadata.annotations or {}).get(ANNOTATION_NAME) == name
         ]
+        pods += self._build_pods_elsewhere(cls.KIND, namespace, name)
         if not pods:
             raise NotFoundError(f"{cls.PLURAL}/{name}: no pod yet")
         pod = max(pods, key=lambda p: p.metadata.creationTimestamp)
@@ -216,8 +218,25 @@ class KubeClient:
         for container in containers:
             last = container == containers[-1]
             yield from self._container_log(
-                pod.metadata.name, namespace, name, container, follow and last, tail
+                pod.metadata.name, pod.metadata.namespace, name, container, follow and last, tail
             )
+
+    def _build_pods_elsewhere(self, kind: str, namespace: str, name: str) -> list[Any]:
+        """The object's build pods in the operator's builds namespace (build_namespace), where
+        the user may read them; none where listing pods across namespaces is not allowed."""
+        try:
+            found = self.k.list(
+                Pod, namespace=ALL_NS, labels={LABEL_KIND: kind, LABEL_ROLE: "build"}
+            )
+            owner = {ANNOTATION_NAME: name, ANNOTATION_NAMESPACE: namespace}
+            return [
+                p
+                for p in found
+                if p.metadata is not None
+                and owner.items() <= (p.metadata.annotations or {}).items()
+            ]
+        except (ApiError, httpx2.HTTPError, OSError):
+            return []
 
     def _container_log(
         self,

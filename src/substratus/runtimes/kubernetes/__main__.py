@@ -48,6 +48,8 @@ def main() -> int:
     # A replica that cannot renew stops at once, so it never acts beside a new leader.
     elector.keep(lambda: os._exit(3))
     namespaces = list(cfg.namespaces)
+    if namespaces and cfg.build_namespace and cfg.build_namespace not in namespaces:
+        namespaces.append(cfg.build_namespace)  # its build Jobs and pods are watched too
     asyncio.run(
         kopf.operator(
             registry=registry(op),

@@ -24,6 +24,7 @@ from lightkube.types import CascadeType
 
 from substratus.api.common import GitSource
 from substratus.api.kinds import Resource
+from substratus.core.graph import Key
 from substratus.core.observed import BuildState, Phase
 from substratus.core.reconcile import build_source
 from substratus.core.redaction import redact_userinfo
@@ -68,10 +69,11 @@ class Builder:
 
     # -- observe --------------------------------------------------------------------------
 
-    def jobs(self, obj: Resource) -> list[dict[str, Any]]:
+    def jobs(self, key: Key) -> list[dict[str, Any]]:
+        """The build Jobs of the object ``key`` (in its namespace or the builds namespace)."""
         return [
             j
-            for j in self.children.of("Job", obj.key)
+            for j in self.children.of("Job", key)
             if (j["metadata"].get("labels") or {}).get(names.LABEL_ROLE) == builds.ROLE
         ]
 
@@ -91,7 +93,7 @@ class Builder:
         job = next(
             (
                 j
-                for j in self.jobs(obj)
+                for j in self.jobs(obj.key)
                 if (j["metadata"].get("labels") or {}).get(builds.LABEL_SOURCE) == wanted
             ),
             None,
@@ -212,8 +214,9 @@ class Builder:
         image, commit = self.target(obj, source)
         if self.images.digest(image) is not None:
             return
-        prepare(ns)
-        self._prepare(ns)
+        build_ns = builds.build_namespace(obj, self.cfg)
+        prepare(build_ns)
+        self._prepare(build_ns)
         upload = obj.spec.image.upload
         upload_url = None
         if upload is not None:
@@ -228,14 +231,22 @@ class Builder:
         except ApiError as e:
             if e.status.code != 409:
                 raise
-        for other in self.jobs(obj):
-            name = other["metadata"]["name"]
-            if name != job["metadata"]["name"]:
-                try:
-                    self.client.delete(Job, name, namespace=ns, cascade=CascadeType.BACKGROUND)
-                except ApiError as e:
-                    if e.status.code != 404:
-                        raise
+        self.delete_jobs(obj.key, keep=job["metadata"]["name"])
+
+    def delete_jobs(self, key: Key, keep: str = "") -> None:
+        """The object's build Jobs but ``keep`` (all of them when it is deleted: in another
+        namespace no owner reference takes them along)."""
+        for other in self.jobs(key):
+            meta = other["metadata"]
+            if meta["name"] == keep:
+                continue
+            try:
+                self.client.delete(
+                    Job, meta["name"], namespace=meta["namespace"], cascade=CascadeType.BACKGROUND
+                )
+            except ApiError as e:
+                if e.status.code != 404:
+                    raise
 
     def _prepare(self, namespace: str) -> None:
         with self._lock:

@@ -61,8 +61,16 @@ def image_tag(obj: Resource, source: str, commit: str | None) -> str:
     return f"src-{source_hash(source)}"
 
 
-def job_name(obj: Resource, source: str) -> str:
-    return names.child_name(obj, f"build-{source_hash(source)[:10]}")
+def build_namespace(obj: Resource, cfg: OperatorConfig) -> str:
+    return cfg.build_namespace or obj.metadata.namespace
+
+
+def job_name(obj: Resource, source: str, cfg: OperatorConfig | None = None) -> str:
+    suffix = f"build-{source_hash(source)[:10]}"
+    if cfg is not None and build_namespace(obj, cfg) != obj.metadata.namespace:
+        # Objects of every namespace build side by side there: the namespace is in the name.
+        suffix = f"{hashlib.sha256(obj.metadata.namespace.encode()).hexdigest()[:6]}-{suffix}"
+    return names.child_name(obj, suffix)
 
 
 def _cache_opts(repo: str, cfg: OperatorConfig) -> str:
@@ -116,7 +124,12 @@ def build_job(
     ``context_args``: the helper's ``context`` arguments (where the context comes from)."""
     labels = names.labels(obj, role=ROLE)
     labels[LABEL_SOURCE] = source_hash(source)
-    annotations = {names.ANNOTATION_OWNER: obj.metadata.name, ANNOTATION_IMAGE: image}
+    namespace = build_namespace(obj, cfg)
+    owner = {names.ANNOTATION_OWNER: obj.metadata.name}
+    if namespace != obj.metadata.namespace:
+        # No owner reference across namespaces: the operator deletes these Jobs itself.
+        owner[names.ANNOTATION_OWNER_NAMESPACE] = obj.metadata.namespace
+    annotations = {**owner, ANNOTATION_IMAGE: image}
     context_dir = f"{WORKSPACE}/context"
     git = obj.spec.image.git
     if git is not None and git.path:
@@ -190,23 +203,21 @@ def build_job(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(obj, source),
-            "namespace": obj.metadata.namespace,
+            "name": job_name(obj, source, cfg),
+            "namespace": namespace,
             "labels": labels,
             "annotations": annotations,
-            "ownerReferences": [names.owner_reference(obj)],
+            **(
+                {"ownerReferences": [names.owner_reference(obj)]}
+                if namespace == obj.metadata.namespace
+                else {}
+            ),
         },
         "spec": {
             "backoffLimit": 0,  # a failed build is BuildFailed; a new requestId tries again
             "activeDeadlineSeconds": cfg.build_timeout_seconds,
             # The owner's name on the pod too: the operator's cache and `sub logs` find it.
-            "template": {
-                "metadata": {
-                    "labels": labels,
-                    "annotations": {names.ANNOTATION_OWNER: obj.metadata.name},
-                },
-                "spec": pod_spec,
-            },
+            "template": {"metadata": {"labels": labels, "annotations": owner}, "spec": pod_spec},
         },
     }
 

@@ -27,7 +27,8 @@ def owner_of(body: Mapping[str, Any]) -> Owner | None:
     name = (meta.get("annotations") or {}).get(names.ANNOTATION_OWNER)
     if not kind or not name:
         return None
-    return (str(kind), str(meta.get("namespace")), str(name))
+    namespace = (meta.get("annotations") or {}).get(names.ANNOTATION_OWNER_NAMESPACE)
+    return (str(kind), str(namespace or meta.get("namespace")), str(name))
 
 
 def slim(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -67,6 +67,10 @@ class OperatorConfig:
     # each namespace that builds as the Secret builds push with and pods pull with).
     registry: str = ""
     build_image: str = DEFAULT_BUILD_IMAGE
+    # Where build Jobs run: one namespace that allows their pods (seccomp and AppArmor
+    # unconfined), so the namespaces of workloads can enforce a restricted Pod Security
+    # Standard; empty: each object's own namespace.
+    build_namespace: str = ""
     build_timeout_seconds: int = 3600
     registry_auth: str = ""  # the config.json's text
     # Registries builds pull FROM images through another (host -> mirror host[:port]): a dev
@@ -225,6 +229,7 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         notebook_home_size=_quantity(env, file, "notebook_home_size", "10Gi"),
         registry=registry,
         build_image=str(_setting(env, file, "build_image") or DEFAULT_BUILD_IMAGE),
+        build_namespace=str(_setting(env, file, "build_namespace") or ""),
         build_timeout_seconds=_positive(env, file, "build_timeout_seconds", 3600),
         registry_auth=registry_auth,
         registry_mirrors=_mapping(env, file, "registry_mirrors"),

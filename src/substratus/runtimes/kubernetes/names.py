@@ -13,6 +13,8 @@ LABEL_GENERATION = f"{GROUP}/generation"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_ROLE = f"{GROUP}/role"
 ANNOTATION_OWNER = f"{GROUP}/object-name"  # a child's owner, whole (labels may be shortened)
+# The owner's namespace, on a child in another namespace (a build Job in the builds namespace).
+ANNOTATION_OWNER_NAMESPACE = f"{GROUP}/object-namespace"
 FIELD_MANAGER = "substratus-operator"
 NAME_LIMIT = 63  # a DNS label: Jobs (their pods carry the name as a label), Services
 

@@ -293,6 +293,8 @@ class Operator:
         plural = KINDS[kind].PLURAL
         if not retains_artifacts(meta.get("annotations")):
             self.store.delete(self.store.object_url(meta["namespace"], plural, meta["name"]))
+        if self.cfg.build_namespace:
+            self.observer.builds.delete_jobs(_key(body))
         # Uploaded build contexts are inputs, not artifacts: they go either way.
         self.uploads.delete(self.uploads.object_url(meta["namespace"], plural, meta["name"]))
         self._patch_meta(kind, body, {"finalizers": [f for f in finalizers if f != FINALIZER]})
