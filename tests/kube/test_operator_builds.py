@@ -297,3 +297,33 @@ def _registry_hit(
     )
     main = run[0]["spec"]["template"]["spec"]["containers"][0]
     assert (main["image"], main["imagePullPolicy"]) == (pinned, "IfNotPresent")
+
+
+def test_builds_run_in_the_builds_namespace_and_go_with_their_object(
+    kube_control_plane: ControlPlane,
+    substratus_crds: list[str],
+    kube_namespace: str,
+    local_registry: LocalRegistry,
+    tmp_path: Path,
+) -> None:
+    plane, ns = kube_control_plane, kube_namespace
+    builds_ns = f"{ns}-builds"
+    plane.kubectl("create", "namespace", builds_ns)
+    own = OwnEndpoint(free_port())
+    own.settings["SUBSTRATUS_BUILD_NAMESPACE"] = builds_ns
+    try:
+        url = f"file://{tmp_path}/bucket"
+        with build_operator(plane, local_registry, url, own, tmp_path / "op") as operator:
+            ctx = context_dir(tmp_path, "true\n")
+            sub(plane, ns, "apply", "--no-follow-build", "-f", str(ctx / "model.yaml"), env={})
+            (job,) = until("a build Job", lambda: build_jobs(plane, builds_ns), operator)
+            notes = job["metadata"]["annotations"]
+            assert notes["substratus.ai/object-namespace"] == ns
+            assert notes["substratus.ai/object-name"] == "built"
+            assert not build_jobs(plane, ns)
+            account = plane.kubectl("get", "serviceaccount", "-n", builds_ns, "substratus-build")
+            assert account.returncode == 0
+            plane.kubectl("delete", "-n", ns, "model", "built", "--wait=true", "--timeout=60s")
+            until("the build Job deleted", lambda: not build_jobs(plane, builds_ns), operator)
+    finally:
+        plane.kubectl("delete", "namespace", builds_ns, "--wait=false", check=False)
