@@ -76,7 +76,8 @@ def git(repo: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-def test_git_clone_at_the_resolved_commit(tmp_path: Path) -> None:
+def two_commits(tmp_path: Path) -> tuple[Path, str, str]:
+    """A repository on ``main``: a commit tagged v1 (annotated), then another."""
     repo = tmp_path / "repo"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
@@ -86,8 +87,15 @@ def test_git_clone_at_the_resolved_commit(tmp_path: Path) -> None:
     git(repo, "add", ".")
     git(repo, "commit", "-qm", "one")
     first = git(repo, "rev-parse", "HEAD")
+    git(repo, "tag", "-a", "v1", "-m", "annotated")  # ls-remote shows the tag object too
     (repo / "Dockerfile").write_text("FROM y\n")
-    git(repo, "commit", "-qam", "two")  # the branch moved after the operator resolved it
+    git(repo, "commit", "-qam", "two")
+    return repo, first, git(repo, "rev-parse", "HEAD")
+
+
+def test_git_clone_at_the_resolved_commit(tmp_path: Path) -> None:
+    # The branch moved on after the operator resolved it to the first commit.
+    repo, first, _ = two_commits(tmp_path)
     dest = tmp_path / "w" / "context"
     args = ["context", "--dest", str(dest), "--git", f"file://{repo}", "--ref", "main"]
     assert main([*args, "--commit", first]) == 0
@@ -111,19 +119,7 @@ def test_the_operator_resolves_branches_and_tags_with_ls_remote(tmp_path: Path) 
     from substratus.runtimes.kubernetes.config import OperatorConfig
     from substratus.runtimes.kubernetes.imageconfig import ImageConfigs
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.email", "t@example.com")
-    git(repo, "config", "user.name", "t")
-    (repo / "Dockerfile").write_text("FROM x\n")
-    git(repo, "add", ".")
-    git(repo, "commit", "-qm", "one")
-    first = git(repo, "rev-parse", "HEAD")
-    git(repo, "tag", "-a", "v1", "-m", "annotated")  # ls-remote shows the tag object too
-    (repo / "Dockerfile").write_text("FROM y\n")
-    git(repo, "commit", "-qam", "two")
-    second = git(repo, "rev-parse", "HEAD")
+    repo, first, second = two_commits(tmp_path)
     cfg = OperatorConfig(artifact_url="s3://b", helper_image="h")
     builder = Builder(None, cfg, Children(), ImageConfigs(), lambda p, c: "")  # type: ignore[arg-type]
     url = f"file://{repo}"
