@@ -265,7 +265,7 @@ def unpack_context(tarball: Path, dest: Path, *, max_bytes: int | None = None) -
     limit = unpack_limit(Path(tarball).stat().st_size) if max_bytes is None else max_bytes
     total, count = 0, 0
 
-    def bounded(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+    def account(member: tarfile.TarInfo) -> None:
         nonlocal total, count
         count += 1
         total += member.size
@@ -278,8 +278,56 @@ def unpack_context(tarball: Path, dest: Path, *, max_bytes: int | None = None) -
                 f"the archive unpacks to more than {limit / 2**20:.0f} MiB "
                 f"({Path(tarball).stat().st_size / 2**20:.1f} MiB packed)"
             )
+
+    def bounded(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        account(member)
         return _strict_data_filter(member, path)
 
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tarball, "r:*") as tar:
-        tar.extractall(dest, filter=bounded)
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter=bounded)
+            return
+        # Python 3.11 before 3.11.4 (Debian 12's 3.11.2) has no extraction filters: the data
+        # filter's checks by hand, each member checked before it is written.
+        root = os.path.realpath(dest)
+        for member in tar:
+            account(member)
+            _check_member(member, root)
+            tar.extract(member, dest)
+
+
+class UnsafeMember(tarfile.TarError):
+    """A member that would escape the context or is a special file (Pythons without
+    tarfile's extraction filters; theirs raise ``tarfile.FilterError``)."""
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([root, path]) == root
+
+
+def _check_member(member: tarfile.TarInfo, root: str) -> None:
+    """What tarfile's ``data`` filter refuses, and its normalisation of the rest: no absolute
+    names, nothing outside ``root`` (following links already written), no links pointing
+    outside, no devices or FIFOs; no owner, no setuid bits, no write bits for others."""
+    if member.name.startswith("/") or os.path.isabs(member.name):
+        raise UnsafeMember(f"{member.name}: an absolute path")
+    target = os.path.realpath(os.path.join(root, member.name))
+    if not _inside(target, root):
+        raise UnsafeMember(f"{member.name}: outside the context")
+    if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
+        raise UnsafeMember(f"{member.name}: a special file")
+    if member.issym():
+        if os.path.isabs(member.linkname):
+            raise UnsafeMember(f"{member.name}: a link to an absolute path")
+        link = os.path.realpath(os.path.join(os.path.dirname(target), member.linkname))
+        if not _inside(link, root):
+            raise UnsafeMember(f"{member.name}: a link outside the context")
+    if member.islnk():
+        link = os.path.realpath(os.path.join(root, member.linkname))
+        if not _inside(link, root):
+            raise UnsafeMember(f"{member.name}: a link outside the context")
+    member.uid = member.gid = 0
+    member.uname = member.gname = ""
+    if member.isfile() or member.isdir():
+        member.mode = (member.mode & 0o755) | (0o600 if member.isfile() else 0o700)
