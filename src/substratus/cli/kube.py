@@ -215,10 +215,11 @@ class KubeClient:
         pod = max(pods, key=lambda p: p.metadata.creationTimestamp)
         building = (pod.metadata.labels or {}).get(LABEL_ROLE) == "build"
         containers = [BUILD_CONTEXT, BUILD] if building else [MAIN]
+        # Following, each container's log is followed in turn until it ends (an init
+        # container's ends before the next one starts).
         for container in containers:
-            last = container == containers[-1]
             yield from self._container_log(
-                pod.metadata.name, pod.metadata.namespace, name, container, follow and last, tail
+                pod.metadata.name, pod.metadata.namespace, name, container, follow, tail
             )
 
     def _build_pods_elsewhere(self, kind: str, namespace: str, name: str) -> list[Any]:
