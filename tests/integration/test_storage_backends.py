@@ -250,6 +250,7 @@ def test_azure_large_context_goes_up_in_blocks(
 ) -> None:
     for key, value in azurite_server.env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setattr(signed, "AZURE_SINGLE_PUT_BYTES", 1024 * 1024)
     monkeypatch.setattr(signed, "AZURE_BLOCK_BYTES", 256 * 1024)
     bucket = f"t-{uuid.uuid4().hex[:12]}"
     azurite_server.create_bucket(bucket)
