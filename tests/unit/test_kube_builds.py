@@ -311,3 +311,24 @@ def test_builds_in_their_own_namespace() -> None:
     b.children.event("Job", "ADDED", job)
     assert [j["metadata"]["name"] for j in b.jobs(UPLOADED.key)] == [meta["name"]]
     assert b.state(UPLOADED).phase == Phase.RUNNING
+
+
+def test_a_build_that_cannot_start_says_why_and_waits() -> None:
+    job = job_for(UPLOADED)
+    waiting = {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}
+    pod = pod_for(
+        job, {"containerStatuses": [{"name": "build", "image": "bk:1", "state": waiting}]}
+    )
+    state = builder({}, ("Job", job), ("Pod", pod)).state(UPLOADED)
+    assert state.phase == Phase.RUNNING
+    assert state.message == "bk:1: ImagePullBackOff: not found"
+    from substratus.core.observed import Observed, UploadState
+    from substratus.core.reconcile import decide
+
+    received = UploadState(url="u", received=True)
+    status = decide(UPLOADED, Observed(now=0, upload=received, build=state)).status
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert (ready.reason, ready.message) == (
+        "Building",
+        "building the image (waiting: bk:1: ImagePullBackOff: not found)",
+    )

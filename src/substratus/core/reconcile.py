@@ -140,8 +140,10 @@ def decide(
                 return s.done(requeue_after=UPLOAD_POLL_SECONDS if upload.request_id else None)
         build = obs.build
         if build.source != source or build.phase in (Phase.NONE, Phase.RUNNING):
-            s.cond(C.BUILT, False, "Building", "building the image")
-            s.ready(False, "Building", "building the image")
+            # A build that cannot start yet (its image, its node) says why, and waits.
+            doing = "building the image" + (f" (waiting: {build.message})" if build.message else "")
+            s.cond(C.BUILT, False, "Building", doing)
+            s.ready(False, "Building", doing)
             starting = build.source != source or build.phase == Phase.NONE
             return s.done(StartBuild(source)) if starting else s.done()
         if build.phase == Phase.FAILED:

@@ -134,7 +134,12 @@ class Builder:
         failed = jobs.condition(job, "Failed")
         ended = _failed_container(pod)
         if failed is None and ended is None:
-            return BuildState(source, Phase.RUNNING)
+            # Not failed, but maybe stuck: an image that cannot be pulled, no node for it.
+            stuck = jobs.image_error(pod)
+            waiting = jobs.pod_waiting(pod)
+            if stuck is None and waiting is not None:
+                stuck = f"{waiting[0]}: {waiting[1]}"
+            return BuildState(source, Phase.RUNNING, message=stuck or "")
         if ended is None:  # no container said why: the Job did (its deadline, say)
             reason = (failed or {}).get("reason", "Failed")
             detail = (failed or {}).get("message", "")
