@@ -327,3 +327,48 @@ def test_builds_run_in_the_builds_namespace_and_go_with_their_object(
             until("the build Job deleted", lambda: not build_jobs(plane, builds_ns), operator)
     finally:
         plane.kubectl("delete", "namespace", builds_ns, "--wait=false", check=False)
+
+
+def test_a_git_build_job_clones_the_resolved_commit(
+    kube_control_plane: ControlPlane,
+    substratus_crds: list[str],
+    kube_namespace: str,
+    local_registry: LocalRegistry,
+    tmp_path: Path,
+) -> None:
+    plane, ns = kube_control_plane, kube_namespace
+    repo = tmp_path / "repo"
+    (repo / "ml").mkdir(parents=True)
+    (repo / "ml" / "Dockerfile").write_text(DOCKERFILE)
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    git("-c", "user.email=t@example.com", "-c", "user.name=t", "add", ".")
+    git("-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "one")
+    sha = git("rev-parse", "HEAD")
+    own = OwnEndpoint(free_port())
+    with build_operator(plane, local_registry, f"file://{tmp_path}/b", own, tmp_path / "op") as op:
+        git_source = {"url": f"file://{repo}", "branch": "main", "path": "ml"}
+        manifest = {
+            "apiVersion": "substratus.ai/v1",
+            "kind": "Model",
+            "metadata": {"name": "from-git"},
+            "spec": {"image": {"git": git_source}, "command": ["true"]},
+        }
+        plane.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(manifest))
+        (job,) = until("a build Job", lambda: build_jobs(plane, ns), op)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["args"] == [
+        "context", "--dest", "/workspace/context",
+        "--git", f"file://{repo}", "--ref", "main", "--commit", sha,
+    ]  # fmt: skip
+    args = pod["containers"][0]["args"]
+    assert "context=/workspace/context/ml" in args
+    output = next(a for a in args if a.startswith("type=image,name="))
+    image = output.removeprefix("type=image,name=").split(",")[0]
+    assert image.startswith(f"{local_registry.address}/builds/{ns}/images:git-{sha}-")
+    assert ready_reason(get(plane, ns, "model", "from-git")) == "Building"
