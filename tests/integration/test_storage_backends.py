@@ -24,6 +24,7 @@ from substratus.storage import (
     signed,
     upload_to_signed_url,
 )
+from substratus.storage import store as store_module
 from substratus.storage.backends import backend_for, parse_url
 
 pytestmark = pytest.mark.integration
@@ -286,3 +287,39 @@ def test_s3_generic_endpoint_variable(
     store = ArtifactStore(f"s3://{bucket}")
     c = store.commit(artifacts, store.object_url("a", "models", "m"), "1")
     assert store.read_manifest(c.url) == c.manifest
+
+
+def test_s3_large_context_goes_up_in_signed_parts(
+    s3_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(store_module, "PART_BYTES", 5 * 1024 * 1024)  # S3's smallest part
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    s3_server.create_bucket(bucket)
+    store = ArtifactStore(f"s3://{bucket}/substratus")
+    src = tmp_path / "ctx.tar.gz"
+    src.write_bytes(os.urandom(12 * 1024 * 1024 + 5))  # three parts, the last one short
+    md5 = file_md5(src)
+    url = store.object_url("default", "models", "m") + f"{md5}.tar.gz"
+    assert store.takes_parts(url)
+    parts = store.signed_upload_parts(url, 600, src.stat().st_size)
+    assert len(parts.urls) == 3 and parts.part_size == 5 * 1024 * 1024
+    assert not store.exists(url)  # nothing there until the upload completes
+    # A part URL is for its own part of its own upload.
+    at = parts.urls[0].index("X-Amz-Signature=") + len("X-Amz-Signature=")
+    tampered = parts.urls[0][:at] + ("A" if parts.urls[0][at] != "A" else "B")
+    tampered += parts.urls[0][at + 1 :]
+    with pytest.raises(signed.SignedUploadError, match="HTTP 403"):
+        signed.upload_parts([tampered, *parts.urls[1:]], parts.part_size, parts.complete_url, src)
+    short = tmp_path / "short.tar.gz"
+    short.write_bytes(b"x" * 100)
+    with pytest.raises(signed.SignedUploadError, match="not what the 3 signed parts are for"):
+        signed.upload_parts(parts.urls, parts.part_size, parts.complete_url, short)
+    sent: list[int] = []
+    signed.upload_parts(parts.urls, parts.part_size, parts.complete_url, src, sent.append)
+    assert sum(sent) == src.stat().st_size
+    out = tmp_path / "back"
+    store.get_file(url, out)
+    assert file_md5(out) == md5
+    assert not ArtifactStore(f"az://{bucket}/x").takes_parts(f"az://{bucket}/x/y")

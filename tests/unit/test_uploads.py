@@ -98,3 +98,41 @@ def test_parse_iso_refuses_garbage() -> None:
     assert parse_iso("yesterday") is None
     assert parse_iso(None) is None
     assert parse_iso(iso(1234.0)) == 1234.0
+
+
+def test_a_large_context_gets_parts_where_the_store_takes_them() -> None:
+    from substratus.api.kinds import UploadParts
+    from substratus.core.uploads import PARTS_ABOVE
+
+    made: list[int] = []
+
+    def sign_parts(url: str, seconds: int, size: int) -> UploadParts:
+        made.append(size)
+        n = -(-size // (64 << 20))
+        urls = [f"https://s3.example/{url}?part={i}" for i in range(1, n + 1)]
+        return UploadParts(upload_id="u1", part_size=64 << 20, urls=urls, complete_url="c")
+
+    big = PARTS_ABOVE + 1
+    obj = model({"md5": MD5, "requestId": "r1", "size": big})
+    upload = observe_upload(obj, BASE, lambda u: False, Signer(), 0, sign_parts)
+    assert upload.parts is not None and len(upload.parts.urls) == 5 and made == [big]
+    status = decide(obj, Observed(now=0, upload=upload)).status.model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+    assert status["uploadParts"]["uploadId"] == "u1"
+    # Kept with the URL while they suit the size; a new size signs anew.
+    again = observe_upload(model(obj.spec.image.upload.model_dump(by_alias=True), status),
+                           BASE, lambda u: False, Signer(), 1, sign_parts)  # fmt: skip
+    assert again.parts == upload.parts and made == [big]
+    bigger = {"md5": MD5, "requestId": "r1", "size": 10 * big}
+    observe_upload(model(bigger, status), BASE, lambda u: False, Signer(), 2, sign_parts)
+    assert made == [big, 10 * big]
+    # Small contexts, or stores without parts (sign_parts not given): one PUT.
+    small = observe_upload(model({"md5": MD5, "requestId": "r1", "size": 10}), BASE,
+                           lambda u: False, Signer(), 0, sign_parts)  # fmt: skip
+    assert small.parts is None
+    no_parts = observe_upload(obj, BASE, lambda u: False, Signer(), 0, None)
+    assert no_parts.parts is None
+    # Once the context is stored, no parts are published.
+    done = observe_upload(obj, BASE, lambda u: True, Signer(), 3, sign_parts)
+    assert done.parts is None

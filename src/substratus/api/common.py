@@ -116,6 +116,13 @@ class UploadSource(Strict):
         json_schema_extra={"pattern": REQUEST_ID_RE.pattern},
     )
 
+    size: int | None = Field(
+        None,
+        ge=0,
+        description="Bytes of the tarball, set by the client: a large context may be uploaded "
+        "in parts (status.uploadParts).",
+    )
+
     # Validators rather than Field(pattern=...) for messages a user can act on; the schema
     # carries the same patterns for the CRDs.
     @field_validator("md5")

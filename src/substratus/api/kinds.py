@@ -115,6 +115,20 @@ class BuildUploadStatus(BaseModel):
     )
 
 
+class UploadParts(BaseModel):
+    """A multipart upload of a large context (S3): PUT each ``partSize`` bytes of the tarball
+    to its URL in order, then POST the parts' ETags to ``completeUrl``."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    upload_id: str = Field(alias="uploadId", description="The bucket's id of the upload.")
+    part_size: int = Field(alias="partSize", description="Bytes per part (the last: the rest).")
+    urls: list[str] = Field(description="One signed PUT URL per part, in order.")
+    complete_url: str = Field(
+        alias="completeUrl", description="Signed URL the client POSTs the parts' list to."
+    )
+
+
 class ArtifactsStatus(BaseModel):
     """The original project's ``status.artifacts``."""
 
@@ -143,6 +157,12 @@ class CommonStatus(BaseModel):
         alias="uploadUrlExpiration",
         description="When uploadUrl stops working (RFC 3339); a new spec.image.upload.requestId "
         "asks for a fresh URL sooner.",
+    )
+    upload_parts: UploadParts | None = Field(
+        None,
+        alias="uploadParts",
+        description="For a large context (spec.image.upload.size) where the bucket takes parts: "
+        "URLs for each part and for completing the upload, valid as long as uploadUrl.",
     )
     build_upload: BuildUploadStatus | None = Field(
         None,

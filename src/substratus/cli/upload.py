@@ -22,7 +22,8 @@ from substratus.cli.manifests import Document
 from substratus.cli.waiting import WaitFailed, WaitTimeout
 from substratus.core import conditions as C
 from substratus.core.client import Client, NotFoundError
-from substratus.storage import pack_context, upload_to_signed_url
+from substratus.storage import StorageError, pack_context, upload_to_signed_url
+from substratus.storage.signed import SignedUploadError, upload_parts
 
 SIGN_TIMEOUT = 60.0
 
@@ -58,13 +59,17 @@ def prepare_upload(doc: Document, upload_dir: str | None) -> Path | None:
     md5 = pack_context(directory, tarball)
     upload = dict(parent["upload"] or {})
     upload[md5_key] = md5
+    if field == "spec.image.upload":  # the original project's spelling has no size
+        upload["size"] = tarball.stat().st_size
     # Content-addressed: re-applying an unchanged directory does not rebuild.
     upload.setdefault(id_key, md5[:16])
     parent["upload"] = upload
     return tarball
 
 
-def _upload_with_bar(url: str, tarball: Path, md5: str | None, console: Console) -> None:
+def _upload_with_bar(
+    url: str, tarball: Path, md5: str | None, console: Console, parts: dict[str, Any] | None
+) -> None:
     size = tarball.stat().st_size
     columns = (
         TextColumn("uploading build context"),
@@ -75,8 +80,18 @@ def _upload_with_bar(url: str, tarball: Path, md5: str | None, console: Console)
     )
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("upload", total=size)
-        upload_to_signed_url(url, tarball, md5=md5, progress=lambda n: bar.advance(task, n))
-    console.print(f"uploaded build context ({size / 1e6:.1f} MB)")
+        advance = lambda n: bar.advance(task, n)  # noqa: E731
+        if parts:  # a large context, where the bucket takes parts
+            try:
+                upload_parts(
+                    parts["urls"], parts["partSize"], parts["completeUrl"], tarball, advance
+                )
+            except SignedUploadError as e:
+                raise StorageError(str(e)) from None
+        else:
+            upload_to_signed_url(url, tarball, md5=md5, progress=advance)
+    how = f" in {len(parts['urls'])} parts" if parts else ""
+    console.print(f"uploaded build context ({size / 1e6:.1f} MB{how})")
 
 
 def finish_upload(client: Client, obj: dict[str, Any], tarball: Path, console: Console) -> None:
@@ -88,6 +103,7 @@ def finish_upload(client: Client, obj: dict[str, Any], tarball: Path, console: C
     parent, _, md5_key, id_key = section
     md5, request_id = parent["upload"].get(md5_key), parent["upload"].get(id_key)
     deadline = time.monotonic() + SIGN_TIMEOUT
+    parts: dict[str, Any] | None = None
     with console.status(f"{kind.lower()}/{meta['name']}: waiting for an upload URL"):
         url = None
         for event in client.watch(kind, meta["namespace"], meta["name"], timeout=SIGN_TIMEOUT):
@@ -106,13 +122,13 @@ def finish_upload(client: Client, obj: dict[str, Any], tarball: Path, console: C
                 return  # this context was uploaded before: nothing to send
             granted = status.get("buildUpload") or {}
             if status.get("uploadUrl") and granted.get("requestID") == request_id:
-                url = status["uploadUrl"]
+                url, parts = status["uploadUrl"], status.get("uploadParts")
                 break
     if url is None:
         raise WaitTimeout(
             f"{kind.lower()}/{meta['name']}: no status.uploadUrl after {SIGN_TIMEOUT}s"
         )
-    _upload_with_bar(url, tarball, md5, console)
+    _upload_with_bar(url, tarball, md5, console, parts)
 
 
 BUILD_TIMEOUT = 3600.0

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from substratus.api.kinds import UploadParts
+
 
 @dataclass(frozen=True)
 class DepState:
@@ -34,6 +36,7 @@ class BuildState:
 class UploadState:
     url: str | None = None  # where the client should upload (signed URL)
     expires_at: float | None = None  # when url stops working (None: never, e.g. file://)
+    parts: UploadParts | None = None  # a large context's multipart upload (S3), if any
     received: bool = False  # the tarball for the spec's requestId has arrived
 
 

@@ -93,6 +93,7 @@ def _original_fields(
     if upload is None:
         # A URL for a source no longer asked for.
         status.upload_url = status.upload_url_expiration = status.build_upload = None
+        status.upload_parts = None
     elif published:
         # requestID names the request this URL was made for, so a client never sends one
         # request's tarball to another's URL; a path that did not publish (a suspended
@@ -132,6 +133,7 @@ def decide(
             s.status.upload_url = obs.upload.url
             expires = obs.upload.expires_at
             s.status.upload_url_expiration = iso(expires) if expires is not None else None
+            s.status.upload_parts = obs.upload.parts
             s.published = True
             if not upload.request_id or not obs.upload.received:
                 s.cond(C.BUILT, False, "AwaitingUpload", "upload the build context to uploadUrl")

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from urllib.parse import quote, urlsplit
 
 from substratus.api.common import UploadSource
-from substratus.api.kinds import CommonStatus, Resource
+from substratus.api.kinds import CommonStatus, Resource, UploadParts
 from substratus.core.naming import upload_file_name
 from substratus.core.observed import UploadState
 
@@ -66,16 +66,35 @@ def context_url(
     return f"{base}/.uploads/{namespace}/{plural}/{name}/{upload_file_name(upload)}"
 
 
+PARTS_ABOVE = 256 << 20
+"""A context larger than this goes up in parts where the store takes parts (S3)."""
+
+SignParts = Callable[[str, int, int], UploadParts]
+"""``sign_parts(url, seconds, size)``: a multipart upload for a context of ``size`` bytes;
+given by a runtime only where its store takes parts."""
+
+
+def _parts_fit(parts: UploadParts | None, size: int | None) -> bool:
+    """Whether the published parts (or their absence) suit a context of ``size`` bytes."""
+    if not size or size <= PARTS_ABOVE:
+        return parts is None
+    if parts is None:
+        return False
+    return (len(parts.urls) - 1) * parts.part_size < size <= len(parts.urls) * parts.part_size
+
+
 def observe_upload(
     obj: Resource,
     artifact_url: str,
     exists: Callable[[str], bool],
     sign: Callable[[str, int, str | None], str] | None,
     now: float,
+    sign_parts: SignParts | None = None,
 ) -> UploadState:
     """What a runtime observes of ``obj``'s upload: where the client uploads the context (the
     URL in the status while it is good, else one from ``sign(url, seconds, md5)``; with no
-    ``sign``, a local store's URL as is) and whether it has arrived."""
+    ``sign``, a local store's URL as is; for a large one, ``sign_parts``' parts) and whether
+    it has arrived."""
     upload = obj.spec.image.upload
     if upload is None:
         return UploadState()
@@ -85,6 +104,11 @@ def observe_upload(
     if sign is None:
         return UploadState(url=url, received=received)
     granted = published_url(obj.status, upload, upload_file_name(upload), now)
-    if granted is None:
-        granted = (sign(url, URL_SECONDS, upload.md5), now + URL_SECONDS)
-    return UploadState(url=granted[0], expires_at=granted[1], received=received)
+    parts = obj.status.upload_parts
+    if granted is not None and (received or sign_parts is None or _parts_fit(parts, upload.size)):
+        return UploadState(url=granted[0], expires_at=granted[1], received=received, parts=parts)
+    signed = sign(url, URL_SECONDS, upload.md5)
+    parts = None
+    if not received and sign_parts is not None and upload.size and upload.size > PARTS_ABOVE:
+        parts = sign_parts(url, URL_SECONDS, upload.size)
+    return UploadState(url=signed, expires_at=now + URL_SECONDS, received=received, parts=parts)

@@ -34,6 +34,7 @@ __all__ = [
     "Backend",
     "Location",
     "MissingDependency",
+    "S3Backend",
     "backend_for",
     "parse_url",
 ]
@@ -186,22 +187,45 @@ class S3Backend(Backend):
             use_listings_cache=False,
         )
 
-    def signed_put_url(self, path: str, expires_s: int, content_md5: str | None = None) -> str:
+    def _client(self) -> Any:
         # botocore comes with s3fs (through aiobotocore): no need for boto3.
         session_mod = _import("botocore.session", self.extra, self.scheme)
         config_mod = _import("botocore.config", self.extra, self.scheme)
-        bucket, _, key = path.partition("/")
-        client = session_mod.get_session().create_client(
+        return session_mod.get_session().create_client(
             "s3",
             endpoint_url=self.endpoint(),
             region_name=self.region() or "us-east-1",
             config=config_mod.Config(**self._config()),
         )
-        params = {"Bucket": bucket, "Key": key}
+
+    def signed_put_url(self, path: str, expires_s: int, content_md5: str | None = None) -> str:
+        client = self._client()
+        bucket, _, key = path.partition("/")
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if content_md5:
             params["ContentMD5"] = content_md5  # a signed header: any other md5 is refused
         url: str = client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_s)
         return url
+
+    def signed_multipart(self, path: str, expires_s: int, parts: int) -> tuple[str, list[str], str]:
+        """Start a multipart upload of ``path`` and sign ``parts`` UploadPart URLs and the
+        CompleteMultipartUpload URL: (upload id, part URLs, complete URL)."""
+        client = self._client()
+        bucket, _, key = path.partition("/")
+        upload_id = str(client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"])
+        base = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
+        urls = [
+            str(
+                client.generate_presigned_url(
+                    "upload_part", Params={**base, "PartNumber": n}, ExpiresIn=expires_s
+                )
+            )
+            for n in range(1, parts + 1)
+        ]
+        complete = client.generate_presigned_url(
+            "complete_multipart_upload", Params=base, ExpiresIn=expires_s
+        )
+        return upload_id, urls, str(complete)
 
 
 _ZB_HNS = "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"

@@ -25,6 +25,7 @@ __all__ = [
     "file_md5",
     "md5_base64",
     "redact",
+    "upload_parts",
     "upload_to_signed_url",
 ]
 
@@ -35,7 +36,7 @@ CHUNK = 1 << 20
 # a single PUT; benchmarks/upload_signed.py).
 AZURE_SINGLE_PUT_BYTES = 256 << 20
 AZURE_BLOCK_BYTES = 32 << 20
-AZURE_PARALLEL_BLOCKS = 4
+AZURE_PARALLEL_BLOCKS = 4  # blocks, or S3 parts, in flight at once
 
 UploadProgress = Callable[[int], None]
 """``progress(bytes_sent_since_last_call)``; called from one thread at a time."""
@@ -167,3 +168,67 @@ def _azure_blocks(
     if md5:
         headers["x-ms-blob-content-md5"] = md5_base64(md5)
     _put(client, f"{url}{sep}comp=blocklist", headers, xml)
+
+
+def upload_parts(
+    urls: list[str],
+    part_size: int,
+    complete_url: str,
+    path: Path,
+    progress: UploadProgress | None = None,
+) -> None:
+    """A multipart upload through signed URLs (S3): each ``part_size`` bytes of ``path`` to its
+    URL (a few at a time, each with its own Content-MD5), then the parts' ETags POSTed to
+    ``complete_url``."""
+    import threading
+
+    import httpx
+
+    size = Path(path).stat().st_size
+    if not (len(urls) - 1) * part_size < size <= len(urls) * part_size:
+        raise SignedUploadError(
+            f"{path} is {size} bytes: not what the {len(urls)} signed parts are for "
+            "(the context changed after it was packed?)"
+        )
+    lock = threading.Lock()
+
+    def report(n: int) -> None:
+        if progress is not None:
+            with lock:
+                progress(n)
+
+    def put_part(i: int) -> str:
+        offset = i * part_size
+        length = min(part_size, size - offset)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(length)
+        digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        headers = {"Content-Length": str(length), "Content-MD5": md5_base64(digest)}
+        with httpx.Client(timeout=httpx.Timeout(300.0, connect=30.0)) as client:
+            r = client.put(urls[i], content=data, headers=headers)
+        if r.status_code >= 300:
+            raise SignedUploadError(
+                f"cannot upload part {i + 1} to {redact(urls[i])}: HTTP {r.status_code}: "
+                f"{r.text[:300]}"
+            )
+        report(length)
+        return str(r.headers.get("ETag", ""))
+
+    try:
+        with ThreadPoolExecutor(AZURE_PARALLEL_BLOCKS) as pool:
+            etags = list(pool.map(put_part, range(len(urls))))
+        parts = "".join(
+            f"<Part><PartNumber>{n}</PartNumber><ETag>{tag}</ETag></Part>"
+            for n, tag in enumerate(etags, start=1)
+        )
+        body = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
+        r = httpx.post(complete_url, content=body, timeout=300)
+    except httpx.HTTPError as e:
+        raise SignedUploadError(f"cannot upload {path} in parts: {e}") from e
+    # S3 may answer 200 with an error in the body (a failure found while assembling).
+    if r.status_code >= 300 or b"<Error>" in r.content:
+        raise SignedUploadError(
+            f"cannot complete the upload at {redact(complete_url)}: HTTP {r.status_code}: "
+            f"{r.text[:300]}"
+        )

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from substratus.api.kinds import UploadParts
 from substratus.storage import signed
-from substratus.storage.backends import Location, backend_for, parse_url
+from substratus.storage.backends import Location, S3Backend, backend_for, parse_url
 from substratus.storage.manifest import (
     CHUNK,
     MANIFEST_NAME,
@@ -42,6 +43,10 @@ __all__ = ["ArtifactStore", "Committed", "Progress", "StorageError", "upload_to_
 
 Progress = Callable[[int, int], None]
 """``progress(bytes_done, bytes_total)``; may be called from worker threads (one at a time)."""
+
+# A multipart upload's parts: at least this large, at most this many (URLs in the status).
+PART_BYTES = 64 << 20
+MAX_PARTS = 100
 
 # Parallel transfers for object stores (files at a time); local copies run one at a time.
 REMOTE_WORKERS = 8
@@ -492,6 +497,23 @@ class ArtifactStore:
         content_md5 = signed.md5_base64(md5) if md5 else None
         with _errors("sign an upload URL for", url):
             return backend_for(loc).signed_put_url(loc.path, expires_s, content_md5)
+
+    def takes_parts(self, url: str) -> bool:
+        """Whether uploads to ``url`` can go up in signed parts (S3's multipart uploads)."""
+        return self._parse(url).scheme == "s3"
+
+    def signed_upload_parts(self, url: str, expires_s: int, size: int) -> UploadParts:
+        """A multipart upload of ``size`` bytes to ``url`` (S3): parts of at least 64 MiB, at
+        most 100 of them, each with its signed PUT URL, and the signed URL completing it."""
+        loc = self._parse(url)
+        part = max(PART_BYTES, -(-size // MAX_PARTS))
+        count = max(1, -(-size // part))
+        backend = backend_for(loc)
+        if not isinstance(backend, S3Backend):
+            raise StorageError(f"cannot upload to {url} in parts: not an s3:// URL")
+        with _errors("start a multipart upload of", url):
+            upload_id, urls, complete = backend.signed_multipart(loc.path, expires_s, count)
+        return UploadParts(upload_id=upload_id, part_size=part, urls=urls, complete_url=complete)
 
     def put_file(self, local: Path, url: str) -> None:
         loc = self._parse(url)

@@ -124,7 +124,14 @@ class Observer:
             sign = self.upload_endpoint.sign
         else:
             sign = None if local else self.store.signed_upload_url
-        return observe_upload(obj, self.cfg.artifact_url, exists, sign, time.time())
+        parts = (
+            self.store.signed_upload_parts
+            if self.store.takes_parts(self.cfg.artifact_url)
+            else None
+        )
+        if self.upload_endpoint is not None:
+            parts = None  # the operator's endpoint takes one streamed PUT
+        return observe_upload(obj, self.cfg.artifact_url, exists, sign, time.time(), parts)
 
     def observe(self, obj: Resource) -> Observed:
         upload = self.upload_state(obj)

@@ -203,7 +203,14 @@ class Controller:
     def _upload_state(self, obj: Resource) -> UploadState:
         local = self.store.local_path(self.store.base_url) is not None  # a path: not signed
         sign = None if local else self.uploads.signed_upload_url
-        return observe_upload(obj, self.store.base_url, self.uploads.exists, sign, time.time())
+        parts = (
+            self.uploads.signed_upload_parts
+            if self.uploads.takes_parts(self.store.base_url)
+            else None
+        )
+        return observe_upload(
+            obj, self.store.base_url, self.uploads.exists, sign, time.time(), parts
+        )
 
     def _job_state(self, obj: Resource) -> JobState | None:
         run = self._latest(obj, "job")
