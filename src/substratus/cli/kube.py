@@ -56,8 +56,16 @@ def _plain(resource: Any) -> dict[str, Any]:
     return body
 
 
-def _raise(e: Exception) -> None:
-    raise e
+def _api_error(what: str, e: ApiError) -> ClientError:
+    """The API server's refusal as the Client interface's error."""
+    status = e.status
+    if status.code == 404:
+        return NotFoundError(status.message or f"{what}: not found")
+    if status.code == 422:
+        causes = (status.details.causes if status.details else None) or []
+        problems = [(c.field or "", c.message or "") for c in causes]
+        return InvalidError(status.message or f"{what}: invalid", problems)
+    return ClientError(f"{what}: {status.message} ({status.code})")
 
 
 class KubeClient:
@@ -83,14 +91,7 @@ class KubeClient:
         try:
             return fn(*args, **kwargs)
         except ApiError as e:
-            status = e.status
-            if status.code == 404:
-                raise NotFoundError(status.message or f"{what}: not found") from None
-            if status.code == 422:
-                causes = (status.details.causes if status.details else None) or []
-                problems = [(c.field or "", c.message or "") for c in causes]
-                raise InvalidError(status.message or f"{what}: invalid", problems) from None
-            raise ClientError(f"{what}: {status.message} ({status.code})") from None
+            raise _api_error(what, e) from None
         except (httpx2.HTTPError, OSError) as e:
             raise UnavailableError(f"cluster {self.context!r}: {e}") from None
 
@@ -259,7 +260,7 @@ class KubeClient:
                 return
             except ApiError as e:
                 if e.status.code != 400:
-                    self._call(name, _raise, e)  # as the Client interface's errors
+                    raise _api_error(name, e) from None
                 # The container has not started (an init container still runs): wait for it
                 # when following, else there is nothing to show yet.
                 if time.monotonic() > deadline:

@@ -112,13 +112,7 @@ class Builder:
 
     def _job_state(self, obj: Resource, source: str, job: dict[str, Any]) -> BuildState:
         image = (job["metadata"].get("annotations") or {}).get(builds.ANNOTATION_IMAGE, "")
-        pods = [
-            p
-            for p in self.children.of("Pod", obj.key)
-            if (p["metadata"].get("labels") or {}).get("job-name") == job["metadata"]["name"]
-        ]
-        pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
-        pod = pods[-1] if pods else None
+        pod = self.children.newest_pod(obj.key, job["metadata"]["name"])
         if jobs.condition(job, "Complete"):
             try:
                 digest = self.images.digest(image, fresh=True)

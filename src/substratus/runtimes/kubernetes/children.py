@@ -69,6 +69,16 @@ class Children:
         with self._lock:
             return list(self._by_owner[kind].get(owner, {}).values())
 
+    def newest_pod(self, owner: Owner, job_name: str) -> dict[str, Any] | None:
+        """The newest pod of the owner's Job ``job_name`` (a run, or a build)."""
+        pods = [
+            p
+            for p in self.of("Pod", owner)
+            if (p["metadata"].get("labels") or {}).get("job-name") == job_name
+        ]
+        pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        return pods[-1] if pods else None
+
     def in_namespace(self, kind: str, namespace: str) -> list[dict[str, Any]]:
         with self._lock:
             return [

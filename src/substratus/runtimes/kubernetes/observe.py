@@ -200,14 +200,7 @@ class Observer:
         if not found:
             return None, None
         job = max(found, key=order)
-        name = job["metadata"]["name"]
-        pods = [
-            p
-            for p in self.children.of("Pod", obj.key)
-            if (p["metadata"].get("labels") or {}).get("job-name") == name
-        ]
-        pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
-        return job, (pods[-1] if pods else None)
+        return job, self.children.newest_pod(obj.key, job["metadata"]["name"])
 
     def _job_state(
         self, obj: Resource, job: dict[str, Any], pod: dict[str, Any] | None
