@@ -310,7 +310,8 @@ def test_cluster_flags_may_come_anywhere_as_with_kubectl() -> None:
         "x",
     ]
     assert hoist_cluster_flags(["logs", "model/m", "--kubeconfig=k", "--", "--context"]) == [
-        "--kubeconfig=k",
+        "--kubeconfig",
+        "k",
         "logs",
         "model/m",
         "--",

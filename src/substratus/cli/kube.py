@@ -50,6 +50,19 @@ def chosen_context(context: str | None) -> str | None:
     return context or os.environ.get("SUBSTRATUS_CONTEXT") or None
 
 
+def current_context(kubeconfig: str | None) -> str | None:
+    """The kubeconfig's current context, as kubectl would use it; None without one."""
+    try:
+        return KubeConfig.from_file(_kubeconfig_path(kubeconfig)).current_context or None
+    except (ConfigError, OSError, ValueError):
+        return None
+
+
+def _kubeconfig_path(kubeconfig: str | None) -> str:
+    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    return path or str(Path("~/.kube/config").expanduser())
+
+
 def _plain(resource: Any) -> dict[str, Any]:
     body = cast(dict[str, Any], resource.to_dict())
     body.get("metadata", {}).pop("managedFields", None)  # kubectl hides them too
@@ -70,8 +83,7 @@ def _api_error(what: str, e: ApiError) -> ClientError:
 
 class KubeClient:
     def __init__(self, context: str, kubeconfig: str | None = None) -> None:
-        path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
-        path = path or str(Path("~/.kube/config").expanduser())
+        path = _kubeconfig_path(kubeconfig)
         try:
             kubeconfig_file = KubeConfig.from_file(path)
             if context not in kubeconfig_file.contexts:
@@ -84,6 +96,7 @@ class KubeClient:
             raise UnavailableError(f"kubeconfig {path}: {e}") from None
         assert config is not None
         self.context = context
+        self.config = config
         self.k = Client(config=config, field_manager="sub")
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -222,6 +235,29 @@ class KubeClient:
             yield from self._container_log(
                 pod.metadata.name, pod.metadata.namespace, name, container, follow, tail
             )
+
+    def serving_pod(self, kind: str, namespace: str, name: str) -> str:
+        """The name of the object's newest Ready workload pod (a Server's or Notebook's)."""
+        cls = kind_of(kind)
+        pods = [
+            p
+            for p in self._call(
+                name,
+                self.k.list,
+                Pod,
+                namespace=namespace,
+                labels={LABEL_KIND: cls.KIND, LABEL_ROLE: "service"},
+            )
+            if (p.metadata.annotations or {}).get(ANNOTATION_NAME) == name
+            and p.metadata.deletionTimestamp is None
+            and any(
+                c.type == "Ready" and c.status == "True"
+                for c in (p.status.conditions if p.status else None) or []
+            )
+        ]
+        if not pods:
+            raise NotFoundError(f"{cls.PLURAL}/{name}: no Ready pod")
+        return str(max(pods, key=lambda p: p.metadata.creationTimestamp).metadata.name)
 
     def _build_pods_elsewhere(self, kind: str, namespace: str, name: str) -> list[Any]:
         """The object's build pods in the operator's builds namespace (build_namespace), where

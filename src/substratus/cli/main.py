@@ -24,6 +24,7 @@ from substratus.cli.common import (
     parse_duration,
 )
 from substratus.cli.local import local_app
+from substratus.cli.notebook.command import notebook
 from substratus.core.client import NotFoundError
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(local_app, name="local")
+app.command()(notebook)
 
 
 @app.callback()
@@ -358,9 +360,10 @@ def crds() -> None:
 CLUSTER_FLAGS = ("--context", "--kubeconfig")
 
 
-def hoist_cluster_flags(argv: list[str]) -> list[str]:
+def split_cluster_flags(argv: list[str]) -> tuple[list[str], list[str]]:
     """kubectl takes ``--context`` and ``--kubeconfig`` anywhere (``sub get models --context
-    prod``); typer takes global options before the verb, so they are moved there."""
+    prod``); typer takes global options before the verb. Returns them as ``[flag, value, ...]``
+    and the other arguments."""
     flags: list[str] = []
     rest: list[str] = []
     i = 0
@@ -373,11 +376,17 @@ def hoist_cluster_flags(argv: list[str]) -> list[str]:
             flags += argv[i : i + 2]
             i += 2
             continue
-        if arg.startswith(tuple(f + "=" for f in CLUSTER_FLAGS)):
-            flags.append(arg)
+        flag, eq, value = arg.partition("=")
+        if eq and flag in CLUSTER_FLAGS:
+            flags += [flag, value]
         else:
             rest.append(arg)
         i += 1
+    return flags, rest
+
+
+def hoist_cluster_flags(argv: list[str]) -> list[str]:
+    flags, rest = split_cluster_flags(argv)
     return flags + rest
 
 

@@ -9,6 +9,8 @@ from substratus.api.kinds import Resource
 from substratus.core.params import params_env
 
 WORKDIR = "/content"  # model/, data/ (read-only), artifacts/, params.json
+# What the runtime puts in the working directory: never the user's own files.
+CONTRACT_ENTRIES = frozenset({"model", "data", "artifacts", "params.json"})
 SEED_MODEL_PATH = "/model/saved"  # a Server's model, where the design puts it
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS")
 

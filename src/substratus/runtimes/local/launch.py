@@ -117,7 +117,8 @@ def _copy_build(root: Path, ref: str, workdir: Path) -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             if dst.is_symlink() or dst.is_file():
                 dst.unlink()
-            shutil.copy2(src, dst, follow_symlinks=False)
+            # Not copy2: build contexts carry time 0 (reproducible tarballs); the copy is new.
+            shutil.copy(src, dst, follow_symlinks=False)
         except OSError as exc:
             raise LaunchError(
                 f"spec.image: the build's {rel} cannot be put in the working directory "

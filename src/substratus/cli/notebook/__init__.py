@@ -1,0 +1,1 @@
+"""`sub notebook` and `kubectl open notebook`: the design's notebook loop."""
