@@ -4,6 +4,7 @@ upload the tarball there, and let the control plane build the image."""
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from rich.progress import (
 from substratus.cli.manifests import Document
 from substratus.cli.waiting import WaitFailed, WaitTimeout
 from substratus.core import conditions as C
-from substratus.core.client import Client, NotFoundError
+from substratus.core.client import Client, ClientError, NotFoundError
 from substratus.storage import StorageError, pack_context, upload_to_signed_url
 from substratus.storage.signed import SignedUploadError, upload_parts
 
@@ -154,24 +155,40 @@ def show_build(
     client: Client, obj: dict[str, Any], console: Console, timeout: float = BUILD_TIMEOUT
 ) -> None:
     """Show the image build's log while it runs; return once the image is built (or nothing
-    is being built), raise WaitFailed with the reason when the build failed."""
+    is being built), raise WaitFailed with the reason when the build failed.
+
+    The log streams in a thread while this one watches the status: a log that goes on after
+    the build (a runtime that follows the object's next run) never holds the caller."""
     kind, meta = obj["kind"], obj["metadata"]
     ns, name = meta["namespace"], meta["name"]
     deadline = time.monotonic() + timeout
-    streamed = False
-    while time.monotonic() < deadline:
-        phase, message = _build_phase(client.get(kind, ns, name))
-        if phase == "failed":
-            raise WaitFailed(f"{kind.lower()}/{name}: BuildFailed: {message}")
-        if phase != "building":
-            return
-        if not streamed:
+    done = threading.Event()
+
+    def stream() -> None:
+        while not done.is_set():
             try:
                 for chunk in client.logs(kind, ns, name, follow=True):
-                    streamed = True
+                    if done.is_set():
+                        return
                     console.file.write(chunk.decode(errors="replace"))
                     console.file.flush()
+                return
             except NotFoundError:
-                pass  # no build pod (or run) yet
-        time.sleep(1.0)
+                done.wait(1.0)  # no build pod (or run) yet
+            except ClientError:
+                return  # the log is a courtesy: the status decides
+
+    streamer = threading.Thread(target=stream, name="build-log", daemon=True)
+    try:
+        while time.monotonic() < deadline:
+            phase, message = _build_phase(client.get(kind, ns, name))
+            if phase == "failed":
+                raise WaitFailed(f"{kind.lower()}/{name}: BuildFailed: {message}")
+            if phase != "building":
+                return
+            if not streamer.is_alive() and streamer.ident is None:
+                streamer.start()
+            time.sleep(1.0)
+    finally:
+        done.set()
     raise WaitTimeout(f"{kind.lower()}/{name}: the image was not built within {timeout:.0f}s")
