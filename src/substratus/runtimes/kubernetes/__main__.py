@@ -12,21 +12,20 @@ import os
 import sys
 
 from substratus.core.retry import RetryPolicy
+from substratus.runtimes.kubernetes import logs
 from substratus.runtimes.kubernetes.config import ConfigError, load_config
+from substratus.runtimes.kubernetes.metrics import ProbeServer
 
 
 def main() -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # One line per API request, and per handler call, would drown what the operator says.
-    for noisy in ("httpx", "httpx2", "kopf.objects"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure()
     try:
         cfg = load_config()
     except ConfigError as e:
         print(f"substratus-operator: {e}", file=sys.stderr)
         return 2
+    logs.configure(cfg.log_format)
+    log = logging.getLogger("substratus.operator")
     import kopf
     from lightkube import Client
 
@@ -40,10 +39,17 @@ def main() -> int:
     if endpoint is not None:  # every replica receives uploads; only the leader reconciles
         host, _, port = cfg.upload_listen.rpartition(":")
         endpoint.serve(host, int(port))
-        logging.getLogger("substratus.operator").info(
-            "upload endpoint on %s, for clients at %s", cfg.upload_listen, cfg.upload_endpoint
-        )
+        log.info("upload endpoint on %s, for clients at %s", cfg.upload_listen, cfg.upload_endpoint)
     elector = LeaderElector(client, cfg.lease_namespace)
+    if cfg.metrics_listen:
+        probes = ProbeServer(
+            op.metrics,
+            live=lambda: elector.alive() or op.alive(),
+            ready=lambda: elector.ready() or op.alive(),
+        )
+        host, _, port = cfg.metrics_listen.rpartition(":")
+        log.info("metrics and probes on %s:%d", host, probes.serve(host, int(port)))
+    op.metrics.leader.set_function(lambda: 1 if elector.leading else 0)
     elector.acquire()
     # A replica that cannot renew stops at once, so it never acts beside a new leader.
     elector.keep(lambda: os._exit(3))

@@ -251,7 +251,7 @@ class Builder:
         with self._lock:
             if namespace in self._prepared:
                 return
-        account = from_dict(builds.service_account(namespace))
+        account = from_dict(builds.service_account(namespace, self.cfg))
         self.client.apply(account, field_manager=names.FIELD_MANAGER, force=True)
         with self._lock:
             self._prepared.add(namespace)

@@ -217,7 +217,10 @@ def build_job(
             "backoffLimit": 0,  # a failed build is BuildFailed; a new requestId tries again
             "activeDeadlineSeconds": cfg.build_timeout_seconds,
             # The owner's name on the pod too: the operator's cache and `sub logs` find it.
-            "template": {"metadata": {"labels": labels, "annotations": owner}, "spec": pod_spec},
+            "template": {
+                "metadata": {"labels": {**cfg.workload_pod_labels, **labels}, "annotations": owner},
+                "spec": pod_spec,
+            },
         },
     }
 
@@ -238,12 +241,16 @@ def context_args(obj: Resource, upload_url: str | None, commit: str | None) -> l
     return args + (["--commit", commit] if commit else [])
 
 
-def service_account(namespace: str) -> dict[str, Any]:
-    """The builds' own ServiceAccount: no API access, no token in the pod."""
+def service_account(namespace: str, cfg: OperatorConfig) -> dict[str, Any]:
+    """The builds' own ServiceAccount: no API access, no token in the pod; with a workload
+    identity, its annotations (the context step reads uploads from the bucket)."""
+    meta: dict[str, Any] = {"name": SERVICE_ACCOUNT, "namespace": namespace}
+    if cfg.workload_service_account_annotations:
+        meta["annotations"] = dict(cfg.workload_service_account_annotations)
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": {"name": SERVICE_ACCOUNT, "namespace": namespace},
+        "metadata": meta,
         "automountServiceAccountToken": False,
     }
 

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from substratus.core.images import BUILTIN_IMAGES, ORIGINAL_IMAGES, image_repository
+from substratus.runtimes.kubernetes.logs import FORMATS
 
 CLOUDS = ("generic", "gke", "eks", "aks")
 DEFAULT_BUILD_IMAGE = "docker.io/moby/buildkit:v0.34.2-rootless"
@@ -82,6 +83,17 @@ class OperatorConfig:
     upload_endpoint: str = ""
     upload_listen: str = "0.0.0.0:8080"
     upload_key: str = field(default="", repr=False)
+    # Workload identity (GKE Workload Identity, EKS IRSA, Azure Workload Identity): the
+    # ServiceAccount workload pods run as, applied in each namespace they run in with these
+    # annotations (the cloud identity's), and labels their pods carry (AKS:
+    # azure.workload.identity/use). Empty: the namespace's default ServiceAccount.
+    workload_service_account: str = ""
+    workload_service_account_annotations: Mapping[str, str] = field(default_factory=dict)
+    workload_pod_labels: Mapping[str, str] = field(default_factory=dict)
+    # Prometheus metrics and the probes (/metrics, /healthz, /readyz: metrics.py) listen here;
+    # empty: not served. Log lines as text or JSON (logs.py).
+    metrics_listen: str = "0.0.0.0:8081"
+    log_format: str = "text"
 
     @property
     def registry_host(self) -> str:
@@ -144,6 +156,12 @@ def _mapping(env: Mapping[str, str], file: Mapping[str, Any], name: str) -> dict
     if not isinstance(value, dict):
         raise ConfigError(f"SUBSTRATUS_{name.upper()}: a mapping")
     return {str(k): str(v) for k, v in value.items()}
+
+
+def _host_port(name: str, value: str) -> None:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"SUBSTRATUS_{name.upper()}: {value!r} is not host:port")
 
 
 def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -210,9 +228,15 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
                 "SUBSTRATUS_UPLOAD_KEY: the upload endpoint signs URLs with it: give at least "
                 "16 random characters (from a Secret)"
             )
-        host, _, port = upload_listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"SUBSTRATUS_UPLOAD_LISTEN: {upload_listen!r} is not host:port")
+        _host_port("upload_listen", upload_listen)
+    metrics_listen = str(_setting(env, file, "metrics_listen") or "")
+    if metrics_listen == "" and _setting(env, file, "metrics_listen") is None:
+        metrics_listen = "0.0.0.0:8081"
+    if metrics_listen:
+        _host_port("metrics_listen", metrics_listen)
+    log_format = str(_setting(env, file, "log_format") or "text")
+    if log_format not in FORMATS:
+        raise ConfigError(f"SUBSTRATUS_LOG_FORMAT: {log_format!r} is not one of text, json")
     return OperatorConfig(
         artifact_url=artifact_url.rstrip("/"),
         helper_image=str(_setting(env, file, "helper_image")),
@@ -236,6 +260,13 @@ def load_config(env: Mapping[str, str] | None = None) -> OperatorConfig:
         upload_endpoint=upload_endpoint,
         upload_listen=upload_listen,
         upload_key=upload_key,
+        metrics_listen=metrics_listen,
+        log_format=log_format,
+        workload_service_account=str(_setting(env, file, "workload_service_account") or ""),
+        workload_service_account_annotations=_mapping(
+            env, file, "workload_service_account_annotations"
+        ),
+        workload_pod_labels=_mapping(env, file, "workload_pod_labels"),
         credentials={
             k: v
             for k, v in env.items()

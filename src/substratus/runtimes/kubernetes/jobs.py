@@ -68,7 +68,7 @@ def job_children(
             "backoffLimit": 0,
             "template": {
                 "metadata": {
-                    "labels": run_labels,
+                    "labels": {**cfg.workload_pod_labels, **run_labels},
                     "annotations": {**annotations, **params_annotation(obj)},
                 },
                 "spec": spec,

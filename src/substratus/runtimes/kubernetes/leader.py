@@ -48,6 +48,22 @@ class LeaderElector:
         self.namespace = namespace
         self.me = me or identity()
         self._released = threading.Event()
+        self._answered = threading.Event()  # an attempt at the Lease got an answer
+        self._renewer: threading.Thread | None = None
+        self.leading = False
+
+    def ready(self) -> str | None:
+        """None once the API server answered about the Lease (readiness); else why not."""
+        if self._answered.is_set():
+            return None
+        return f"no answer yet from the API server about the lease {self.namespace}/{LEASE_NAME}"
+
+    def alive(self) -> str | None:
+        """None unless this replica led and its renewal stopped (liveness)."""
+        renewer = self._renewer
+        if renewer is not None and not renewer.is_alive() and not self._released.is_set():
+            return "the lease's renewal stopped"
+        return None
 
     def _expired(self, lease: Any) -> bool:
         spec = lease.spec or LeaseSpec()
@@ -59,6 +75,11 @@ class LeaderElector:
 
     def try_acquire(self) -> bool:
         """One attempt: take the Lease if it is free, expired or already ours."""
+        self.leading = self._try_acquire()
+        self._answered.set()
+        return self.leading
+
+    def _try_acquire(self) -> bool:
         now = _now()
         try:
             lease = self.client.get(Lease, LEASE_NAME, namespace=self.namespace)
@@ -137,12 +158,14 @@ class LeaderElector:
 
         thread = threading.Thread(target=renew, name="lease", daemon=True)
         thread.start()
+        self._renewer = thread
         return thread
 
     def release(self) -> None:
         """Give the Lease up on a clean stop (SIGTERM), so a waiting replica (the next pod of
         a rolling update) leads at once instead of after the Lease expires."""
         self._released.set()
+        self.leading = False
         try:
             lease = self.client.get(Lease, LEASE_NAME, namespace=self.namespace)
             if lease.spec is None or lease.spec.holderIdentity != self.me:

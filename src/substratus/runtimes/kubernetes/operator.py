@@ -14,6 +14,7 @@ object's resourceVersion, so a decision made on a stale copy is retried, not wri
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -38,11 +39,12 @@ from substratus.core.reconcile import decide
 from substratus.core.retry import RetryPolicy
 from substratus.core.workqueue import WorkQueue
 from substratus.core.world import mount_sources
-from substratus.runtimes.kubernetes import builds, jobs, names, notebooks, services
+from substratus.runtimes.kubernetes import builds, jobs, logs, names, notebooks, services
 from substratus.runtimes.kubernetes.children import Children, slim
 from substratus.runtimes.kubernetes.config import OperatorConfig
+from substratus.runtimes.kubernetes.metrics import Metrics
 from substratus.runtimes.kubernetes.observe import Observer, as_dict
-from substratus.runtimes.kubernetes.pods import CREDENTIALS_SECRET
+from substratus.runtimes.kubernetes.pods import CREDENTIALS_SECRET, workload_service_account
 from substratus.storage import ArtifactStore
 
 log = logging.getLogger("substratus.operator")
@@ -84,6 +86,11 @@ class Operator:
         self._pruned: dict[Key, str] = {}  # object -> the version it was pruned to
         self.children = Children()  # Jobs, Deployments, Pods: the watch's, not listed
         self.observer = Observer(client, self.store, self._cached, cfg, self.children)
+        self.metrics = Metrics()
+        self.metrics.queue_depth.set_function(lambda: len(self.queue))
+        for kind in RUN_KINDS:
+            self.metrics.objects.labels(kind).set_function(functools.partial(self._count, kind))
+        self._local = threading.local()  # per worker: did this reconcile lose a write?
 
     # -- events ---------------------------------------------------------------------------
 
@@ -143,15 +150,34 @@ class Operator:
         for t in self._threads:
             t.join(timeout=30)
 
+    def alive(self) -> str | None:
+        """None while every worker started is running; else which are not (liveness)."""
+        dead = [t.name for t in self._threads if not t.is_alive()]
+        return f"stopped: {', '.join(dead)}" if dead else None
+
+    def _count(self, kind: str) -> int:
+        with self._lock:
+            return sum(1 for key in self._objects if key[0] == kind)
+
     def _work(self) -> None:
         while (key := self.queue.get()) is not None:
+            kind = key[0]
+            self._local.conflict = False
+            started = time.monotonic()
             try:
-                self.reconcile(key)
-            except Exception:
-                log.exception("reconciling %s/%s %s failed; retrying in 5s", *key[1:], key[0])
+                with logs.about(key):
+                    self.reconcile(key)
+                result = "conflict" if self._local.conflict else "ok"
+            except Exception as e:
+                with logs.about(key):
+                    log.exception("reconcile failed; retrying in 5s")
+                self.metrics.errors.labels(kind, type(e).__name__).inc()
                 self.queue.add(key, 5.0)
+                result = "error"
             finally:
                 self.queue.done(key)
+            self.metrics.reconciles.labels(kind, result).inc()
+            self.metrics.duration.labels(kind).observe(time.monotonic() - started)
 
     def _resync(self) -> None:
         """A timer: every object is decided again now and then, events or not."""
@@ -265,6 +291,7 @@ class Operator:
         except ApiError as e:
             if e.status.code not in (404, 409):
                 raise
+            self._local.conflict = True
             self.queue.add(_key(body), 0.2)
             return None
         new = {**slim(as_dict(written)), "kind": body["kind"]}
@@ -328,16 +355,18 @@ class Operator:
 
     def _apply(self, manifest: dict[str, Any]) -> None:
         self.client.apply(from_dict(manifest), field_manager=names.FIELD_MANAGER, force=True)
+        self.metrics.children.labels(manifest["kind"], "applied").inc()
 
     def _create(self, manifest: dict[str, Any]) -> bool:
         """Create a child made once (a home claim, a token); False if it was already there."""
         try:
             self.client.create(from_dict(manifest), field_manager=names.FIELD_MANAGER)
-            return True
         except ApiError as e:
             if e.status.code != 409:
                 raise
             return False
+        self.metrics.children.labels(manifest["kind"], "created").inc()
+        return True
 
     def _create_token(self, obj: Notebook, token: str) -> str:
         """The token the notebook's Secret holds: ``token``, unless a Secret made since this
@@ -350,7 +379,8 @@ class Operator:
 
     def _ensure_credentials(self, namespace: str) -> None:
         """The bucket credentials Secret in ``namespace`` (and the registry's, that builds push
-        with and pods pull built images with): applied once per namespace, and again after
+        with and pods pull built images with; and the workload identity's ServiceAccount):
+        applied once per namespace, and again after
         each resync (in case someone deleted it), not once per run."""
         if namespace in self._credentials_applied:
             return
@@ -365,6 +395,8 @@ class Operator:
             )
         if self.cfg.registry_auth:
             self._apply(builds.registry_secret(namespace, self.cfg.registry_auth))
+        if self.cfg.workload_service_account:
+            self._apply(workload_service_account(namespace, self.cfg))
         self._credentials_applied.add(namespace)
 
     def _delete(self, resource: Any, name: str, namespace: str) -> None:
@@ -382,12 +414,8 @@ class Operator:
         job = jobs.job_children(
             obj, action, self.cfg, mount_sources(obs.deps), object_url, entrypoint
         )
-        try:
-            self.client.create(from_dict(job), field_manager=names.FIELD_MANAGER)
+        if self._create(job):  # else already there: this attempt was started before
             log.info("%s/%s: created Job %s", ns, obj.metadata.name, job["metadata"]["name"])
-        except ApiError as e:
-            if e.status.code != 409:  # already there: this attempt was started before
-                raise
         self._delete_jobs(obj, keep=(job["metadata"]["name"],))
 
     def _delete_jobs(self, obj: Resource, keep: Iterable[str]) -> None:

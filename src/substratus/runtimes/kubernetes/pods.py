@@ -216,7 +216,23 @@ def workload_pod_spec(
     }
     if cfg.registry_auth:  # built images come from the build registry
         spec["imagePullSecrets"] = [{"name": REGISTRY_SECRET}]
+    if cfg.workload_service_account:  # the cloud identity that reads and writes the bucket
+        spec["serviceAccountName"] = cfg.workload_service_account
     return spec
+
+
+def workload_service_account(namespace: str, cfg: OperatorConfig) -> dict[str, Any]:
+    """The ServiceAccount workload pods run as in ``namespace``, with the identity's
+    annotations (``workload_service_account``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": cfg.workload_service_account,
+            "namespace": namespace,
+            "annotations": dict(cfg.workload_service_account_annotations),
+        },
+    }
 
 
 def _env(obj: Resource) -> list[dict[str, Any]]:

@@ -54,7 +54,11 @@ def service_children(
     generation)."""
     deploy = deployment_name(obj)
     selector = names.labels(obj, role="service")
-    template_labels = {**selector, names.LABEL_GENERATION: str(action.generation)}
+    template_labels = {
+        **cfg.workload_pod_labels,
+        **selector,
+        names.LABEL_GENERATION: str(action.generation),
+    }
     owner = [names.owner_reference(obj)]
     meta = {"namespace": obj.metadata.namespace, "labels": selector, "ownerReferences": owner}
     annotations = {ANNOTATION_NAME: obj.metadata.name, ANNOTATION_IMAGE: action.image}
