@@ -1,5 +1,6 @@
 """The operator as a process beside a test cluster, the way it runs in one: with only the
-permissions of deploy/operator/rbac.yaml (a token of its ServiceAccount), configured for a
+permissions of deploy/operator/rbac.yaml (a token of its ServiceAccount; the chart's rendering,
+tests/kube/test_chart.py), configured for a
 bucket and a helper image. Used by tests/kube/test_operator.py and the dev cluster."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from tests.kube.cluster import REPO, ControlPlane, Proc, spawn
+from tests.kube.cluster import REPO, ControlPlane, Proc, free_port, spawn
 
 RBAC = REPO / "deploy" / "operator" / "rbac.yaml"
 
@@ -59,7 +60,9 @@ def start_operator(
     ``operator_kubeconfig`` wrote before (a restart), else a new one in ``workdir``."""
     if kubeconfig is None:
         kubeconfig = operator_kubeconfig(plane, workdir / "operator-kubeconfig")
-    env = {**os.environ, **settings, "KUBECONFIG": str(kubeconfig)}
+    # Its metrics and probes on a port of its own: replicas run side by side here.
+    metrics = {"SUBSTRATUS_METRICS_LISTEN": f"127.0.0.1:{free_port()}"}
+    env = {**os.environ, **metrics, **settings, "KUBECONFIG": str(kubeconfig)}
     log = workdir / "operator.log"
     proc = spawn(
         "operator", [sys.executable, "-m", "substratus.runtimes.kubernetes"], log, REPO, env

@@ -48,7 +48,11 @@ def main() -> int:
             ready=lambda: elector.ready() or op.alive(),
         )
         host, _, port = cfg.metrics_listen.rpartition(":")
-        log.info("metrics and probes on %s:%d", host, probes.serve(host, int(port)))
+        try:
+            log.info("metrics and probes on %s:%d", host, probes.serve(host, int(port)))
+        except OSError as e:
+            print(f"substratus-operator: SUBSTRATUS_METRICS_LISTEN: {e}", file=sys.stderr)
+            return 2
     op.metrics.leader.set_function(lambda: 1 if elector.leading else 0)
     elector.acquire()
     # A replica that cannot renew stops at once, so it never acts beside a new leader.
