@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from substratus.core.images import BUILTIN_IMAGES
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
 LABEL = "ai.substratus.images"
+PINNED = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["substratus"]["images"]
 SERVER_PORTS = {"substratus.workloads.server": "8080", "substratus.workloads.notebook": "8888"}
 # Images of the platform itself, not workloads a manifest names: the operator (which is also the
 # contract's helper in every workload pod).
@@ -113,7 +117,7 @@ def test_every_catalog_image_has_a_dockerfile_running_its_module() -> None:
 
 
 def test_no_stale_dockerfiles() -> None:
-    subdirs = sorted(p.name for p in IMAGES.iterdir() if p.is_dir())
+    subdirs = sorted(p.name for p in IMAGES.iterdir() if p.is_dir() and p.name != "requirements")
     with_dockerfile = sorted(df.path.parent.name for df in dockerfiles())
     assert subdirs == with_dockerfile, "a directory under images/ without a Dockerfile"
     for df in dockerfiles():
@@ -147,7 +151,7 @@ def test_dockerfile_follows_the_contract(df: Dockerfile) -> None:
     if df.path.parent.name.endswith("-gpu"):
         assert re.fullmatch(r"nvidia/cuda:[\w.]+-runtime-[\w.]+", base), f"{where}: FROM {base}"
     else:
-        assert base == "python:3.11-slim", f"{where}: FROM {base}"
+        assert base == PINNED["base"], f"{where}: FROM {base}, not pyproject.toml's"
 
     # The project itself, from the repository root as the build context.
     copied = " ".join(df.all("COPY"))
@@ -157,6 +161,15 @@ def test_dockerfile_follows_the_contract(df: Dockerfile) -> None:
     assert f'pip install ".[{extras}]"' in runs, f"{where}: does not install the project"
     ignore = df.path.with_name("Dockerfile.dockerignore").read_text().split()
     assert "*" in ignore and "!src" in ignore and "!pyproject.toml" in ignore, where
+    assert "!images/requirements" in ignore, where
+
+    # Versions come from pyproject.toml, through images/requirements/, never written here.
+    pinned = re.findall(r"[\w.-]+==[\w.+-]+", runs)
+    assert not pinned, f"{where}: pins {pinned}: put them in pyproject.toml"
+    own = f"{df.path.parent.name}.txt"  # the operator's libraries are the project's extras
+    wanted = {"pip.txt"} | ({own} if (IMAGES / "requirements" / own).is_file() else set())
+    installed = set(re.findall(r"-r /tmp/requirements/([\w.-]+)", runs))
+    assert wanted <= installed, f"{where}: installs {installed}, not {wanted}"
 
     assert df.last("WORKDIR") == "/content", where
     user = df.last("USER")
@@ -185,6 +198,35 @@ def test_dockerfile_follows_the_contract(df: Dockerfile) -> None:
         assert probe in healthcheck, f"{where}: HEALTHCHECK does not probe {probe}"
 
 
+def test_the_requirements_are_pyprojects() -> None:
+    r = subprocess.run(
+        [sys.executable, str(IMAGES / "requirements.py"), "--check"], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (
+        (IMAGES / "requirements" / "torch.txt").read_text().splitlines()[-1].startswith("torch==")
+    )
+
+
+def test_the_workload_images_share_their_first_layers() -> None:
+    """Every image but the notebooks' starts with the same instructions (the venv and its pip;
+    then torch for those that have it), so that a builder makes those layers once."""
+    shared = [df for df in dockerfiles() if not df.path.parent.name.startswith("notebook")]
+    assert len(shared) >= 6
+
+    def prefix(df: Dockerfile, upto: str) -> list[tuple[str, str]]:
+        end = next(i for i, (w, a) in enumerate(df.instructions) if w == "RUN" and upto in a)
+        return df.instructions[: end + 1]
+
+    first = prefix(shared[0], "pip.txt")
+    for df in shared[1:]:
+        assert prefix(df, "pip.txt") == first, f"{df.path}: its first layers differ"
+    with_torch = [df for df in shared if "torch.txt" in " ".join(df.all("RUN"))]
+    assert len(with_torch) >= 4
+    torch = {tuple(prefix(df, "torch.txt")[len(first) :]) for df in with_torch}
+    assert len(torch) == 2, torch  # the CUDA wheel (PyPI) and the CPU one
+
+
 def test_readme_has_a_build_command_per_image() -> None:
     readme = (IMAGES / "README.md").read_text()
     assert "repository root" in readme
@@ -196,3 +238,35 @@ def test_readme_has_a_build_command_per_image() -> None:
             f"images/README.md: no build command tags {name}"
         )
         assert commands[0].rstrip().endswith(" ."), "build context must be the repository root"
+
+
+def test_the_release_workflow_builds_and_tags_every_image(tmp_path: Path) -> None:
+    """The release workflow's build step, run by bash with ``docker`` recording its arguments
+    (no registry here): every built-in and platform image is pushed, tagged with the version."""
+    import yaml
+
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())
+    step = next(s for s in workflow["jobs"]["images"]["steps"] if s.get("name") == "Build and push")
+    script = 'docker() { printf "%s\\n" "$*" >> "$CALLS"; }\n' + step["run"]
+    calls = tmp_path / "docker-calls.txt"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "CALLS": str(calls),
+        "IMAGE_REGISTRY": "registry.example/acme",
+        "VERSION": "9.8.7",
+        "GITHUB_SERVER_URL": "https://github.com",
+        "GITHUB_REPOSITORY": "acme/substratus",
+    }
+    r = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    pushed = calls.read_text()
+    for name in [*BUILTIN_IMAGES, *PLATFORM_IMAGES]:
+        short = name.split("/", 1)[1]
+        assert f"-t registry.example/acme/{short}:9.8.7 " in pushed, f"{name} is not released"
+    assert pushed.count("buildx build --push") == len(dockerfiles())
+    # The chart job lints with the Helm the tests build (hack/control-plane/versions.env).
+    versions = (ROOT / "hack" / "control-plane" / "versions.env").read_text()
+    helm = re.search(r"^HELM_VERSION=(\S+)", versions, re.M)
+    chart_steps = workflow["jobs"]["chart"]["steps"]
+    setup = next(s for s in chart_steps if str(s.get("uses", "")).startswith("azure/setup-helm"))
+    assert helm is not None and setup["with"]["version"] == helm.group(1)
