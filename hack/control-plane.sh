@@ -7,6 +7,7 @@
 #         also needs hack/node.sh, and the local image registry)
 #         + buildkitd, buildctl, rootlesskit, buildctl-daemonless.sh (rootless BuildKit, for
 #         the image hack/images.sh buildkit that in-cluster builds run)
+#         + helm (the chart's lint, render and install in tests/kube)
 # from Go modules (hack/control-plane/*/go.mod; versions in hack/control-plane/versions.env)
 # into ${SUBSTRATUS_KUBE_CACHE:-${XDG_CACHE_HOME:-~/.cache}/substratus-test/kube}/<kubernetes version>/.
 #
@@ -58,9 +59,10 @@ declare -A spec=(
   [buildkitd]="buildkit|github.com/moby/buildkit/cmd/buildkitd|$BUILDKIT_VERSION"
   [buildctl]="buildkit|github.com/moby/buildkit/cmd/buildctl|$BUILDKIT_VERSION"
   [rootlesskit]="buildkit|github.com/rootless-containers/rootlesskit/v3/cmd/rootlesskit|$ROOTLESSKIT_VERSION"
+  [helm]="helm|helm.sh/helm/v3/cmd/helm|$HELM_VERSION"
 )
 wanted=(etcd kube-apiserver)
-[ "$set_name" = full ] && wanted+=(kube-controller-manager kube-scheduler kwok kubelet kube-proxy registry pause buildkitd buildctl rootlesskit)
+[ "$set_name" = full ] && wanted+=(kube-controller-manager kube-scheduler kwok kubelet kube-proxy registry pause buildkitd buildctl rootlesskit helm)
 
 assets="${KUBEBUILDER_ASSETS:-}"
 from_assets() { [ -n "$assets" ] && [ -x "$assets/$1" ]; }
@@ -107,6 +109,7 @@ check_pin kwok sigs.k8s.io/kwok "$KWOK_VERSION"
 check_pin registry github.com/distribution/distribution/v3 "$REGISTRY_VERSION"
 check_pin buildkit github.com/moby/buildkit "$BUILDKIT_VERSION"
 check_pin buildkit github.com/rootless-containers/rootlesskit/v3 "$ROOTLESSKIT_VERSION"
+check_pin helm helm.sh/helm/v3 "$HELM_VERSION"
 
 mkdir -p "$dest"
 tmp="$(mktemp -d "$cache_root/.build.XXXXXX")" # same filesystem as $dest: mv is a rename
@@ -146,7 +149,7 @@ if [ -z "${GOCACHE:-}" ]; then
   own_gocache=1
 fi
 
-for mod in etcd kubernetes kwok registry pause buildkit; do
+for mod in etcd kubernetes kwok registry pause buildkit helm; do
   bins=() pkgs=()
   for b in "${missing[@]}"; do
     IFS='|' read -r m pkg _ <<<"${spec[$b]}"
@@ -158,6 +161,15 @@ for mod in etcd kubernetes kwok registry pause buildkit; do
   if [ "$mod" = buildkit ]; then # as BuildKit's own Dockerfile builds buildkitd
     ldflags+=" -X github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION"
     tags="osusergo netgo static_build seccomp"
+  fi
+  if [ "$mod" = helm ]; then # as Helm's Makefile: its version, and the Kubernetes version
+    # that `helm template` and `helm lint` assume without a cluster (from its client-go)
+    cg="$(cd "$src/$mod" && "$go_bin" list -m -f '{{.Version}}' k8s.io/client-go)"
+    cg="${cg#v0.}"
+    ldflags+=" -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+    for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+      ldflags+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=${cg%%.*}"
+    done
   fi
   echo "building ${bins[*]} ($mod module, $("$go_bin" env GOVERSION))..."
   t0=$(date +%s)

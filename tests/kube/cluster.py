@@ -62,6 +62,7 @@ _VERSION_KEY = {
     "kube-proxy": "KUBERNETES_VERSION",
     "registry": "REGISTRY_VERSION",
     "pause": "PAUSE_VERSION",
+    "helm": "HELM_VERSION",
 }
 
 SERVICE_CIDR = "10.96.0.0/16"  # addresses in objects only: nothing routes or connects to them

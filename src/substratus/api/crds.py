@@ -23,7 +23,8 @@ rewritten into a *structural* schema, as the Kubernetes API server requires:
 
 The checks that the models make in validators are added as CEL ``x-kubernetes-validations`` where
 CEL can express them (``substratus.api.cel``). Run ``python -m substratus.api.crds --write
-deploy/crds`` to regenerate the committed YAML; ``--check deploy/crds`` fails when it is stale.
+deploy/crds`` to regenerate the committed YAML (and ``--write charts/substratus``, the chart's
+template of them); ``--check DIR`` fails when they are stale.
 """
 
 from __future__ import annotations
@@ -425,8 +426,36 @@ def crd_files() -> dict[str, str]:
     return files
 
 
+CHART_TEMPLATE = "templates/crds.yaml"
+KEEP = {"helm.sh/resource-policy": "keep"}
+
+
+def chart_crds() -> str:
+    """The Helm chart's template of the same documents: installed and upgraded with the chart
+    while ``crds.install`` is on; the CRDs are kept on uninstall (deleting a CRD deletes every
+    object of its kind)."""
+    kept = []
+    for crd in all_crds():
+        crd = copy.deepcopy(crd)
+        crd["metadata"].setdefault("annotations", {}).update(KEEP)
+        kept.append(crd)
+    body = "".join(f"---\n{_dump(doc)}" for doc in [*kept, *policies()])
+    if "{{" in body:  # Helm would read it as a template action
+        raise ValueError("a CRD or policy holds '{{', which the chart's template cannot carry")
+    header = HEADER.replace("--write deploy/crds", "--write charts/substratus")
+    return header + "{{- if .Values.crds.install }}\n" + body + "{{- end }}\n"
+
+
+def generated_files(directory: Path) -> dict[str, str]:
+    """What ``--write`` puts in ``directory``: a chart's CRD template where it holds a
+    Chart.yaml, else one YAML file per kind (deploy/crds)."""
+    if (directory / "Chart.yaml").is_file():
+        return {CHART_TEMPLATE: chart_crds()}
+    return crd_files()
+
+
 def _stale(directory: Path) -> Iterator[str]:
-    for name, text in crd_files().items():
+    for name, text in generated_files(directory).items():
         path = directory / name
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             yield str(path)
@@ -438,13 +467,18 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0] if __doc__ else "",
     )
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--write", metavar="DIR", help="write one YAML file per kind into DIR")
+    group.add_argument(
+        "--write",
+        metavar="DIR",
+        help="write one YAML file per kind into DIR (a chart's directory: its CRD template)",
+    )
     group.add_argument("--check", metavar="DIR", help="exit 1 if the files in DIR are stale")
     args = parser.parse_args(argv)
     if args.write:
         directory = Path(args.write)
         directory.mkdir(parents=True, exist_ok=True)
-        for name, text in crd_files().items():
+        for name, text in generated_files(directory).items():
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
             (directory / name).write_text(text, encoding="utf-8")
             print(directory / name)
         return 0
