@@ -122,13 +122,15 @@ class Server:
 
     def metrics(self) -> dict[str, float]:
         import httpx
+        from prometheus_client.parser import text_string_to_metric_families
 
-        out = {}
-        for line in httpx.get(self.url + "/metrics").text.splitlines():
-            if line and not line.startswith("#"):
-                key, value = line.split()
-                out[key.removeprefix("substratus_server_")] = float(value)
-        return out
+        text = httpx.get(self.url + "/metrics").text
+        return {
+            s.name.removeprefix("substratus_server_"): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if not s.labels
+        }
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -221,8 +223,8 @@ def main() -> int:
         print(f"{'16 clients vs 1':<34}{aggregate[16] / aggregate[1]:>10.2f}x")
         m: dict[str, Any] = server.metrics()
         print(
-            f"\nserver batches: max {m.get('batch_size_max', 0):g}, "
-            f"mean {m.get('batch_size_mean', 0):.1f} sequences per decode step"
+            f"\nserver batches: max {m.get('engine_batch_size_max', 0):g}, "
+            f"mean {m.get('engine_batch_size_mean', 0):.1f} sequences per decode step"
         )
     finally:
         server.stop()

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.workloads.tiny import make_tiny_llama
 
@@ -99,12 +100,17 @@ class ServerProcess:
             ) from None
 
     def metrics(self) -> dict[str, float]:
-        out = {}
-        for line in httpx.get(self.url + "/metrics", timeout=10).text.splitlines():
-            if line and not line.startswith("#"):
-                key, value = line.split()
-                out[key.removeprefix("substratus_server_")] = float(value)
-        return out
+        """Samples without labels, parsed with Prometheus' own parser, by name less the
+        ``substratus_server_`` prefix."""
+        return {k: v for (k, labels), v in self.samples().items() if not labels}
+
+    def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        return {
+            (s.name.removeprefix("substratus_server_"), frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -331,10 +337,10 @@ def test_concurrent_requests_are_batched(server: ServerProcess) -> None:
     results = asyncio.run(run())
     assert all(r.usage.completion_tokens == 32 for r in results)
     after = server.metrics()
-    assert after["requests_total"] - before["requests_total"] == 16
-    assert after["batch_size_max"] > 1, after
+    assert after["engine_requests_total"] - before["engine_requests_total"] == 16
+    assert after["engine_batch_size_max"] > 1, after
     # 16 x 32 tokens in far fewer than 16 x 32 decode steps: they shared steps.
-    steps = after["batch_steps_total"] - before["batch_steps_total"]
+    steps = after["engine_batch_steps_total"] - before["engine_batch_steps_total"]
     assert steps < 16 * 32 / 2, steps
 
 
@@ -357,13 +363,51 @@ def test_a_closed_stream_is_cancelled(server: ServerProcess) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         m = server.metrics()
-        if m["active_sequences"] == 0:
+        if m["batch_size"] == 0:
             break
         time.sleep(0.05)
     after = server.metrics()
-    assert after["active_sequences"] == 0
-    assert after["cancelled_total"] == before["cancelled_total"] + 1
-    assert after["generated_tokens_total"] - before["generated_tokens_total"] < 200
+    assert after["batch_size"] == 0
+    assert after["engine_cancelled_total"] == before["engine_cancelled_total"] + 1
+    assert after["engine_generated_tokens_total"] - before["engine_generated_tokens_total"] < 200
+
+
+def test_metrics_time_each_completion_and_count_api_requests(
+    server: ServerProcess, client: openai.OpenAI, http: httpx.Client
+) -> None:
+    before = server.samples()
+    assert http.get("/").status_code == 200  # probes: not requests of the API
+    assert http.get("/health").status_code == 200
+    messages: list[Any] = [{"role": "user", "content": "Hi"}]
+    stream = client.chat.completions.create(
+        model=NAME, messages=messages, max_tokens=8, stream=True, **greedy()
+    )
+    assert [c for c in stream if c.choices and c.choices[0].finish_reason] != []
+    out = client.completions.create(model=NAME, prompt="Hello", max_tokens=4, **greedy())
+    assert out.usage is not None and out.usage.completion_tokens == 4
+    assert http.post("/v1/completions", json={"prompt": ""}).status_code == 400
+    after = server.samples()
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("requests_total", endpoint="/v1/chat/completions", status="200") == 1
+    assert grew("requests_total", endpoint="/v1/completions", status="200") == 1
+    assert grew("requests_total", endpoint="/v1/completions", status="400") == 1
+    assert grew("request_duration_seconds_count", endpoint="/v1/chat/completions") == 1
+    endpoints = {dict(labels).get("endpoint") for name, labels in after if name == "requests_total"}
+    assert not endpoints & {"/", "/health", "/metrics"}, endpoints
+    # Both completions, streamed or not, timed from the engine's own token times.
+    assert grew("time_to_first_token_seconds_count") == 2
+    assert grew("inter_token_latency_seconds_count") == 7 + 3
+    assert grew("generation_tokens_total") == 12
+    assert grew("prompt_tokens_total") > 0
+    slow = after[("time_to_first_token_seconds_bucket", frozenset({("le", "+Inf")}))]
+    fast = after[("time_to_first_token_seconds_bucket", frozenset({("le", "0.01")}))]
+    assert slow >= 2 and fast <= slow
+    assert after[("ready", frozenset())] == 1
+    assert after[("queue_depth", frozenset())] == 0
 
 
 # --- bad requests --------------------------------------------------------------------
@@ -481,5 +525,5 @@ def test_still_serving_after_bad_requests(server: ServerProcess, client: openai.
     out = client.completions.create(model=NAME, prompt="Hello", max_tokens=4, **greedy())
     assert out.usage is not None and out.usage.completion_tokens == 4
     m = server.metrics()
-    assert m["errors_total"] == 0  # no generation failed
+    assert m["engine_errors_total"] == 0  # no generation failed
     assert "Traceback" not in server.logs()

@@ -1,9 +1,9 @@
 """The HTTP side: an OpenAI-compatible API over an engine, and the process's ``main``.
 
 Endpoints: ``GET /`` (200 once the model is loaded, 503 before), ``GET /metrics``
-(Prometheus text), ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``
-(``stream: true`` answers Server-Sent Events ending with ``data: [DONE]``),
-``POST /v1/embeddings``. Bad requests get OpenAI-style JSON errors with a 4xx status.
+(Prometheus text: ``metrics.py``), ``GET /v1/models``, ``POST /v1/completions``,
+``POST /v1/chat/completions`` (``stream: true`` answers Server-Sent Events ending with
+``data: [DONE]``), ``POST /v1/embeddings``. Bad requests get OpenAI-style JSON errors with a 4xx status.
 
 The server listens at once and loads the model in a background thread, so the runtime's
 readiness probe sees 503 until the model answers; a model that cannot be loaded ends the
@@ -25,12 +25,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,6 +39,7 @@ from substratus.workloads.contract import ParamError, fail
 from substratus.workloads.server import protocol as p
 from substratus.workloads.server.config import ServerConfig, load_config
 from substratus.workloads.server.engines.base import Chunk, Engine, SamplingParams, StartupError
+from substratus.workloads.server.metrics import ServerMetrics, Timeline
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
@@ -75,8 +77,7 @@ class ModelServer:
         self.ready = False
         self.load_error: str | None = None
         self.created = p.now()
-        self.http_requests = 0
-        self.http_errors = 0
+        self.metrics = ServerMetrics(self.engine.metrics, lambda: self.ready)
 
     # --- loading ----------------------------------------------------------------------
 
@@ -193,13 +194,19 @@ class ModelServer:
             logit_bias=req.bias(),
         )
 
+    def observe(self, timeline: Timeline, chunk: Chunk) -> None:
+        if (done := timeline.chunk(chunk)) is not None:
+            self.metrics.completion(*done)
+
     async def collect(self, job: Job) -> Chunk:
         """Run one job to the end: its text, finish reason and token count."""
         texts = []
+        timeline = Timeline(stream=False)
         async for chunk in self.engine.generate(job.prompt_ids, job.params, stream=False):
             if chunk.error is not None:
                 raise p.APIError(500, chunk.error, type="server_error")
             texts.append(chunk.text)
+            self.observe(timeline, chunk)
             if chunk.finish_reason is not None:
                 return Chunk("".join(texts), chunk.finish_reason, chunk.completion_tokens)
         raise p.APIError(500, "the generation ended without a result", type="server_error")
@@ -207,14 +214,18 @@ class ModelServer:
     async def merged(self, jobs: list[Job]) -> AsyncIterator[tuple[Job, Chunk]]:
         """Chunks of several jobs as they come; closing it cancels the unfinished ones."""
         if len(jobs) == 1:
+            timeline = Timeline(stream=True)
             async for chunk in self.engine.generate(jobs[0].prompt_ids, jobs[0].params, True):
+                self.observe(timeline, chunk)
                 yield jobs[0], chunk
             return
         queue: asyncio.Queue[tuple[Job, Chunk]] = asyncio.Queue()
 
         async def pump(job: Job) -> None:
+            timeline = Timeline(stream=True)
             try:
                 async for chunk in self.engine.generate(job.prompt_ids, job.params, True):
+                    self.observe(timeline, chunk)
                     await queue.put((job, chunk))
             except Exception as exc:
                 await queue.put((job, Chunk("", None, 0, error=str(exc))))
@@ -248,19 +259,8 @@ class ModelServer:
             return JSONResponse({"status": "failed", "error": self.load_error}, status_code=503)
         return JSONResponse({"status": "loading", "model": self.name}, status_code=503)
 
-    async def metrics(self, request: Request) -> Response:
-        values: dict[str, float] = {
-            "ready": 1.0 if self.ready else 0.0,
-            "http_requests_total": self.http_requests,
-            "http_errors_total": self.http_errors,
-        }
-        values.update(self.engine.metrics())
-        lines = []
-        for key, value in values.items():
-            kind = "counter" if key.endswith("_total") else "gauge"
-            lines.append(f"# TYPE substratus_server_{key} {kind}")
-            lines.append(f"substratus_server_{key} {value:g}")
-        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    async def scrape(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def list_models(self, request: Request) -> Response:
         card = p.model_card(self.name, self.created, str(self.config.model_dir))
@@ -310,6 +310,7 @@ class ModelServer:
             for j in range(req.n):
                 params = self.sampling(req, limit, j)
                 jobs.append(Job(i * req.n + j, i, ids, params, text if req.echo else ""))
+        self.metrics.prompt_tokens.inc(prompt_tokens)
         cid = p.new_id("cmpl")
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -369,6 +370,7 @@ class ModelServer:
                 entry["name"] = message.name
             messages.append(entry)
         ids = self.engine.chat_prompt(messages)
+        self.metrics.prompt_tokens.inc(len(ids))
         requested = req.max_completion_tokens or req.max_tokens
         limit = self.max_tokens(requested, len(ids), None, "messages")
         jobs = [Job(j, 0, ids, self.sampling(req, limit, j)) for j in range(req.n)]
@@ -458,17 +460,13 @@ class ModelServer:
 
     def endpoint(self, handler: Handler) -> Handler:
         async def wrapped(request: Request) -> Response:
-            self.http_requests += 1
             try:
                 return await handler(request)
             except p.APIError as exc:
-                self.http_errors += 1
                 return JSONResponse(exc.body(), status_code=exc.status)
-            except HTTPException:
-                self.http_errors += 1
-                raise
             except Exception as exc:
-                self.http_errors += 1
+                if isinstance(exc, HTTPException):
+                    raise
                 traceback.print_exc()
                 body = p.error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error")
                 return JSONResponse(body, status_code=500)
@@ -480,7 +478,7 @@ class ModelServer:
         routes = [
             Route("/", e(self.health), methods=["GET", "HEAD"]),
             Route("/health", e(self.health), methods=["GET", "HEAD"]),
-            Route("/metrics", e(self.metrics), methods=["GET"]),
+            Route("/metrics", e(self.scrape), methods=["GET"]),
             Route("/v1/models", e(self.list_models), methods=["GET"]),
             Route("/v1/models/{model:path}", e(self.get_model), methods=["GET"]),
             Route("/v1/completions", e(self.completions), methods=["POST"]),
@@ -488,7 +486,43 @@ class ModelServer:
             Route("/v1/embeddings", e(self.embeddings), methods=["POST"]),
         ]
         app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
-        return BodyLimit(app, self.config.max_body_bytes)
+        return RequestMetrics(BodyLimit(app, self.config.max_body_bytes), self.metrics)
+
+
+class RequestMetrics:
+    """Counts and times API requests by endpoint and status, to the response's last byte (a
+    stream's too); the probes and the scrape are not requests of the API."""
+
+    API = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings")
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    @classmethod
+    def endpoint(cls, path: str) -> str | None:
+        if path in ("/", "/health", "/metrics"):
+            return None
+        if path in cls.API:
+            return path
+        return "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self.endpoint(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        started, status = time.monotonic(), 500
+
+        async def timed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed)
+        finally:
+            self.metrics.request(endpoint, status, time.monotonic() - started)
 
 
 class BodyLimit:

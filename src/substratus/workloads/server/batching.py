@@ -22,6 +22,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ class Sequence:
         self.finish_reason: str | None = None
         self.cancelled = False
         self.done = False
+        self.times = [time.monotonic()]  # queued, then each token (the latency metrics)
 
     def add(self, token: int, eos: frozenset[int]) -> None:
         """Take the next token; finishes the sequence on EOS, a stop string or the limit."""
@@ -119,6 +121,7 @@ class Sequence:
             self.finish("stop")
             return
         self.generated.append(token)
+        self.times.append(time.monotonic())
         if self.needs_text:
             delta = self.decoder.add(token)
             if delta:
@@ -167,7 +170,8 @@ class Sequence:
                 if self.params.stop and self._stop_at(start):
                     return
         self.done, self.finish_reason = True, reason
-        self.sink.put(Chunk(self.text[self.sent :], reason, len(self.generated)))
+        times = tuple(self.times)
+        self.sink.put(Chunk(self.text[self.sent :], reason, len(self.generated), None, times))
         self.sent = len(self.text)
 
     def fail(self, message: str) -> None:

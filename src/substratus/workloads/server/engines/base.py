@@ -28,12 +28,16 @@ class SamplingParams:
 @dataclass
 class Chunk:
     """A piece of one completion: new text; the last one carries ``finish_reason``
-    (``stop`` or ``length``) or ``error``. ``completion_tokens`` counts tokens so far."""
+    (``stop`` or ``length``) or ``error``. ``completion_tokens`` counts tokens so far.
+    ``token_times``, on the last chunk of an engine that keeps them: when the completion was
+    queued, then when each token came (``time.monotonic``), for the latency metrics; without
+    them the HTTP layer times the chunks as they arrive."""
 
     text: str
     finish_reason: str | None = None
     completion_tokens: int = 0
     error: str | None = None
+    token_times: tuple[float, ...] = ()
 
 
 class Engine(ABC):
