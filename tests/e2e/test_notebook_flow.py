@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from typing import IO
 import pytest
 
 from substratus.cli.notebook.sides import JupyterTree
+from tests.browser import browse, chromium
 from tests.conftest import Local
 from tests.workloads.tiny import make_tiny_llama
 
@@ -44,31 +44,6 @@ spec:
   params: {epochs: 1, max_steps: 2, batch_size: 2}
   command: [python, train.py]
 """
-
-
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def browse(url: str, screenshot: Path) -> str:
-    """The page's DOM after its scripts ran, and a screenshot of it, from headless Chromium."""
-    browser = chromium()
-    assert browser is not None
-    common = [
-        browser,
-        "--headless",
-        "--no-sandbox",  # root in CI
-        "--disable-gpu",
-        "--window-size=1280,800",
-        "--virtual-time-budget=20000",  # let JupyterLab load and list the files
-        f"--user-data-dir={screenshot.parent / 'chromium'}",
-    ]
-    subprocess.run(
-        [*common, f"--screenshot={screenshot}", url], capture_output=True, timeout=120, check=True
-    )
-    return subprocess.run(
-        [*common, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
-    ).stdout
 
 
 def read_until(stream: IO[str], predicate: object, timeout: float, seen: list[str]) -> str:

@@ -20,6 +20,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.browser import browse, chromium
 from tests.workloads.tiny import make_tiny_llama
 
 MODULE = "substratus.workloads.server"
@@ -408,6 +409,80 @@ def test_metrics_time_each_completion_and_count_api_requests(
     assert slow >= 2 and fast <= slow
     assert after[("ready", frozenset())] == 1
     assert after[("queue_depth", frozenset())] == 0
+
+
+# --- docs and API keys ----------------------------------------------------------------
+
+
+def test_openapi_describes_the_api(http: httpx.Client) -> None:
+    doc = http.get("/openapi.json").json()
+    assert doc["openapi"] == "3.1.0"
+    assert {"/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models"} <= set(
+        doc["paths"]
+    )
+    post = doc["paths"]["/v1/chat/completions"]["post"]
+    ref = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    schema = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert "messages" in schema["required"]
+    assert schema["properties"]["temperature"]["anyOf"][0]["maximum"] == 2
+    assert "text/event-stream" in post["responses"]["200"]["content"]
+    assert "security" not in doc and "401" not in post["responses"]  # no keys asked for
+    js = http.get("/docs/static/swagger-ui-bundle.js")
+    assert js.status_code == 200 and "SwaggerUIBundle" in js.text[:4000]
+
+
+def test_docs_render_in_a_browser_with_no_network(server: ServerProcess, tmp_path: Path) -> None:
+    """Swagger UI's page, its scripts and the OpenAPI document all come from the server."""
+    if chromium() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed (hack/setup.sh --test installs it as root)")
+        pytest.skip("chromium is not installed")
+    dom = browse(server.url + "/docs", tmp_path / "docs.png")
+    assert "Substratus model server: tiny" in dom
+    assert "/v1/chat/completions" in dom and "/v1/embeddings" in dom
+    assert (tmp_path / "docs.png").stat().st_size > 10_000
+
+
+KEY = "sk-test-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def keyed(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = contract_dir(tmp_path_factory.mktemp("keyed"), tiny_model)
+    proc = ServerProcess(root, {"API_KEYS": f"another-key-0123456789,\n{KEY}"})
+    try:
+        proc.wait_ready()  # GET / needs no key: the runtime's probe has none
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_api_keys_are_asked_for(keyed: ServerProcess) -> None:
+    def client(key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=keyed.url + "/v1", api_key=key, max_retries=0)
+
+    bare = httpx.post(keyed.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 1})
+    assert bare.status_code == 401
+    assert bare.headers["www-authenticate"] == "Bearer"
+    assert bare.json()["error"]["code"] == "invalid_api_key"
+    assert "Authorization: Bearer" in bare.json()["error"]["message"]
+    with pytest.raises(openai.AuthenticationError) as info:
+        client("sk-wrong-0123456789abcdef").completions.create(model=NAME, prompt="Hi")
+    assert info.value.code == "invalid_api_key"
+    basic = httpx.get(keyed.url + "/v1/models", headers={"Authorization": f"Basic {KEY}"})
+    assert basic.status_code == 401  # the key, but not as a bearer token
+    for key in (KEY, "another-key-0123456789"):
+        out = client(key).completions.create(model=NAME, prompt="Hi", max_tokens=2, **greedy())
+        assert out.usage is not None and out.usage.completion_tokens == 2
+    # Open without a key: the probes, the scrape, the docs.
+    for path in ("/", "/metrics", "/docs", "/openapi.json"):
+        assert httpx.get(keyed.url + path).status_code == 200, path
+    doc = httpx.get(keyed.url + "/openapi.json").json()
+    assert doc["security"] == [{"apiKey": []}]
+    refused = ("requests_total", frozenset({("endpoint", "/v1/completions"), ("status", "401")}))
+    assert keyed.samples()[refused] == 2
+    models = ("requests_total", frozenset({("endpoint", "/v1/models"), ("status", "401")}))
+    assert keyed.samples()[models] == 1
 
 
 # --- bad requests --------------------------------------------------------------------

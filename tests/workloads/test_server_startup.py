@@ -68,6 +68,7 @@ def make_cases(base: Path) -> dict[str, Case]:
         "llamacpp without gguf": case("llamacpp", hf, {"engine": "llamacpp"}),
         "a model that cannot load": case("broken", broken),
         "bits 8 on cpu": case("bits8", make_tiny_llama(base / "tiny"), QUANTIZATION_BITS="8"),
+        "a short api key": case("keys", hf, API_KEYS="0123456789abcdef-ok, short"),
     }
 
 
@@ -106,6 +107,7 @@ def failed(cases: dict[str, Case], name: str) -> str:
         ("negative batch", "params.max_batch_size: must be at least 1"),
         ("llamacpp without gguf", "params.engine=llamacpp needs a .gguf file"),
         ("a model that cannot load", "error: cannot read the model in"),
+        ("a short api key", "API_KEYS: key 2 has 5 characters; an API key needs at least 16"),
     ],
 )
 def test_clear_startup_errors(cases: dict[str, Case], name: str, message: str) -> None:

@@ -3,7 +3,9 @@
 Endpoints: ``GET /`` (200 once the model is loaded, 503 before), ``GET /metrics``
 (Prometheus text: ``metrics.py``), ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (``stream: true`` answers Server-Sent Events ending with
-``data: [DONE]``), ``POST /v1/embeddings``. Bad requests get OpenAI-style JSON errors with a 4xx status.
+``data: [DONE]``), ``POST /v1/embeddings``; ``GET /docs`` and ``GET /openapi.json`` describe
+them (``openapi.py``). Bad requests get OpenAI-style JSON errors with a 4xx status; with
+``API_KEYS`` set, a ``/v1/`` request without one of them gets a 401.
 
 The server listens at once and loads the model in a background thread, so the runtime's
 readiness probe sees 503 until the model answers; a model that cannot be loaded ends the
@@ -28,18 +30,20 @@ from typing import Any, TypeVar, cast
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from substratus.workloads.contract import ParamError, fail
+from substratus.workloads.server import openapi
 from substratus.workloads.server import protocol as p
 from substratus.workloads.server.config import ServerConfig, load_config
 from substratus.workloads.server.engines.base import Chunk, Engine, SamplingParams, StartupError
 from substratus.workloads.server.metrics import ServerMetrics, Timeline
+from substratus.workloads.server.middleware import APIKeys, BodyLimit, RequestMetrics
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[Request], Awaitable[Response]]
@@ -262,6 +266,12 @@ class ModelServer:
     async def scrape(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    async def openapi_json(self, request: Request) -> Response:
+        return JSONResponse(openapi.document(self.name, secured=bool(self.config.api_keys)))
+
+    async def docs(self, request: Request) -> Response:
+        return HTMLResponse(openapi.docs_page(self.name))
+
     async def list_models(self, request: Request) -> Response:
         card = p.model_card(self.name, self.created, str(self.config.model_dir))
         return JSONResponse({"object": "list", "data": [card]})
@@ -475,7 +485,7 @@ class ModelServer:
 
     def app(self) -> ASGIApp:
         e = self.endpoint
-        routes = [
+        routes: list[BaseRoute] = [
             Route("/", e(self.health), methods=["GET", "HEAD"]),
             Route("/health", e(self.health), methods=["GET", "HEAD"]),
             Route("/metrics", e(self.scrape), methods=["GET"]),
@@ -484,84 +494,16 @@ class ModelServer:
             Route("/v1/completions", e(self.completions), methods=["POST"]),
             Route("/v1/chat/completions", e(self.chat_completions), methods=["POST"]),
             Route("/v1/embeddings", e(self.embeddings), methods=["POST"]),
+            Route("/openapi.json", e(self.openapi_json), methods=["GET"]),
+            Route("/docs", e(self.docs), methods=["GET"]),
         ]
-        app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
-        return RequestMetrics(BodyLimit(app, self.config.max_body_bytes), self.metrics)
-
-
-class RequestMetrics:
-    """Counts and times API requests by endpoint and status, to the response's last byte (a
-    stream's too); the probes and the scrape are not requests of the API."""
-
-    API = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings")
-
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    @classmethod
-    def endpoint(cls, path: str) -> str | None:
-        if path in ("/", "/health", "/metrics"):
-            return None
-        if path in cls.API:
-            return path
-        return "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = self.endpoint(scope["path"]) if scope["type"] == "http" else None
-        if endpoint is None:
-            await self.app(scope, receive, send)
-            return
-        started, status = time.monotonic(), 500
-
-        async def timed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, timed)
-        finally:
-            self.metrics.request(endpoint, status, time.monotonic() - started)
-
-
-class BodyLimit:
-    """413, as an OpenAI-style error, for a body over ``limit`` bytes: at once when the
-    Content-Length says so, else (chunked uploads) as soon as the body read passes it."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    def error(self) -> p.APIError:
-        return p.APIError(
-            413,
-            f"the request body is larger than this server accepts ({self.limit} bytes; "
-            "params.max_body_bytes)",
-            code="request_too_large",
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = Headers(scope=scope).get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            exc = self.error()
-            response = JSONResponse(exc.body(), status_code=413, headers={"Connection": "close"})
-            await response(scope, receive, send)
-            return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise self.error()
-            return message
-
-        await self.app(scope, limited, send)
+        if (static := openapi.static_dir()) is not None:
+            routes.append(Mount("/docs/static", StaticFiles(directory=static), name="static"))
+        app: ASGIApp = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+        app = BodyLimit(app, self.config.max_body_bytes)
+        if self.config.api_keys:
+            app = APIKeys(app, self.config.api_keys)
+        return RequestMetrics(app, self.metrics)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -15,6 +15,11 @@
 | ``access_log`` | log every request | false |
 | ``n_gpu_layers`` | layers llama.cpp offloads to the GPU (-1: all) | all on a GPU, else 0 |
 
+``API_KEYS``: the keys that requests to ``/v1/`` must present as ``Authorization: Bearer
+KEY`` (separated by commas or whitespace; at least 16 characters each); unset, any request is
+served. A Server sets it from a Secret through ``spec.env``
+(``API_KEYS: {secretKeyRef: {name: my-keys, key: keys}}``), so keys never sit in a manifest.
+
 ``QUANTIZATION_BITS`` (set by the runtime from ``spec.quantization.bits``): 8 or 4; 16 or
 unset means none. The original project's Basaran image took ``MODEL_LOAD_IN_8BIT`` /
 ``MODEL_LOAD_IN_4BIT`` (``"true"``) in ``env``; they mean bits 8 / 4 here.
@@ -34,6 +39,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATION_ENV = "QUANTIZATION_BITS"
 # Basaran's switches, as the original project's Server manifests set them: env -> bits.
 BASARAN_QUANTIZATION = {"MODEL_LOAD_IN_8BIT": 8, "MODEL_LOAD_IN_4BIT": 4}
+API_KEYS_ENV = "API_KEYS"
+MIN_API_KEY_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class ServerConfig:
     n_gpu_layers: int | None = None  # None: every layer on a GPU, none without one
     host: str = "0.0.0.0"
     port: int = 8080
+    api_keys: tuple[str, ...] = ()  # empty: no key asked for
 
 
 def quantization_bits(value: str | None) -> int | None:
@@ -192,7 +200,24 @@ def load_config(
         n_gpu_layers=_n_gpu_layers(params),
         host=host(),
         port=_port(),
+        api_keys=_api_keys(),
     )
+
+
+def _api_keys() -> tuple[str, ...]:
+    raw = os.environ.get(API_KEYS_ENV, "")
+    keys = tuple(k for k in raw.replace(",", " ").split() if k)
+    if raw.strip() and not keys:
+        raise ParamError(f"{API_KEYS_ENV}: holds no key")
+    for i, key in enumerate(keys):
+        if len(key) < MIN_API_KEY_LENGTH:
+            raise ParamError(
+                f"{API_KEYS_ENV}: key {i + 1} has {len(key)} characters; an API key needs at "
+                f"least {MIN_API_KEY_LENGTH} (e.g. `openssl rand -hex 24`)"
+            )
+        if not key.isascii() or not key.isprintable():
+            raise ParamError(f"{API_KEYS_ENV}: key {i + 1} has characters a header cannot carry")
+    return keys
 
 
 def _port() -> int:
