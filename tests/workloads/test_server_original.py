@@ -145,9 +145,9 @@ def test_n_gpu_layers_reaches_llama_cpp_and_only_it(tmp_path: Path) -> None:
     gguf = tmp_path / "model.bin"
     gguf.write_bytes(GGUF_BYTES)
     engine = LlamaCppEngine(config_for(tmp_path, n_gpu_layers=30), gguf, gpu=True)
-    assert engine._kwargs()["n_gpu_layers"] == 30
-    assert LlamaCppEngine(config_for(tmp_path), gguf, gpu=True)._kwargs()["n_gpu_layers"] == -1
-    assert LlamaCppEngine(config_for(tmp_path), gguf, gpu=False)._kwargs()["n_gpu_layers"] == 0
+    assert engine._gpu_layers() == 30
+    assert LlamaCppEngine(config_for(tmp_path), gguf, gpu=True)._gpu_layers() == -1
+    assert LlamaCppEngine(config_for(tmp_path), gguf, gpu=False)._gpu_layers() == 0
     chosen = plan(config_for(tmp_path, n_gpu_layers=30), Capabilities(llamacpp=True))
     assert (chosen.engine, chosen.gguf) == ("llamacpp", gguf)
     hf = tmp_path / "hf"
@@ -158,12 +158,17 @@ def test_n_gpu_layers_reaches_llama_cpp_and_only_it(tmp_path: Path) -> None:
         plan(config_for(hf, n_gpu_layers=30), Capabilities(llamacpp=True))
 
 
-def run_module(module: str, root: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def run_module(
+    module: str, root: Path, hide: str = "", **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -m module`` in ``root``; ``hide``: a package made unimportable, as if absent."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PARAM_", "MODEL_LOAD"))}
     clean.pop("QUANTIZATION_BITS", None)
     clean.update({"PORT": "0", "HOST": "127.0.0.1", **env})
+    code = f"import runpy, sys; sys.modules[{hide!r}] = None; " if hide else "import runpy; "
+    code += f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
     return subprocess.run(
-        [sys.executable, "-m", module],
+        [sys.executable, "-c", code],
         cwd=root,
         env=clean,
         capture_output=True,
@@ -172,15 +177,13 @@ def run_module(module: str, root: Path, **env: str) -> subprocess.CompletedProce
     )
 
 
-@pytest.mark.skipif(
-    __import__("importlib.util").util.find_spec("llama_cpp") is not None,
-    reason="llama-cpp-python is installed: the image serves the model instead",
-)
 def test_llama_cpp_image_process_without_llama_cpp(tmp_path: Path) -> None:
     model = tmp_path / "model"
     model.mkdir()
     (model / "model.bin").write_bytes(GGUF_BYTES)
-    done = run_module("substratus.workloads.server.llama_cpp", run_dir(tmp_path, {}))
+    done = run_module(
+        "substratus.workloads.server.llama_cpp", run_dir(tmp_path, {}), hide="llama_cpp"
+    )
     out = done.stdout + done.stderr
     assert done.returncode != 0, out
     assert "Traceback" not in out, out

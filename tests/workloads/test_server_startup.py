@@ -117,9 +117,11 @@ def test_clear_startup_errors(cases: dict[str, Case], name: str, message: str) -
 def test_gguf_errors_say_what_to_do(cases: dict[str, Case]) -> None:
     logs = failed(cases, "gguf to transformers")
     assert "convert=safetensors" in logs and "llama-cpp-python" in logs
-    if importlib.util.find_spec("llama_cpp") is None:  # else auto picks llama.cpp
-        logs = failed(cases, "gguf, auto, no llama.cpp")
+    logs = failed(cases, "gguf, auto, no llama.cpp")
+    if importlib.util.find_spec("llama_cpp") is None:
         assert "llama-cpp-python is not installed" in logs and "convert=safetensors" in logs
+    else:  # auto picks llama.cpp, which refuses the truncated file with the error named
+        assert "llama.cpp could not load" in logs and "SmolLM2-135M-Instruct.Q4_1.gguf" in logs
 
 
 def test_quantization_bits_4_on_cpu(cases: dict[str, Case]) -> None:

@@ -423,6 +423,7 @@ class Scheduler:
             return
         self.stats.finished += len(self._active) - len(keep)
         if not keep:
+            self._release()
             self._state, self._active, self._last = None, [], []
             return
         assert self.model is not None
@@ -436,7 +437,15 @@ class Scheduler:
         self.stats.errors += 1
         for seq in [*self._active, *new]:
             seq.fail(message)
+        self._release()
         self._state, self._active, self._last = None, [], []
+
+    def _release(self) -> None:
+        """A model that holds per-sequence resources (llama.cpp's slots) frees those of the
+        batch being dropped."""
+        release = getattr(self.model, "release", None)
+        if release is not None and self._state is not None:
+            release(self._state)
 
 
 async def run_sequence(

@@ -1,28 +1,32 @@
 """The llama.cpp engine (llama-cpp-python): GGUF models, already quantized in the file.
 
 Chosen by ``engine=auto`` for a model that is only a GGUF file, when ``llama_cpp`` is
-importable. llama-cpp-python's ``Llama`` holds one sequence at a time, so requests are served
-one after another on a worker thread (the batch size is 1; use the transformers or vLLM engine
-for batching). The chat template is the one in the GGUF metadata (or params.chat_template).
-Embeddings use a second ``Llama`` with mean pooling, loaded on first use.
+importable (``hack/setup.sh --llamacpp`` builds it). Concurrent requests are batched: the
+scheduler of the transformers engine (``batching.py``: admission, sampling with OpenAI's
+semantics, stop strings, streaming, cancellation) drives llama.cpp's context through
+``llamacpp_batch.py``, one slot per sequence in a shared KV cache, up to
+``params.max_batch_size`` at once. The chat template is the one in the GGUF metadata (or
+params.chat_template). Embeddings use a second context with mean pooling, made on first use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
-import threading
+import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from substratus.workloads.server.batching import AsyncSink
+from substratus.workloads.server.batching import Scheduler, Sequence, Sink, run_sequence
 from substratus.workloads.server.config import ServerConfig, default_threads
 from substratus.workloads.server.engines.base import Chunk, Engine, SamplingParams, StartupError
+from substratus.workloads.server.engines.llamacpp_batch import LlamaBatchModel
 from substratus.workloads.server.protocol import APIError
 
 MEAN_POOLING = 1  # llama_cpp.LLAMA_POOLING_TYPE_MEAN
+N_BATCH = 512  # tokens per llama_decode while prefilling
 
 
 class LlamaCppEngine(Engine):
@@ -32,24 +36,14 @@ class LlamaCppEngine(Engine):
         self.config = config
         self.gguf = gguf
         self.gpu = gpu
-        self.llm: Any = None
+        self.model: Any = None  # llama_cpp._internals.LlamaModel
+        self.ctx: Any = None
         self.embedder: Any = None
+        self.batch_model: LlamaBatchModel | None = None
+        self.scheduler: Scheduler | None = None
         self.template: str | None = None
         self.bos_text = self.eos_text = ""
         self.add_bos = True
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
-        self.requests = 0
-        self.generated = 0
-        self.served = 0
-
-    def _kwargs(self) -> dict[str, Any]:
-        return {
-            "model_path": str(self.gguf),
-            "n_ctx": self.config.max_model_len or 0,  # 0: the model's own context length
-            "n_threads": self.config.threads or default_threads(),
-            "n_gpu_layers": self._gpu_layers(),
-            "verbose": False,
-        }
 
     def _gpu_layers(self) -> int:
         # params.n_gpu_layers as the original's llama-cpp image took it; else all on a GPU.
@@ -57,46 +51,80 @@ class LlamaCppEngine(Engine):
             return self.config.n_gpu_layers
         return -1 if self.gpu else 0
 
-    def load(self) -> None:
-        from llama_cpp import Llama
+    def _context(self, n_ctx: int, slots: int, embeddings: bool = False) -> Any:
+        import llama_cpp
+        from llama_cpp import _internals
 
+        params = llama_cpp.llama_context_default_params()
+        threads = self.config.threads or default_threads()
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = min(N_BATCH, n_ctx)
+        params.n_seq_max = slots
+        params.kv_unified = True  # one cache; any slot may use all of it
+        params.n_threads = params.n_threads_batch = threads
+        if embeddings:
+            # Pooling needs each input in one micro-batch.
+            params.n_batch = params.n_ubatch = n_ctx
+            params.embeddings = True
+            params.pooling_type = MEAN_POOLING
+        return _internals.LlamaContext(model=self.model, params=params, verbose=False)
+
+    def load(self) -> None:
+        import llama_cpp
+        from llama_cpp import _internals
+
+        started = time.monotonic()
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = self._gpu_layers()
         try:
-            self.llm = self.pool.submit(lambda: Llama(**self._kwargs())).result()
+            self.model = _internals.LlamaModel(
+                path_model=str(self.gguf), params=model_params, verbose=False
+            )
+            trained = int(self.model.n_ctx_train())
+            n_ctx = min(self.config.max_model_len or trained, trained)
+            slots = min(self.config.max_batch_size, llama_cpp.llama_max_parallel_sequences())
+            self.ctx = self._context(n_ctx, slots)
         except (ValueError, RuntimeError, OSError) as exc:
             raise StartupError(f"llama.cpp could not load {self.gguf}: {exc}") from None
-        self.context_length = int(self.llm.n_ctx())
-        self.vocab_size = int(self.llm.n_vocab())
-        meta: dict[str, str] = dict(getattr(self.llm, "metadata", {}) or {})
+        self.vocab_size = int(self.model.n_vocab())
+        eog = frozenset(
+            t for t in range(self.vocab_size) if llama_cpp.llama_vocab_is_eog(self.model.vocab, t)
+        )
+        self.batch_model = LlamaBatchModel(self.ctx, self.vocab_size, eog, slots, N_BATCH)
+        self.context_length = self.batch_model.context_length
+        self.scheduler = Scheduler(self.batch_model, slots, name="llamacpp")
+        meta: dict[str, str] = self.model.metadata()
         self.template = self.config.chat_template or meta.get("tokenizer.chat_template")
         self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "true") != "false"
-        self.bos_text = self._token_text(self.llm.token_bos())
-        self.eos_text = self._token_text(self.llm.token_eos())
+        self.bos_text = self._token_text(self.model.token_bos())
+        self.eos_text = self._token_text(self.model.token_eos())
         quant = meta.get("general.file_type", "?")
         self.description = (
             f"llama.cpp, {self.gguf.name} (file type {quant}), "
-            f"{'GPU' if self.gpu else 'CPU'}, context {self.context_length}, one sequence at a time"
+            f"{'GPU' if self.gpu else 'CPU'}, context {self.context_length} shared by up to "
+            f"{slots} sequences batched, loaded in {time.monotonic() - started:.1f} s"
         )
 
     def _token_text(self, token: int) -> str:
         if token is None or token < 0:
             return ""
         try:
-            raw: bytes = self.llm.detokenize([token], special=True)
+            raw: bytes = self.model.detokenize([token], special=True)
         except TypeError:  # older llama-cpp-python
-            raw = self.llm.detokenize([token])
+            raw = self.model.detokenize([token])
         return raw.decode("utf-8", errors="ignore")
 
     # --- tokens -----------------------------------------------------------------------
 
-    # Tokenizing reads only the model's vocabulary, not the context the worker thread is
+    # Tokenizing reads only the model's vocabulary, not the context the scheduler is
     # decoding with, so it runs on the caller's thread (not queued behind a generation).
 
     def encode(self, text: str) -> list[int]:
-        ids: list[int] = self.llm.tokenize(text.encode("utf-8"), add_bos=self.add_bos)
+        ids: list[int] = self.model.tokenize(text.encode("utf-8"), self.add_bos, False)
         return ids
 
     def decode(self, ids: list[int]) -> str:
-        raw: bytes = self.llm.detokenize(ids)
+        raw: bytes = self.model.detokenize(ids)
         return raw.decode("utf-8", errors="replace")
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
@@ -127,104 +155,60 @@ class LlamaCppEngine(Engine):
                 400, f"messages: the chat template rejected them: {exc}", param="messages"
             ) from None
         add_bos = self.add_bos and not (self.bos_text and text.startswith(self.bos_text))
-        ids: list[int] = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        ids: list[int] = self.model.tokenize(text.encode("utf-8"), add_bos, True)
         return ids
 
     # --- generation -------------------------------------------------------------------
 
-    async def generate(
+    def generate(
         self, prompt_ids: list[int], params: SamplingParams, stream: bool
     ) -> AsyncIterator[Chunk]:
-        sink = AsyncSink(asyncio.get_running_loop())
-        cancel = threading.Event()
-        self.requests += 1
-        self.pool.submit(self._run, prompt_ids, params, stream, sink, cancel)
-        try:
-            while True:
-                chunk = await sink.get()
-                yield chunk
-                if chunk.finish_reason is not None or chunk.error is not None:
-                    return
-        finally:
-            cancel.set()
+        scheduler = self.scheduler
+        assert scheduler is not None
 
-    def _run(
-        self,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        stream: bool,
-        sink: AsyncSink,
-        cancel: threading.Event,
-    ) -> None:
-        if cancel.is_set():
-            return
-        kwargs: dict[str, Any] = {
-            "prompt": prompt_ids,
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "top_k": 0,  # OpenAI semantics: no top-k, no min-p, no repeat penalty
-            "min_p": 0.0,
-            "repeat_penalty": 1.0,
-            "presence_penalty": params.presence_penalty,
-            "frequency_penalty": params.frequency_penalty,
-            "stop": params.stop or None,
-            "seed": params.seed,
-            "logit_bias": params.logit_bias or None,
-            "stream": True,
-        }
-        if params.ignore_eos:
-            from llama_cpp import LogitsProcessorList
+        def make(sink: Sink) -> Sequence:
+            return Sequence(prompt_ids, params, sink, stream, self.decode, self.context_length)
 
-            eos = self.llm.token_eos()
-
-            def ban_eos(_ids: Any, scores: Any) -> Any:
-                scores[eos] = -math.inf
-                return scores
-
-            kwargs["logits_processor"] = LogitsProcessorList([ban_eos])
-        text, tokens, reason = "", 0, None
-        self.served = 1
-        try:
-            for part in self.llm.create_completion(**kwargs):
-                choice = part["choices"][0]
-                delta = choice.get("text") or ""
-                tokens += 1
-                text += delta
-                if stream and delta:
-                    sink.put(Chunk(delta, None, tokens))
-                if choice.get("finish_reason"):
-                    reason = "length" if choice["finish_reason"] == "length" else "stop"
-                if cancel.is_set():
-                    return
-            self.generated += tokens
-            sink.put(Chunk("" if stream else text, reason or "stop", tokens))
-        except Exception as exc:
-            sink.put(Chunk("", None, tokens, error=f"llama.cpp failed: {exc}"))
+        return run_sequence(scheduler, make)
 
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
-        future = self.pool.submit(self._embed, inputs)
+        assert self.scheduler is not None
+        future = self.scheduler.call(functools.partial(self._embed, inputs))
         return await asyncio.wrap_future(future)
 
     def _embed(self, inputs: list[list[int]]) -> list[list[float]]:
-        if self.embedder is None:
-            from llama_cpp import Llama
+        """On the scheduler's thread, between two decode steps."""
+        import llama_cpp
+        from llama_cpp import _internals
 
-            self.embedder = Llama(**self._kwargs(), embedding=True, pooling_type=MEAN_POOLING)
-        texts = [self.llm.detokenize(ids).decode("utf-8", errors="replace") for ids in inputs]
-        vectors: list[list[float]] = self.embedder.embed(texts)
+        if self.embedder is None:
+            self.embedder = self._context(self.context_length, 1, embeddings=True)
+        ctx = self.embedder
+        batch: Any = _internals.LlamaBatch(
+            n_tokens=self.context_length, embd=0, n_seq_max=1, verbose=False
+        )
         out = []
-        for vector in vectors:
-            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-            out.append([v / norm for v in vector])
+        try:
+            for ids in inputs:
+                ctx.kv_cache_clear()
+                batch.reset()
+                batch.add_sequence(ids, 0, True)
+                code = llama_cpp.llama_decode(ctx.ctx, batch.batch)
+                if code != 0:
+                    raise RuntimeError(f"llama_decode returned {code}")
+                size = self.model.n_embd()
+                vector = list(ctx.get_embeddings_seq(0)[:size])
+                norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+                out.append([v / norm for v in vector])
+        finally:
+            batch.close()
         return out
 
     def metrics(self) -> dict[str, float]:
-        return {
-            "requests_total": self.requests,
-            "generated_tokens_total": self.generated,
-            "batch_size_max": self.served,
-        }
+        return self.scheduler.gauges() if self.scheduler is not None else {}
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.batch_model is not None:
+            self.batch_model.close()
