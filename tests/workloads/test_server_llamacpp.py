@@ -9,6 +9,7 @@ import asyncio
 import importlib.util
 import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -170,3 +171,43 @@ def test_tokens_and_chat_template(client: openai.OpenAI) -> None:
     )
     # SmolLM2's template wraps a turn in <|im_start|>...<|im_end|> and starts a system turn.
     assert chat.usage is not None and chat.usage.prompt_tokens > 10
+
+
+def test_a_full_kv_cache_stops_the_newest_sequence_only(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Two sequences that each fit the context but not together: the newer one stops with a
+    clear error when the shared cache fills, the other runs to its end."""
+    gguf = gguf_file()
+    assert gguf is not None  # the module's fixture has checked
+    base = tmp_path_factory.mktemp("llamacpp-small")
+    model = base / "model"
+    model.mkdir()
+    (model / gguf.name).symlink_to(gguf)
+    params = {"threads": 2, "max_batch_size": 4, "max_model_len": 256, "served_model_name": NAME}
+    small = ServerProcess(contract_dir(base, model, params))
+    try:
+        small.wait_ready(timeout=120)
+        context = int(re.search(r"context (\d+) shared", small.logs()).group(1))  # type: ignore[union-attr]
+        body = {"prompt": QUESTION, "max_tokens": context - 16, "ignore_eos": True}
+
+        async def both() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=small.url, timeout=120) as c:
+                return list(
+                    await asyncio.gather(*(c.post("/v1/completions", json=body) for _ in range(2)))
+                )
+
+        answers = asyncio.run(both())
+        codes = sorted(r.status_code for r in answers)
+        assert codes == [200, 500], [r.text for r in answers]
+        done = next(r for r in answers if r.status_code == 200).json()
+        assert done["usage"]["completion_tokens"] == context - 16
+        error = next(r for r in answers if r.status_code == 500).json()["error"]["message"]
+        assert "KV cache" in error and "params.max_model_len" in error
+        # The slot is free again.
+        again = httpx.post(
+            small.url + "/v1/completions", json={**body, "max_tokens": 4}, timeout=60
+        )
+        assert again.status_code == 200
+    finally:
+        small.stop()

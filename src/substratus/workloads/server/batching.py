@@ -242,6 +242,11 @@ def sample(logits: Any, seqs: list[Sequence]) -> list[int]:
     return tokens
 
 
+class NoRoom(RuntimeError):
+    """The model has no room for the batch's next tokens (llama.cpp's shared KV cache is full):
+    the newest sequence gives way, with this message, and the others go on."""
+
+
 @dataclass
 class Stats:
     requests: int = 0
@@ -376,7 +381,15 @@ class Scheduler:
 
     def _prefill(self, new: list[Sequence]) -> None:
         assert self.model is not None
-        logits, state = self.model.prefill([s.prompt_ids for s in new])
+        try:
+            logits, state = self.model.prefill([s.prompt_ids for s in new])
+        except Exception as exc:  # the running batch is untouched: only the new ones fail
+            message = f"generation failed: {type(exc).__name__}: {exc}"
+            print(f"server: {message}", file=sys.stderr, flush=True)
+            self.stats.errors += 1
+            for seq in new:
+                seq.fail(message)
+            return
         tokens = sample(logits, new)
         self.stats.prefills += 1
         if self._state is None:
@@ -390,7 +403,14 @@ class Scheduler:
 
     def _step(self) -> None:
         assert self.model is not None
-        logits = self.model.decode(self._state, self._last)
+        try:
+            logits = self.model.decode(self._state, self._last)
+        except NoRoom as exc:
+            print(f"server: {exc}", file=sys.stderr, flush=True)
+            self.stats.errors += 1
+            self._active[-1].fail(str(exc))
+            self._retire()
+            return
         tokens = sample(logits, self._active)
         self.stats.steps += 1
         size = len(self._active)

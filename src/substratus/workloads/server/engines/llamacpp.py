@@ -82,7 +82,13 @@ class LlamaCppEngine(Engine):
             )
             trained = int(self.model.n_ctx_train())
             n_ctx = min(self.config.max_model_len or trained, trained)
-            slots = min(self.config.max_batch_size, llama_cpp.llama_max_parallel_sequences())
+            # A decode step holds one token per slot, in a batch of at most N_BATCH tokens.
+            slots = min(
+                self.config.max_batch_size,
+                llama_cpp.llama_max_parallel_sequences(),
+                N_BATCH,
+                n_ctx,
+            )
             self.ctx = self._context(n_ctx, slots)
         except (ValueError, RuntimeError, OSError) as exc:
             raise StartupError(f"llama.cpp could not load {self.gguf}: {exc}") from None

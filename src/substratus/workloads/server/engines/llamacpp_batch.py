@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from substratus.workloads.server.batching import NoRoom
 
-class KVCacheFull(RuntimeError):
+
+class KVCacheFull(NoRoom):
     """The shared KV cache has no room for the batch's next tokens."""
 
 
@@ -70,8 +72,9 @@ class LlamaBatchModel:
         code = self.lib.llama_decode(self.ctx.ctx, b)
         if code == 1:
             raise KVCacheFull(
-                f"the KV cache ({self.context_length} tokens, shared by the batch) is full: "
-                "lower params.max_batch_size or raise params.max_model_len"
+                f"the KV cache ({self.context_length} tokens, shared by the sequences of the "
+                "batch) is full: the newest sequence stopped; retry, or give the server a "
+                "larger params.max_model_len or a smaller params.max_batch_size"
             )
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code}")
