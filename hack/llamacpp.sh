@@ -7,18 +7,21 @@
 # The build targets the CPU features every x86-64 machine of the last decade has (AVX2, FMA,
 # F16C) instead of the building machine's own: a native build segfaults on the first token on
 # some CPUs (its AMX kernels), and a wheel cached on one machine may run on another.
-# LLAMACPP_CMAKE_ARGS replaces these flags (e.g. -DGGML_CUDA=ON for NVIDIA GPUs).
+# LLAMACPP_CMAKE_ARGS replaces these flags (e.g. -DGGML_CUDA=ON for NVIDIA GPUs). PYTHON
+# (default .venv/bin/python) and LLAMACPP_PIN (default pyproject.toml's) let images/model-server
+# run it too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '==> %s\n' "$*"; }
+py="${PYTHON:-.venv/bin/python}"
 
-pin="$(sed -n 's/^llamacpp = \["\(llama-cpp-python==[^"]*\)"\]$/\1/p' pyproject.toml)"
+pin="${LLAMACPP_PIN:-$(sed -n 's/^llamacpp = \["\(llama-cpp-python==[^"]*\)"\]$/\1/p' pyproject.toml)}"
 if [ -z "$pin" ]; then
   echo "error: no llamacpp = [\"llama-cpp-python==...\"] extra in pyproject.toml" >&2
   exit 1
 fi
 version="${pin#*==}"
-if .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('llama_cpp_python') != '$version')" 2>/dev/null; then
+if "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('llama_cpp_python') != '$version')" 2>/dev/null; then
   step "llama-cpp-python $version is installed"
   exit 0
 fi
@@ -29,7 +32,7 @@ else
 fi
 flags="${LLAMACPP_CMAKE_ARGS:-$default_flags}"
 # The cache is keyed by the version, the flags and the Python: a wheel holds compiled code.
-key="$(printf '%s %s %s' "$version" "$flags" "$(.venv/bin/python -c 'import sys; print(sys.implementation.cache_tag)')" | sha256sum | cut -c1-12)"
+key="$(printf '%s %s %s' "$version" "$flags" "$("$py" -c 'import sys; print(sys.implementation.cache_tag)')" | sha256sum | cut -c1-12)"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/substratus/wheels/llama-cpp-python-$key"
 if ! ls "$cache"/llama_cpp_python-"$version"-*.whl >/dev/null 2>&1; then
   if ! command -v c++ >/dev/null; then
@@ -45,11 +48,11 @@ if ! ls "$cache"/llama_cpp_python-"$version"-*.whl >/dev/null 2>&1; then
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
   CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-    .venv/bin/python -m pip wheel -q --no-deps --no-binary llama-cpp-python -w "$tmp" "$pin"
+    "$py" -m pip wheel -q --no-deps --no-binary llama-cpp-python -w "$tmp" "$pin"
   mkdir -p "$cache"
   mv "$tmp"/llama_cpp_python-*.whl "$cache"/
 fi
 step "installing llama-cpp-python $version (cached build)"
-.venv/bin/python -m pip install -q "$pin" --find-links "$cache" --no-index --no-deps
+"$py" -m pip install -q "$pin" --find-links "$cache" --no-index --no-deps
 # Its own dependencies (numpy, jinja2, diskcache, typing-extensions), from the registry.
-.venv/bin/python -m pip install -q "$pin" --find-links "$cache"
+"$py" -m pip install -q "$pin" --find-links "$cache"

@@ -65,6 +65,8 @@ def files() -> dict[str, str]:
     text = {
         "pip.txt": f"pip=={images['pip']}\n",
         "torch.txt": "\n".join(expand(extras, ("torch",))) + "\n",
+        # Compiled in the image by hack/llamacpp.sh (images/model-server).
+        "llamacpp.txt": "\n".join(expand(extras, ("llamacpp",))) + "\n",
     }
     for image, names in IMAGES.items():
         text[f"{image}.txt"] = "\n".join(expand(extras, names)) + "\n"
