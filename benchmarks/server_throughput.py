@@ -165,11 +165,7 @@ def llamacpp_bench(cache: Path, threads: int, n: int, rounds: int) -> int:
             print(f"{'bare llama-cpp-python, ' + what:<46}{theirs:>8.1f} tokens/s{turn}")
             ratio = ours / theirs
             print(f"{'our server (llama.cpp), ' + what:<46}{ours:>8.1f} tokens/s   {ratio:.2f}x")
-        m: dict[str, Any] = server.metrics()
-        print(
-            f"\nserver batches: max {m.get('engine_batch_size_max', 0):g}, "
-            f"mean {m.get('engine_batch_size_mean', 0):.1f} sequences per decode step"
-        )
+        server.print_batches()
     finally:
         server.stop()
     return 0
@@ -224,6 +220,13 @@ class Server:
             for s in family.samples
             if not s.labels
         }
+
+    def print_batches(self) -> None:
+        m = self.metrics()
+        print(
+            f"\nserver batches: max {m.get('engine_batch_size_max', 0):g}, "
+            f"mean {m.get('engine_batch_size_mean', 0):.1f} sequences per decode step"
+        )
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -317,11 +320,7 @@ def main() -> int:
                 flush=True,
             )
         print(f"{'16 clients vs 1':<34}{aggregate[16] / aggregate[1]:>10.2f}x")
-        m: dict[str, Any] = server.metrics()
-        print(
-            f"\nserver batches: max {m.get('engine_batch_size_max', 0):g}, "
-            f"mean {m.get('engine_batch_size_mean', 0):.1f} sequences per decode step"
-        )
+        server.print_batches()
     finally:
         server.stop()
     if args.bits:

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.kube.chart import CHART, InCluster, helm, installed, node_values, values_file
 from tests.kube.cluster import ControlPlane, free_port
 from tests.kube.node import TOOLBOX_IMAGE, RealNode
 from tests.kube.operatorproc import apply, read, wait_for
+from tests.prometheus import get, sample
 
 pytestmark = pytest.mark.integration
 
@@ -47,23 +45,6 @@ def wait_until(what: str, check: Any, operator: InCluster, timeout: float = 120)
         time.sleep(0.5)
     pods = operator.plane.kubectl("get", "pods", "-n", NS, "-o", "wide", check=False).stdout
     raise AssertionError(f"{what}: not in {timeout}s\npods:\n{pods}\n{operator.tail(60)}")
-
-
-def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    """The value of one sample, parsed with Prometheus' own text parser."""
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and s.labels == labels:
-                return float(s.value)
-    return None
 
 
 @pytest.fixture
@@ -91,8 +72,8 @@ def test_the_chart_installs_the_operator_which_takes_a_model_to_ready(
     assert pod["spec"]["serviceAccountName"] == f"{RELEASE}-substratus-operator"
     assert pod["spec"]["nodeName"] == kube_node.name
     wait_until("the operator leads", lambda: lease_holder(plane) == first, operator)
-    assert scrape(port, "/readyz") == (200, "ok\n")
-    assert scrape(port, "/healthz") == (200, "ok\n")
+    assert get(port, "/readyz") == (200, "ok\n")
+    assert get(port, "/healthz") == (200, "ok\n")
 
     spec = {
         "image": {"name": TOOLBOX_IMAGE},
@@ -104,7 +85,7 @@ def test_the_chart_installs_the_operator_which_takes_a_model_to_ready(
     assert read(node_bucket, got["status"]["url"].rstrip("/") + "/who.txt") == b"in-cluster\n"
 
     # Its metrics count what it did.
-    status, text = scrape(port)
+    status, text = get(port)
     assert status == 200
     assert sample(text, "substratus_operator_leader") == 1
     ok = sample(text, "substratus_operator_reconciles_total", kind="Model", result="ok")

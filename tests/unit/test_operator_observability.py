@@ -9,13 +9,10 @@ import io
 import json
 import logging
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from substratus.core.actions import EnsureService
 from substratus.runtimes.kubernetes import builds, logs, services
@@ -23,23 +20,8 @@ from substratus.runtimes.kubernetes.config import ConfigError, OperatorConfig, l
 from substratus.runtimes.kubernetes.metrics import ProbeServer
 from substratus.runtimes.kubernetes.operator import Operator
 from substratus.runtimes.kubernetes.pods import workload_service_account
+from tests.prometheus import get, sample
 from tests.unit.test_kube_children import FT, MOUNTS, model, notebook, render
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and s.labels == labels:
-                return float(s.value)
-    return None
 
 
 def test_reconciles_are_counted_timed_and_served(tmp_path: Path) -> None:
