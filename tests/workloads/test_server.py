@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -128,15 +129,24 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("model") / "tiny")
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    root = contract_dir(tmp_path_factory.mktemp("server"), tiny_model, {"max_batch_size": 16})
-    proc = ServerProcess(root)
+@contextmanager
+def running(
+    root: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> Iterator[ServerProcess]:
+    """A server started in ``root``, ready, and stopped on the way out."""
+    proc = ServerProcess(root, env)
     try:
-        proc.wait_ready()
+        proc.wait_ready(timeout)
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = contract_dir(tmp_path_factory.mktemp("server"), tiny_model, {"max_batch_size": 16})
+    with running(root) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
@@ -449,12 +459,9 @@ KEY = "sk-test-0123456789abcdef"
 @pytest.fixture(scope="module")
 def keyed(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = contract_dir(tmp_path_factory.mktemp("keyed"), tiny_model)
-    proc = ServerProcess(root, {"API_KEYS": f"another-key-0123456789,\n{KEY}"})
-    try:
-        proc.wait_ready()  # GET / needs no key: the runtime's probe has none
+    # Ready: GET / needs no key (the runtime's probe has none).
+    with running(root, {"API_KEYS": f"another-key-0123456789,\n{KEY}"}) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def test_api_keys_are_asked_for(keyed: ServerProcess) -> None:

@@ -12,6 +12,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ import openai
 import pytest
 
 from tests.smollm2 import gguf_file
-from tests.workloads.test_server import ServerProcess, contract_dir, greedy
+from tests.workloads.test_server import ServerProcess, contract_dir, greedy, running
 
 pytestmark = pytest.mark.integration
 
@@ -45,18 +46,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"missing: {', '.join(missing)}")
         pytest.skip(f"missing: {', '.join(missing)}")
-    assert gguf is not None
-    base = tmp_path_factory.mktemp("llamacpp")
+    params = {"threads": 2, "max_batch_size": 8, "served_model_name": NAME}
+    with running(run_dir(tmp_path_factory.mktemp("llamacpp"), params)) as proc:
+        yield proc
+
+
+def run_dir(base: Path, params: dict[str, Any]) -> Path:
+    """A run directory whose model/ holds the quickstart's GGUF file."""
+    gguf = gguf_file()
+    assert gguf is not None  # the module's fixture has checked
     model = base / "model"
     model.mkdir()
     (model / gguf.name).symlink_to(gguf)
-    params = {"threads": 2, "max_batch_size": 8, "served_model_name": NAME}
-    proc = ServerProcess(contract_dir(base, model, params))
-    try:
-        proc.wait_ready(timeout=120)
-        yield proc
-    finally:
-        proc.stop()
+    return contract_dir(base, model, params)
 
 
 @pytest.fixture(scope="module")
@@ -174,20 +176,13 @@ def test_tokens_and_chat_template(client: openai.OpenAI) -> None:
 
 
 def test_a_full_kv_cache_stops_the_newest_sequence_only(
-    tmp_path_factory: pytest.TempPathFactory,
+    server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Two sequences that each fit the context but not together: the newer one stops with a
-    clear error when the shared cache fills, the other runs to its end."""
-    gguf = gguf_file()
-    assert gguf is not None  # the module's fixture has checked
-    base = tmp_path_factory.mktemp("llamacpp-small")
-    model = base / "model"
-    model.mkdir()
-    (model / gguf.name).symlink_to(gguf)
+    clear error when the shared cache fills, the other runs to its end. (``server``: what the
+    module needs is there; this one runs a server of its own, with a small context.)"""
     params = {"threads": 2, "max_batch_size": 4, "max_model_len": 256, "served_model_name": NAME}
-    small = ServerProcess(contract_dir(base, model, params))
-    try:
-        small.wait_ready(timeout=120)
+    with running(run_dir(tmp_path_factory.mktemp("llamacpp-small"), params)) as small:
         context = int(re.search(r"context (\d+) shared", small.logs()).group(1))  # type: ignore[union-attr]
         body = {"prompt": QUESTION, "max_tokens": context - 16, "ignore_eos": True}
 
@@ -209,5 +204,3 @@ def test_a_full_kv_cache_stops_the_newest_sequence_only(
             small.url + "/v1/completions", json={**body, "max_tokens": 4}, timeout=60
         )
         assert again.status_code == 200
-    finally:
-        small.stop()

@@ -4,6 +4,7 @@ works with no network, as a server inside a cluster often has none)."""
 
 from __future__ import annotations
 
+import functools
 import html
 import importlib.util
 import json
@@ -56,8 +57,10 @@ def static_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "static"
 
 
+@functools.cache
 def document(model: str, secured: bool) -> dict[str, Any]:
-    """The API this server answers; ``secured``: it asks for a bearer API key."""
+    """The API this server answers; ``secured``: it asks for a bearer API key. Made once: the
+    request models do not change while the server runs."""
     _, defs = models_json_schema(
         [(m, "validation") for _, _, m, _ in _OPERATIONS],
         ref_template="#/components/schemas/{model}",
