@@ -41,6 +41,17 @@ def _original_rules() -> dict[str, list[Rule]]:
     }
 
 
+def _autoscaling_bounds(cls: type[BaseModel]) -> JSON:
+    low, high = (cls.model_fields[f].default for f in ("min_replicas", "max_replicas"))
+    return {
+        "rule": (
+            f"(has(self.minReplicas) ? self.minReplicas : {low}) <= "
+            f"(has(self.maxReplicas) ? self.maxReplicas : {high})"
+        ),
+        "message": "minReplicas must not exceed maxReplicas",
+    }
+
+
 _RULES: dict[str, list[Rule]] = {
     "Image": [
         {
@@ -77,6 +88,7 @@ _RULES: dict[str, list[Rule]] = {
             "message": "set at most one of git and upload",
         },
     ],
+    "Autoscaling": [_autoscaling_bounds],
     **_original_rules(),
 }
 

@@ -211,10 +211,66 @@ class Quantization(Strict):
     bits: Literal[4, 8, 16] = Field(16, description="Weight precision: 16 (none), 8 or 4.")
 
 
+class Autoscaling(Strict):
+    """Replicas follow the requests in flight; a proxy in front holds requests while none is
+    ready, so a Server can scale to zero."""
+
+    min_replicas: int = Field(
+        0,
+        alias="minReplicas",
+        ge=0,
+        le=MAX_REPLICAS,
+        description="Fewest replicas (0: scale to zero).",
+    )
+    max_replicas: int = Field(
+        1, alias="maxReplicas", ge=1, le=MAX_REPLICAS, description="Most replicas."
+    )
+    target_in_flight: int = Field(
+        8,
+        alias="targetInFlight",
+        ge=1,
+        le=100_000,
+        description="Requests in flight (answered or held) per replica, the autoscaler's aim.",
+    )
+    scale_down_delay_seconds: int = Field(
+        300,
+        alias="scaleDownDelaySeconds",
+        ge=0,
+        le=86_400,
+        description="Replicas are removed only when fewer would have done for this long.",
+    )
+    queue_limit: int = Field(
+        100,
+        alias="queueLimit",
+        ge=0,
+        le=100_000,
+        description="Requests held while no replica is ready; more are answered 503 at once.",
+    )
+    queue_timeout_seconds: int = Field(
+        300,
+        alias="queueTimeoutSeconds",
+        ge=1,
+        le=3600,
+        description="How long a held request waits for a ready replica before a 503.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must not exceed maxReplicas")
+        return self
+
+
 class ServerSpec(CommonSpec):
     model: ObjectRef = Field(description="Model to serve; mounted at /model/saved and model/.")
     replicas: int = Field(
-        1, ge=0, le=MAX_REPLICAS, description="Number of server processes or pods."
+        1,
+        ge=0,
+        le=MAX_REPLICAS,
+        description="Number of server processes or pods (with autoscaling, the autoscaler's).",
+    )
+    autoscaling: Autoscaling | None = Field(
+        None, description="Scale with the requests in flight, down to zero (replaces replicas)."
     )
     quantization: Quantization | None = Field(
         None, description="Load weights quantized (passed to the server as QUANTIZATION_BITS)."

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from substratus.api.kinds import Autoscaling
+
 
 @dataclass(frozen=True)
 class StartBuild:
@@ -21,11 +23,13 @@ class StartJob:
 
 @dataclass(frozen=True)
 class EnsureService:
-    """Keep ``replicas`` processes of ``image`` running for ``generation``."""
+    """Keep ``replicas`` processes of ``image`` running for ``generation``; with
+    ``autoscaling``, behind a proxy that holds requests while none is ready."""
 
     generation: int
     image: str
     replicas: int
+    autoscaling: Autoscaling | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from substratus.api.kinds import UploadParts
+from substratus.core.autoscale import Load
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,11 @@ class ServiceState:
     # Why the newest replica could not even be started (a spec the runtime cannot run, such
     # as a build with no command); restarting cannot help until the spec changes.
     start_error: str = ""
+    # Autoscaled Servers: replicas started and not yet ready (still loading their model), the
+    # count the runtime was last asked for, and the proxy's address once it answers.
+    loading: int = 0
+    wanted: int | None = None
+    proxy_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ class Observed:
     upload: UploadState = UploadState()
     job: JobState | None = None
     service: ServiceState | None = None
+    load: Load | None = None  # an autoscaled Server's proxy's report, when it answered
     capacity: Capacity | None = None  # None: the runtime cannot tell (a scheduler decides)
     missing_secrets: tuple[str, ...] = ()  # "env.NAME: secret S has no key K", one per problem
     image_error: str | None = None  # the runtime cannot run the resolved image, and why

@@ -16,6 +16,7 @@ from substratus.api.common import UploadSource
 from substratus.api.kinds import (
     ArtifactsStatus,
     ArtifactStatus,
+    Autoscaling,
     BuildUploadStatus,
     CommonStatus,
     Notebook,
@@ -26,6 +27,7 @@ from substratus.api.kinds import (
 )
 from substratus.core import conditions as C
 from substratus.core.actions import Action, EnsureService, StartBuild, StartJob, StopWorkload
+from substratus.core.autoscale import Load, desired_replicas
 from substratus.core.graph import dependencies
 from substratus.core.observed import JobState, Observed, Phase, ServiceState
 from substratus.core.retry import RetryPolicy
@@ -202,6 +204,8 @@ def decide(
         return _decide_job(s, obs.job, image, policy, obs.now)
     if isinstance(s.status, NotebookStatus) and not s.status.token:
         s.status.token = new_token()
+    if isinstance(obj, Server) and obj.spec.autoscaling is not None:
+        return _decide_autoscaled(s, obs.service, image, obj.spec.autoscaling, obs.load)
     replicas = obj.spec.replicas if isinstance(obj, Server) else 1
     return _decide_service(s, obs.service, image, replicas)
 
@@ -320,25 +324,59 @@ def _decide_service(s: _Status, svc: ServiceState | None, image: str, replicas: 
         _set_endpoint(st, svc.url, svc.ready_replicas)
         return s.done(ensure)
     _set_endpoint(st, None, 0)
-    if svc.start_error:
-        s.cond(C.SERVING, False, "StartFailed", svc.start_error)
-        s.ready(False, "StartFailed", svc.start_error)
-        return s.done(ensure)
-    if svc.restarts > 0:
-        msg = f"exited with code {svc.last_exit_code}, restarted {svc.restarts} times"
-        if svc.log_tail:
-            msg += "; log tail:\n" + _tail(svc.log_tail)
-        s.cond(C.SERVING, False, "CrashLoopBackOff", msg)
-        s.ready(False, "CrashLoopBackOff", msg)
-        return s.done(ensure)
-    if svc.waiting is not None:
-        reason, why = svc.waiting
-        s.cond(C.SERVING, False, reason, f"{why} (0/{replicas} replicas ready)")
-        s.ready(False, reason, f"{why} (0/{replicas} replicas ready)")
+    problem = _replica_problem(svc, replicas)
+    if problem is not None:
+        s.cond(C.SERVING, False, *problem)
+        s.ready(False, *problem)
         return s.done(ensure)
     s.cond(C.SERVING, False, "Starting", f"0/{replicas} replicas ready")
     s.ready(False, "Starting", f"0/{replicas} replicas ready")
     return s.done(ensure)
+
+
+def _decide_autoscaled(
+    s: _Status, svc: ServiceState | None, image: str, policy: Autoscaling, load: Load | None
+) -> Decision:
+    current = svc is not None and svc.generation == s.gen and svc.image == image
+    wanted = svc.wanted if svc is not None and svc.wanted is not None else policy.min_replicas
+    replicas = desired_replicas(policy, wanted, svc.loading if current and svc else 0, load)
+    ensure = EnsureService(s.gen, image, replicas, policy)
+    bounds = f"autoscaling {policy.min_replicas}-{policy.max_replicas}"
+    if svc is None or svc.proxy_url is None:
+        s.cond(C.SERVING, False, "Starting", "starting the proxy")
+        s.ready(False, "Starting", "starting the proxy")
+        _set_endpoint(s.status, None, 0)
+        return s.done(ensure)
+    ready = svc.ready_replicas if current else 0
+    _set_endpoint(s.status, svc.proxy_url, ready)
+    problem = _replica_problem(svc, replicas) if current and ready == 0 and replicas else None
+    if problem is not None:
+        s.cond(C.SERVING, False, *problem)
+        s.ready(False, *problem)
+        return s.done(ensure)
+    if replicas == 0:
+        msg = f"scaled to zero ({bounds}); a request starts a replica"
+    else:
+        msg = f"{ready}/{replicas} replicas ready ({bounds})"
+    s.cond(C.SERVING, True, "Serving", msg)
+    s.ready(True, "Serving", msg)
+    return s.done(ensure)
+
+
+def _replica_problem(svc: ServiceState, replicas: int) -> tuple[str, str] | None:
+    """Why no replica serves, when that is more than starting up: it cannot start, it keeps
+    exiting, or the cluster cannot run it yet."""
+    if svc.start_error:
+        return "StartFailed", svc.start_error
+    if svc.restarts > 0:
+        msg = f"exited with code {svc.last_exit_code}, restarted {svc.restarts} times"
+        if svc.log_tail:
+            msg += "; log tail:\n" + _tail(svc.log_tail)
+        return "CrashLoopBackOff", msg
+    if svc.waiting is not None:
+        reason, why = svc.waiting
+        return reason, f"{why} (0/{replicas} replicas ready)"
+    return None
 
 
 def _set_endpoint(status: CommonStatus, url: str | None, ready: int) -> None:

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from substratus.api.kinds import Resource
+from substratus.api.kinds import Resource, Server
 from substratus.api.loading import parse_object
 from substratus.core.actions import Action, EnsureService, StartBuild, StartJob, StopWorkload
 from substratus.core.graph import Key, dependents
@@ -30,11 +30,13 @@ from substratus.core.retry import RetryPolicy
 from substratus.core.uploads import context_url, observe_upload
 from substratus.core.world import dependency_states, missing_secrets
 from substratus.runtimes.local import processes
+from substratus.runtimes.local.autoscaler import Autoscaler
 from substratus.runtimes.local.db import Run, StateDB
 from substratus.runtimes.local.engines import Engine, EngineError, detect_engine
 from substratus.runtimes.local.launch import image_problem, service_url
 from substratus.runtimes.local.paths import LocalPaths
 from substratus.runtimes.local.ports import PortAllocator
+from substratus.runtimes.local.proxies import ROLE as ROLE_PROXY
 from substratus.runtimes.local.resources import GpuPool, capacity, detect_gpus
 from substratus.runtimes.local.runner import Runner
 from substratus.storage import ArtifactStore
@@ -65,6 +67,7 @@ class Controller:
         self._engine: Engine | None = None
         self._engine_checked = False
         self.runner = Runner(self)
+        self.autoscaler = Autoscaler(self)
         self.acting = threading.RLock()
         self._thread: threading.Thread | None = None
 
@@ -74,6 +77,7 @@ class Controller:
         self.runner.recover()
         self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
         self._thread.start()
+        self.autoscaler.start()
         for body in self.db.list_objects():
             self.enqueue(_key(body))
 
@@ -81,6 +85,7 @@ class Controller:
         """Stop reconciling (and then every workload, if asked): in that order, so nothing
         starts after the workloads were stopped."""
         self.queue.close()
+        self.autoscaler.stop()
         if self._thread is not None:
             self._thread.join(timeout=30)
         if stop_workloads:
@@ -160,7 +165,8 @@ class Controller:
             build=build,
             upload=self._upload_state(obj),
             job=self._job_state(obj) if obj.IS_JOB else None,
-            service=None if obj.IS_JOB else self._service_state(obj),
+            service=None if obj.IS_JOB else self.observe_service(obj),
+            load=self.autoscaler.loads.get(obj.key),
             capacity=capacity(self.gpus, self.paths.home),
             missing_secrets=tuple(missing_secrets(obj, self.db.get_secret)),
             image_error=self._image_error(obj, build),
@@ -232,10 +238,15 @@ class Controller:
             artifacts=artifacts,
         )
 
-    def _service_state(self, obj: Resource) -> ServiceState | None:
+    def observe_service(self, obj: Resource) -> ServiceState | None:
         runs = self.db.runs(obj.key, role="service")
+        autoscaled = isinstance(obj, Server) and obj.spec.autoscaling is not None
+        proxy = self.runner.proxies.url(obj) if autoscaled else None
         if not runs:
-            return None
+            if proxy is None:
+                return None
+            gen = obj.metadata.generation or 0
+            return ServiceState(gen, "", wanted=self.runner.wanted.get(obj.key), proxy_url=proxy)
         gen = max(r.generation for r in runs)
         runs = [r for r in runs if r.generation == gen]
         running = [r for r in runs if r.phase == "running"]
@@ -253,6 +264,10 @@ class Controller:
             log_tail=processes.tail(self.paths.home / last.log) if last else "",
             url=service_url(ready[0].port) if ready and ready[0].port is not None else None,
             start_error=newest.message if newest.phase == "failed" and newest.pid is None else "",
+            loading=len(running) - len(ready),
+            # After a restart of the supervisor: what runs is what was asked for.
+            wanted=self.runner.wanted.get(obj.key, len(running)) if autoscaled else None,
+            proxy_url=proxy,
         )
 
     def act(self, obj: Resource, action: Action, obs: Observed) -> None:
@@ -263,7 +278,7 @@ class Controller:
         elif isinstance(action, EnsureService):
             self.runner.ensure_service(obj, action, obs)
         elif isinstance(action, StopWorkload):
-            self.runner.stop_runs(obj.key, roles=("job", "service"))
+            self.runner.stop_runs(obj.key, roles=("job", "service", ROLE_PROXY))
 
 
 def _key(body: dict[str, Any]) -> Key:

@@ -17,8 +17,18 @@ class PortAllocator:
         with self._lock:
             self._held.add(port)
 
-    def allocate(self) -> int:
+    def allocate(self, prefer: int | None = None) -> int:
+        """A free port: ``prefer`` if it is free (a restarted proxy keeps its address)."""
         with self._lock:
+            if prefer is not None and prefer not in self._held:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    try:
+                        s.bind((self.host, prefer))
+                    except OSError:
+                        pass
+                    else:
+                        self._held.add(prefer)
+                        return prefer
             for _ in range(100):
                 with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                     s.bind((self.host, 0))

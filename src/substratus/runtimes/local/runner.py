@@ -36,12 +36,17 @@ from substratus.runtimes.local.launch import (
     workload_env,
 )
 from substratus.runtimes.local.probes import Readiness
+from substratus.runtimes.local.proxies import ROLE as ROLE_PROXY
+from substratus.runtimes.local.proxies import Proxies
 from substratus.runtimes.local.sandbox import Sandbox, sandbox
 
 if TYPE_CHECKING:
     from substratus.runtimes.local.controller import Controller
 
 log = logging.getLogger("substratus.supervisor")
+
+# How long a replica that autoscaling removes may take to finish the requests it answers.
+DRAIN_SECONDS = 60.0
 
 
 class Runner:
@@ -50,6 +55,9 @@ class Runner:
         self.db = ctl.db
         self.paths = ctl.paths
         self.readiness = Readiness(self.db, ctl.enqueue)
+        self.proxies = Proxies(self)
+        # What ensure_service was last asked for, by object: an autoscaled Server's count.
+        self.wanted: dict[Key, int] = {}
 
     # -- shared helpers -------------------------------------------------------------------
 
@@ -192,13 +200,19 @@ class Runner:
             pid_start=processes.start_time(popen.pid),
             gpus=",".join(map(str, gpus)),
         )
+        self.watch(run, popen, cgroups)
+        return run
+
+    def watch(self, run: Run, popen: object, cgroups: list[Path] | None = None) -> None:
+        """Settle the run when its process exits; probe a listening one's readiness."""
         threading.Thread(
             target=self._wait_child,
-            args=(run.id, popen, cgroups),
+            args=(run.id, popen, cgroups or []),
             name=f"wait-{run.id}",
             daemon=True,
         ).start()
-        return run
+        if run.role == ROLE_PROXY:
+            self.readiness.watch(run)
 
     def _wait_child(self, run_id: int, popen: object, cgroups: list[Path]) -> None:
         code = popen.wait()  # type: ignore[attr-defined]
@@ -285,13 +299,29 @@ class Runner:
 
     def ensure_service(self, obj: Resource, action: EnsureService, obs: Observed) -> None:
         running = self.db.runs(obj.key, role="service", phase="running")
+        self.wanted[obj.key] = action.replicas
+        kept = [
+            r
+            for r in running
+            if r.generation == action.generation
+            and r.image == action.image
+            and r.replica < action.replicas
+        ]
+        if action.autoscaling is not None:
+            # The proxy stops sending to a replica before it is stopped.
+            self.proxies.ensure(obj, action.autoscaling, kept)
+        else:
+            self.stop_runs(obj.key, roles=(ROLE_PROXY,))
         for run in running:
-            if (
-                run.generation != action.generation
-                or run.image != action.image
-                or run.replica >= action.replicas
-            ):
-                self._stop(run)
+            if run in kept:
+                continue
+            if action.autoscaling is not None and run.generation == action.generation:
+                # Scaled down: the replica finishes what it answers (SIGTERM), unhurried.
+                threading.Thread(
+                    target=self.stop_run, args=(run, DRAIN_SECONDS), daemon=True
+                ).start()
+            else:
+                self.stop_run(run)
         live = {r.replica for r in self.db.runs(obj.key, role="service", phase="running")}
         history = [
             r for r in self.db.runs(obj.key, role="service") if r.generation == action.generation
@@ -318,20 +348,23 @@ class Runner:
             else:
                 self.ctl.ports.release(port)
                 self.ctl.enqueue(obj.key)
+        if action.autoscaling is not None:
+            replicas = self.db.runs(obj.key, role="service", phase="running")
+            self.proxies.write_upstreams(obj, replicas)
 
     def start_build(self, obj: Resource, source: str) -> None:
         start_build(self, obj, source)
 
     # -- stopping and recovery ------------------------------------------------------------
 
-    def _stop(self, run: Run) -> None:
+    def stop_run(self, run: Run, grace: float = 5.0) -> None:
         if not self.db.update_run(
             run.id, only_if_phase="running", phase="stopped", finished_at=time.time()
         ):
             return  # it ended by itself meanwhile; its waiter settles it
         self.readiness.set(run.id, False)
         if run.pid is not None:
-            processes.terminate_group(run.pid, run.pid_start)
+            processes.terminate_group(run.pid, run.pid_start, grace)
             limits.remove((run.result or {}).get("cgroups", []))  # also kills stragglers
         container = (run.result or {}).get("container")
         if container:
@@ -342,10 +375,12 @@ class Runner:
                     engine.stop(container)
         self._release(run)
 
-    def stop_runs(self, key: Key, roles: tuple[str, ...] = ("job", "service", "build")) -> None:
+    def stop_runs(
+        self, key: Key, roles: tuple[str, ...] = ("job", "service", "build", ROLE_PROXY)
+    ) -> None:
         for run in self.db.runs(key, phase="running"):
             if run.role in roles:
-                self._stop(run)
+                self.stop_run(run)
 
     def recover(self) -> None:
         """Adopt the workloads that outlived a previous supervisor; settle those that ended.
@@ -365,7 +400,7 @@ class Runner:
                 if run.port is not None:
                     self.ctl.ports.reserve(run.port)
                 threading.Thread(target=self._wait_foreign, args=(run,), daemon=True).start()
-                if run.role == "service":
+                if run.role in ("service", ROLE_PROXY):
                     self.readiness.watch(run)
             else:
                 limits.remove((run.result or {}).get("cgroups", []))

@@ -1,0 +1,63 @@
+"""How many replicas an autoscaled Server wants, from the load its proxy reports.
+
+Pure: the proxy keeps the only memory (the highest demand over the scale-down delay), so a
+restarted supervisor or operator decides as before from one observation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from substratus.api.kinds import Autoscaling
+
+# Where a proxy answers with its load (JSON), beside the metrics it exports; both runtimes read it.
+LOAD_PATH = "/_substratus/load"
+METRICS_PATH = "/_substratus/metrics"
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a Server's proxy reports: requests answered by replicas now, requests it holds
+    while no replica is ready, and the highest sum of the two over the scale-down delay."""
+
+    in_flight: int
+    waiting: int
+    peak: int
+
+    @classmethod
+    def from_json(cls, doc: dict[str, object]) -> Load:
+        def count(name: str) -> int:
+            value = doc.get(name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"load: {name} must be a count, not {value!r}")
+            return value
+
+        return cls(count("inFlight"), count("waiting"), count("peak"))
+
+    @property
+    def demand(self) -> int:
+        return self.in_flight + self.waiting
+
+
+def clamp(policy: Autoscaling, replicas: int) -> int:
+    return max(policy.min_replicas, min(policy.max_replicas, replicas))
+
+
+def desired_replicas(policy: Autoscaling, current: int, loading: int, load: Load | None) -> int:
+    """Replicas to run: enough for the highest demand of the last ``scaleDownDelaySeconds`` at
+    ``targetInFlight`` each, within the bounds. Up at once (the peak includes now); down only
+    when the whole delay needed fewer, and never while a replica is still loading (a Deployment
+    removes unready pods first, so scaling down would kill the one about to serve).
+
+    ``current`` is what the runtime was last asked to run, ``loading`` how many of those are
+    started but not yet ready; ``load`` is None while the proxy cannot be asked."""
+    if load is None:
+        return clamp(policy, current)
+    demand = max(load.peak, load.demand)
+    want = clamp(policy, math.ceil(demand / policy.target_in_flight))
+    if demand > 0:
+        want = max(want, 1)  # a request is waiting: something must serve it
+    if want < current and loading > 0:
+        return clamp(policy, current)
+    return want

@@ -1,0 +1,101 @@
+"""The replicas behind the proxy: which exist (a fixed list, or a file the runtime rewrites),
+which answer 200 on ``/`` (the contract's readiness), and how many requests each has."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+import aiohttp
+
+log = logging.getLogger("substratus.proxy")
+
+PROBE_TIMEOUT = 2.0
+FAST_PROBE = 0.1  # while requests wait for a replica, or none is ready
+SLOW_PROBE = 1.0
+
+
+class Upstreams:
+    def __init__(self, urls: list[str], file: Path | None = None):
+        self.urls = [u.rstrip("/") for u in urls]
+        self.file = file
+        self._mtime: int | None = None
+        self.ready: set[str] = set()
+        self.in_flight: dict[str, int] = {}
+        self.waiters = 0  # requests held: probe often
+        self._changed = asyncio.Event()
+
+    # -- choosing ---------------------------------------------------------------------------
+
+    def pick(self) -> str | None:
+        """The ready replica with the fewest requests in flight (the first, on a tie)."""
+        ready = [u for u in self.urls if u in self.ready]
+        if not ready:
+            return None
+        return min(ready, key=lambda u: self.in_flight.get(u, 0))
+
+    def down(self, url: str) -> None:
+        """A connection to ``url`` was refused: not ready until a probe says so again."""
+        if url in self.ready:
+            self.ready.discard(url)
+            self._notify()
+
+    async def changed(self, timeout: float) -> None:
+        """Wait until the set of ready replicas changes, or ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- watching ---------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Read the list of replicas again if its file changed (written whole, then renamed)."""
+        if self.file is None:
+            return
+        try:
+            mtime = self.file.stat().st_mtime_ns
+            if mtime == self._mtime:
+                return
+            urls = json.loads(self.file.read_text())
+        except (OSError, ValueError):
+            return  # not written yet: keep what we have
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            log.warning("%s: expected a JSON list of URLs", self.file)
+            return
+        self._mtime = mtime
+        self.urls = [u.rstrip("/") for u in urls]
+        gone = self.ready - set(self.urls)
+        if gone:
+            self.ready -= gone
+            self._notify()
+
+    async def watch(self, session: aiohttp.ClientSession) -> None:
+        """Probe every replica's ``/`` forever: often while requests wait, else each second."""
+        while True:
+            self.reload()
+            urls = list(self.urls)
+            results = await asyncio.gather(*(self._probe(session, u) for u in urls))
+            now_ready = {u for u, ok in zip(urls, results, strict=True) if ok}
+            if now_ready != self.ready & set(urls) or self.ready - set(urls):
+                added = now_ready - self.ready
+                if added:
+                    log.info("ready: %s", ", ".join(sorted(added)))
+                self.ready = now_ready
+                self._notify()
+            fast = self.waiters > 0 or not self.ready
+            await asyncio.sleep(FAST_PROBE if fast else SLOW_PROBE)
+
+    @staticmethod
+    async def _probe(session: aiohttp.ClientSession, url: str) -> bool:
+        try:
+            timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
+            async with session.get(url + "/", timeout=timeout) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
