@@ -81,6 +81,13 @@ def test_scale_from_zero_under_a_burst_then_back_to_zero(local: Local, tmp_path:
     assert sample(metrics, "substratus_proxy_requests_total", code="200") == 32
     assert len(server_pids(local, "auto")) == 2  # 32 / 8 = 4, capped at maxReplicas
     assert local.get("Server", "auto")["status"]["url"] == url  # the address never moved
+    # A stream comes through the proxy as the replica sends it, chunk by chunk.
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    stream = client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "Hi"}], max_tokens=6, stream=True
+    )
+    chunks = [c for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(chunks) >= 2
 
     # Nothing for the delay: back to zero, processes gone, still Ready at the same address.
     wait_for("scale to zero", lambda: server_pids(local, "auto") == [], timeout=60)

@@ -143,3 +143,56 @@ def test_autoscaled_server_reports_a_replica_that_keeps_crashing() -> None:
     ready, reason, message = ready_reason(d)
     assert (ready, reason) == (False, "CrashLoopBackOff") and "no weights" in message
     assert d.status.url == "http://h:9"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("url", "env", "want"),
+    [
+        ("http://s-server-svc.ns.svc.cluster.local:8080", {}, None),  # DNS, as usual
+        (
+            "http://s-server-svc.ns.svc.cluster.local:8080",
+            {"S_SERVER_SVC_SERVICE_HOST": "10.96.0.7"},
+            "http://10.96.0.7:8080",
+        ),
+        (
+            "http://s-server-svc.ns.svc:8080",
+            {"S_SERVER_SVC_SERVICE_HOST": "fd00::7"},
+            "http://[fd00::7]:8080",
+        ),
+        ("http://127.0.0.1:9000", {"127_SERVICE_HOST": "x"}, None),  # not a Service name
+    ],
+)
+def test_the_proxy_reaches_a_service_without_dns(
+    url: str, env: dict[str, str], want: str | None
+) -> None:
+    from substratus.workloads.proxy.__main__ import service_link
+
+    assert service_link(url, env) == (want or url)
+
+
+def test_an_autoscaled_server_on_a_cluster_has_a_proxy_in_front() -> None:
+    from substratus.core.world import MountSources
+    from substratus.runtimes.kubernetes import services
+    from substratus.runtimes.kubernetes.config import OperatorConfig
+
+    cfg = OperatorConfig(artifact_url="s3://b", helper_image="helper:1")
+    obj = make("Server", AUTO)
+    policy = obj.spec.autoscaling  # type: ignore[attr-defined]
+    action = EnsureService(1, IMAGE, 0, policy)
+    children = services.service_children(obj, action, cfg, MountSources(None, None), ["true"])
+    kinds = [(c["kind"], c["metadata"]["name"]) for c in children]
+    # The replicas' Service first: the proxy's pod finds its address in its environment.
+    assert kinds == [
+        ("Service", "x-server-svc"),
+        ("Deployment", "x-server-deploy"),
+        ("Deployment", "x-server-proxy"),
+        ("Service", "x-server-proxy"),
+    ]
+    assert children[1]["spec"]["replicas"] == 0
+    proxy = children[2]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in proxy["env"]}
+    assert env["UPSTREAMS"] == "http://x-server-svc.default.svc.cluster.local:8080"
+    assert (env["QUEUE_LIMIT"], env["LOAD_WINDOW_SECONDS"]) == ("100", "300")
+    assert proxy["image"] == "helper:1"
+    assert proxy["command"] == ["python", "-m", "substratus.workloads.proxy"]
+    assert services.service_url(obj) == "http://x-server-proxy.default.svc.cluster.local:8080"

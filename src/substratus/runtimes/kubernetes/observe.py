@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from lightkube import ApiError, Client
 from lightkube.resources.core_v1 import PodLog, Secret
 
 from substratus.api.kinds import Notebook, Resource
+from substratus.core.autoscale import Load
 from substratus.core.graph import Key
 from substratus.core.observed import (
     Artifacts,
@@ -27,7 +28,7 @@ from substratus.core.observed import (
 )
 from substratus.core.uploads import observe_upload
 from substratus.core.world import dependency_states, missing_secrets
-from substratus.runtimes.kubernetes import jobs, names, notebooks, services
+from substratus.runtimes.kubernetes import autoscaling, jobs, names, notebooks, services
 from substratus.runtimes.kubernetes.builder import Builder
 from substratus.runtimes.kubernetes.children import Children
 from substratus.runtimes.kubernetes.config import OperatorConfig
@@ -70,6 +71,8 @@ class Observer:
         self.cached = cached
         self.cfg = cfg
         self.children = children
+        # Autoscaled Servers' loads, as the operator's poller last read them from their proxies.
+        self.loads: Mapping[Key, Load] = {}
         self.images = ImageConfigs(
             cfg.insecure_registries, auths=registry_logins(cfg.registry_auth)
         )
@@ -164,6 +167,7 @@ class Observer:
             build=build,
             job=state,
             service=service,
+            load=self.loads.get(obj.key),
             missing_secrets=tuple(missing_secrets(obj, self._secret)),
             image_error=image_error,
             spec_error=spec_error,
@@ -249,8 +253,12 @@ class Observer:
             if cs.get("name") == MAIN and cs.get("restartCount")
         ]
         tail = self._log_tail(crashed[-1], MAIN, previous=True) if crashed else ""
-        state = services.service_state(obj, deployment, pods, tail)
+        proxy = autoscaling.proxy_ready(obj, self.children.of("Deployment", obj.key))
+        state = services.service_state(obj, deployment, pods, tail, proxy)
         return state, (pods[-1] if pods else None)
+
+    def service_state(self, obj: Resource) -> ServiceState | None:
+        return self._service_state(obj)[0]
 
     def _log_tail(self, pod: dict[str, Any], container: str, previous: bool = False) -> str:
         """The last lines a container wrote; ``previous``: its run before the last restart

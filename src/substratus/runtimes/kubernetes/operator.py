@@ -26,7 +26,7 @@ from lightkube.codecs import from_dict
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import Secret
+from lightkube.resources.core_v1 import Secret, Service
 from lightkube.types import CascadeType, PatchType
 
 from substratus.api.kinds import KINDS, Notebook, NotebookStatus, Resource
@@ -39,7 +39,15 @@ from substratus.core.reconcile import decide
 from substratus.core.retry import RetryPolicy
 from substratus.core.workqueue import WorkQueue
 from substratus.core.world import mount_sources
-from substratus.runtimes.kubernetes import builds, jobs, logs, names, notebooks, services
+from substratus.runtimes.kubernetes import (
+    autoscaling,
+    builds,
+    jobs,
+    logs,
+    names,
+    notebooks,
+    services,
+)
 from substratus.runtimes.kubernetes.children import Children, slim
 from substratus.runtimes.kubernetes.config import OperatorConfig
 from substratus.runtimes.kubernetes.metrics import Metrics
@@ -86,6 +94,10 @@ class Operator:
         self._pruned: dict[Key, str] = {}  # object -> the version it was pruned to
         self.children = Children()  # Jobs, Deployments, Pods: the watch's, not listed
         self.observer = Observer(client, self.store, self._cached, cfg, self.children)
+        self.autoscaler = autoscaling.LoadPoller(
+            client, self._servers, self.observer.service_state, self.queue.add
+        )
+        self.observer.loads = self.autoscaler.loads
         self.metrics = Metrics()
         self.metrics.queue_depth.set_function(lambda: len(self.queue))
         for kind in RUN_KINDS:
@@ -144,8 +156,10 @@ class Operator:
             t.start()
             self._threads.append(t)
         threading.Thread(target=self._resync, name="resync", daemon=True).start()
+        self.autoscaler.start()
 
     def stop(self) -> None:
+        self.autoscaler.stop()
         self.queue.close()
         for t in self._threads:
             t.join(timeout=30)
@@ -332,6 +346,10 @@ class Operator:
         with self._lock:
             return self._objects.get(key)
 
+    def _servers(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [body for key, body in self._objects.items() if key[0] == "Server"]
+
     # -- act ------------------------------------------------------------------------------
 
     def act(self, obj: Resource, action: Action, obs: Observed) -> None:
@@ -346,12 +364,22 @@ class Operator:
             mounts = mount_sources(obs.deps)
             for child in services.service_children(obj, action, self.cfg, mounts, entrypoint):
                 self._apply(child)
+            if action.autoscaling is None:
+                self._delete_proxy(obj)
         elif isinstance(action, StopWorkload) and obj.IS_JOB:
             self._delete_jobs(obj, keep=())
         elif isinstance(action, StopWorkload):
             self._delete(Deployment, services.deployment_name(obj), obj.metadata.namespace)
+            self._delete_proxy(obj)
         elif isinstance(action, StartBuild):
             self.observer.builds.start(obj, action.source, self._ensure_credentials)
+
+    def _delete_proxy(self, obj: Resource) -> None:
+        """An autoscaled Server's proxy, once autoscaling is off (or the Server stopped)."""
+        name = autoscaling.proxy_name(obj)
+        if any(d["metadata"]["name"] == name for d in self.children.of("Deployment", obj.key)):
+            self._delete(Deployment, name, obj.metadata.namespace)
+            self._delete(Service, name, obj.metadata.namespace)
 
     def _apply(self, manifest: dict[str, Any]) -> None:
         self.client.apply(from_dict(manifest), field_manager=names.FIELD_MANAGER, force=True)

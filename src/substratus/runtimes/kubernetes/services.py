@@ -13,7 +13,7 @@ from substratus.api.kinds import Notebook, Resource, Server
 from substratus.core.actions import EnsureService
 from substratus.core.observed import ServiceState
 from substratus.core.world import MountSources
-from substratus.runtimes.kubernetes import names, notebooks
+from substratus.runtimes.kubernetes import autoscaling, names, notebooks
 from substratus.runtimes.kubernetes.config import OperatorConfig
 from substratus.runtimes.kubernetes.jobs import ANNOTATION_NAME, pod_waiting
 from substratus.runtimes.kubernetes.pods import (
@@ -38,7 +38,11 @@ def port(obj: Resource) -> int:
     return notebooks.PORT if isinstance(obj, Notebook) else PORT
 
 
-def service_url(obj: Resource) -> str:
+def service_url(obj: Resource, in_cluster: bool = False) -> str:
+    """The replicas' address; an autoscaled Server's users are given its proxy's instead."""
+    autoscaled = isinstance(obj, Server) and obj.spec.autoscaling is not None
+    if autoscaled and not in_cluster:
+        return autoscaling.proxy_url(obj)
     return f"http://{service_name(obj)}.{obj.metadata.namespace}.svc.cluster.local:{port(obj)}"
 
 
@@ -107,11 +111,22 @@ def service_children(
             "ports": [{"name": "http", "port": listen, "targetPort": listen}],
         },
     }
+    if action.autoscaling is not None:
+        # The proxy forwards to the replicas' Service; the Service is applied first, so the
+        # proxy's pod finds it in its environment (a cluster without DNS works too).
+        proxy = autoscaling.proxy_children(
+            obj, action, action.autoscaling, cfg, service_url(obj, in_cluster=True)
+        )
+        return [service, deployment, *proxy]
     return [deployment, service]
 
 
 def service_state(
-    obj: Resource, deployment: dict[str, Any], pods: list[dict[str, Any]], log_tail: str
+    obj: Resource,
+    deployment: dict[str, Any],
+    pods: list[dict[str, Any]],
+    log_tail: str,
+    proxy_ready: bool = False,
 ) -> ServiceState:
     """A Server's replicas as ``decide`` sees them: the Deployment's generation and counts,
     and its pods' restarts (a crash loop) with the last exit code."""
@@ -135,6 +150,7 @@ def service_state(
                 last_exit = ended.get("exitCode")
     ready = int(status.get("readyReplicas") or 0)
     waiting = next((w for p in reversed(current) if (w := pod_waiting(p)) is not None), None)
+    autoscaled = isinstance(obj, Server) and obj.spec.autoscaling is not None
     return ServiceState(
         generation=generation,
         image=(deployment["metadata"].get("annotations") or {}).get(ANNOTATION_IMAGE, ""),
@@ -145,4 +161,19 @@ def service_state(
         log_tail=log_tail if restarts else "",
         url=service_url(obj) if ready else None,
         waiting=waiting,
+        loading=sum(1 for p in current if _loading(p)),
+        wanted=int(deployment["spec"].get("replicas", 1)) if autoscaled else None,
+        proxy_url=autoscaling.proxy_url(obj) if autoscaled and proxy_ready else None,
     )
+
+
+def _loading(pod: dict[str, Any]) -> bool:
+    """Started and not yet Ready (loading its model); a Pending pod loads nothing."""
+    if pod["metadata"].get("deletionTimestamp"):
+        return False
+    status = pod.get("status") or {}
+    if status.get("phase") != "Running":
+        return False
+    conditions = status.get("conditions") or []
+    ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
+    return ready.get("status") != "True"

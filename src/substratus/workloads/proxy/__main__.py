@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -37,9 +39,28 @@ def _number(name: str, default: float) -> float:
     return value
 
 
+def service_link(url: str, env: Mapping[str, str]) -> str:
+    """``url`` with a cluster Service's name replaced by its address from the pod's environment
+    (``<NAME>_SERVICE_HOST``, set for Services that existed when the pod started), so that the
+    proxy reaches the replicas on a cluster without DNS too; else ``url`` as given."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    labels = host.split(".")
+    if len(labels) < 3 or labels[2] != "svc":
+        return url
+    address = env.get(labels[0].upper().replace("-", "_") + "_SERVICE_HOST")
+    if not address:
+        return url
+    if ":" in address:
+        address = f"[{address}]"
+    netloc = f"{address}:{parts.port}" if parts.port else address
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    urls = [u.strip() for u in os.environ.get("UPSTREAMS", "").split(",") if u.strip()]
+    raw = os.environ.get("UPSTREAMS", "").split(",")
+    urls = [service_link(u.strip(), os.environ) for u in raw if u.strip()]
     file = os.environ.get("UPSTREAMS_FILE", "").strip()
     if not urls and not file:
         return fail("set UPSTREAMS (the replicas' URLs) or UPSTREAMS_FILE")

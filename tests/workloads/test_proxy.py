@@ -1,0 +1,114 @@
+"""The autoscaling proxy as a process, over real HTTP: what it says when no replica comes, how
+it counts, and that it forwards to a replica that appears in its upstreams file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.workloads.test_server import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    port = free_port()
+    upstreams = tmp_path / "upstreams.json"
+    upstreams.write_text("[]")
+    env = {
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "UPSTREAMS_FILE": str(upstreams),
+        "QUEUE_LIMIT": "2",
+        "QUEUE_TIMEOUT_SECONDS": "1",
+        "LOAD_WINDOW_SECONDS": "3",
+        "PATH": "/usr/bin:/bin",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "substratus.workloads.proxy"], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        yield url, upstreams
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def load(url: str) -> dict[str, Any]:
+    return dict(httpx.get(url + "/_substratus/load").json())
+
+
+def test_no_replica_in_time_is_a_503_naming_the_setting(proxy: tuple[str, Path]) -> None:
+    url, _ = proxy
+    started = time.monotonic()
+    r = httpx.post(url + "/v1/completions", json={"prompt": "hi"}, timeout=10)
+    assert r.status_code == 503 and 0.9 < time.monotonic() - started < 5
+    assert r.headers["x-substratus-reason"] == "queue_timeout"
+    assert r.headers["retry-after"]
+    error = r.json()["error"]
+    assert error["code"] == "queue_timeout" and "queueTimeoutSeconds" in error["message"]
+    # The held request counted while it waited; nothing waits now.
+    assert load(url) | {"window": 0} == {
+        "inFlight": 0, "waiting": 0, "peak": 1, "window": 0, "readyReplicas": 0, "replicas": 0,
+    }  # fmt: skip
+
+
+class Slow(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"ok" if self.path == "/" else json.dumps({"path": self.path}).encode()
+        if self.path != "/":
+            time.sleep(0.5)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_held_requests_go_to_a_replica_that_appears(proxy: tuple[str, Path]) -> None:
+    url, upstreams = proxy
+    results: list[httpx.Response] = []
+
+    def ask(i: int) -> None:
+        results.append(httpx.get(f"{url}/v1/models?i={i}", timeout=10))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    # Two held (the limit), the third refused at once.
+    assert load(url)["waiting"] == 2
+    assert [r.headers.get("x-substratus-reason") for r in results] == ["queue_full"]
+    replica = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=replica.serve_forever, daemon=True).start()
+    try:
+        upstreams.write_text(json.dumps([f"http://127.0.0.1:{replica.server_address[1]}"]))
+        for t in threads:
+            t.join(10)
+        answered = sorted(r.json()["path"] for r in results if r.status_code == 200)
+        assert len(answered) == 2 and all(p.startswith("/v1/models?i=") for p in answered)
+        assert all(float(r.headers["x-substratus-queued-seconds"]) > 0.2 for r in results[1:])
+        assert load(url)["peak"] == 3  # the refused request counted too
+    finally:
+        replica.shutdown()
