@@ -196,3 +196,13 @@ def test_an_autoscaled_server_on_a_cluster_has_a_proxy_in_front() -> None:
     assert proxy["image"] == "helper:1"
     assert proxy["command"] == ["python", "-m", "substratus.workloads.proxy"]
     assert services.service_url(obj) == "http://x-server-proxy.default.svc.cluster.local:8080"
+
+
+def test_a_poller_queues_the_server_only_when_the_count_would_change() -> None:
+    from substratus.core.autoscale import rescales
+
+    running_two = ServiceState(1, IMAGE, replicas=2, ready_replicas=2, wanted=2)
+    assert not rescales(POLICY, running_two, Load(9, 0, 9))  # 9 at 8 each: still 2
+    assert rescales(POLICY, running_two, Load(20, 0, 20))  # 3 now
+    assert rescales(POLICY, None, Load(0, 1, 1))  # nothing runs yet: from zero
+    assert not rescales(POLICY, None, Load(0, 0, 0))

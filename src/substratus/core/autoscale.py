@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from substratus.api.kinds import Autoscaling
+
+if TYPE_CHECKING:
+    from substratus.core.observed import ServiceState
 
 # Where a proxy answers with its load (JSON), beside the metrics it exports; both runtimes read it.
 LOAD_PATH = "/_substratus/load"
@@ -61,3 +65,11 @@ def desired_replicas(policy: Autoscaling, current: int, loading: int, load: Load
     if want < current and loading > 0:
         return clamp(policy, current)
     return want
+
+
+def rescales(policy: Autoscaling, svc: ServiceState | None, load: Load) -> bool:
+    """Whether ``load`` makes the core want another count than the runtime runs: a runtime's
+    poller queues the Server then, and only then."""
+    wanted = svc.wanted if svc is not None and svc.wanted is not None else policy.min_replicas
+    loading = svc.loading if svc is not None else 0
+    return desired_replicas(policy, wanted, loading, load) != wanted

@@ -15,7 +15,7 @@ from lightkube import ApiError, Client
 from substratus.api.kinds import Autoscaling, Resource, Server
 from substratus.api.loading import parse_object
 from substratus.core.actions import EnsureService
-from substratus.core.autoscale import LOAD_PATH, Load, desired_replicas
+from substratus.core.autoscale import LOAD_PATH, Load, rescales
 from substratus.core.graph import Key
 from substratus.core.observed import ServiceState
 from substratus.runtimes.kubernetes import names
@@ -149,9 +149,7 @@ class LoadPoller:
             if load is None or self.loads.get(obj.key) == load:
                 continue
             self.loads[obj.key] = load
-            policy = obj.spec.autoscaling
-            wanted = svc.wanted if svc.wanted is not None else policy.min_replicas
-            if desired_replicas(policy, wanted, svc.loading, load) != wanted:
+            if rescales(obj.spec.autoscaling, svc, load):
                 self.enqueue(obj.key)
         for key in set(self.loads) - seen:
             del self.loads[key]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from substratus.api.kinds import Server
 from substratus.api.loading import parse_object
-from substratus.core.autoscale import LOAD_PATH, Load, desired_replicas
+from substratus.core.autoscale import LOAD_PATH, Load, rescales
 from substratus.core.graph import Key
 from substratus.runtimes.local.launch import service_host
 from substratus.runtimes.local.proxies import ROLE
@@ -64,18 +64,13 @@ class Autoscaler:
             del self.loads[key]
 
     def _rescale(self, key: Key, load: Load) -> bool:
-        """Whether the core would want another count than the one running now."""
         body = self.ctl.db.get(*key)
         if body is None:
             return False
         obj = parse_object(body, "stored object")
         if not isinstance(obj, Server) or obj.spec.autoscaling is None:
             return False
-        svc = self.ctl.observe_service(obj)
-        policy = obj.spec.autoscaling
-        wanted = svc.wanted if svc is not None and svc.wanted is not None else policy.min_replicas
-        loading = svc.loading if svc is not None else 0
-        return desired_replicas(policy, wanted, loading, load) != wanted
+        return rescales(obj.spec.autoscaling, self.ctl.observe_service(obj), load)
 
 
 def fetch_load(port: int) -> Load | None:
