@@ -206,3 +206,17 @@ def test_a_poller_queues_the_server_only_when_the_count_would_change() -> None:
     assert rescales(POLICY, running_two, Load(20, 0, 20))  # 3 now
     assert rescales(POLICY, None, Load(0, 1, 1))  # nothing runs yet: from zero
     assert not rescales(POLICY, None, Load(0, 0, 0))
+
+
+def test_the_proxy_on_a_cluster_checks_the_servers_keys() -> None:
+    from substratus.core.world import MountSources
+    from substratus.runtimes.kubernetes import services
+    from substratus.runtimes.kubernetes.config import OperatorConfig
+
+    cfg = OperatorConfig(artifact_url="s3://b", helper_image="helper:1")
+    keyed = {**AUTO, "env": {"API_KEYS": {"secretKeyRef": {"name": "keys", "key": "k"}}}}
+    obj = make("Server", keyed)
+    action = EnsureService(1, IMAGE, 0, obj.spec.autoscaling)  # type: ignore[attr-defined]
+    children = services.service_children(obj, action, cfg, MountSources(None, None), ["true"])
+    [env] = [c["env"] for c in children[2]["spec"]["template"]["spec"]["containers"]]
+    assert {"name": "API_KEYS", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "k"}}} in env

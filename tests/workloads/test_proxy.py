@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,11 @@ from tests.workloads.test_server import free_port
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def proxy(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+KEY = "k" * 24
+
+
+@contextmanager
+def start_proxy(tmp_path: Path, **extra: str) -> Iterator[tuple[str, Path]]:
     port = free_port()
     upstreams = tmp_path / "upstreams.json"
     upstreams.write_text("[]")
@@ -35,6 +39,7 @@ def proxy(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         "LOAD_WINDOW_SECONDS": "3",
         "PATH": "/usr/bin:/bin",
     }
+    env.update(extra)
     proc = subprocess.Popen([sys.executable, "-m", "substratus.workloads.proxy"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -51,6 +56,12 @@ def proxy(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    with start_proxy(tmp_path) as started:
+        yield started
 
 
 def load(url: str) -> dict[str, Any]:
@@ -112,3 +123,24 @@ def test_held_requests_go_to_a_replica_that_appears(proxy: tuple[str, Path]) -> 
         assert load(url)["peak"] == 3  # the refused request counted too
     finally:
         replica.shutdown()
+
+
+def test_a_request_without_the_servers_key_is_refused_before_it_wakes_anything(
+    tmp_path: Path,
+) -> None:
+    with start_proxy(tmp_path, API_KEYS=KEY) as (url, _):
+        check_keys(url)
+
+
+def check_keys(url: str) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong-key-wrong-key-wrong"}):
+        started = time.monotonic()
+        r = httpx.post(url + "/v1/completions", json={"prompt": "hi"}, headers=headers)
+        assert r.status_code == 401 and time.monotonic() - started < 0.5  # not held
+        assert r.json()["error"]["code"] == "invalid_api_key"
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert load(url)["peak"] == 0  # no demand: nothing would scale up
+    r = httpx.post(
+        url + "/v1/completions", json={"prompt": "hi"}, headers={"Authorization": f"Bearer {KEY}"}
+    )
+    assert r.headers["x-substratus-reason"] == "queue_timeout"  # held, as a keyed request is

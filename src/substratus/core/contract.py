@@ -12,6 +12,8 @@ WORKDIR = "/content"  # model/, data/ (read-only), artifacts/, params.json
 # What the runtime puts in the working directory: never the user's own files.
 CONTRACT_ENTRIES = frozenset({"model", "data", "artifacts", "params.json"})
 SEED_MODEL_PATH = "/model/saved"  # a Server's model, where the design puts it
+# A Server's API keys (from a Secret, through spec.env): its autoscaling proxy checks them too.
+API_KEYS_ENV = "API_KEYS"
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS")
 
 

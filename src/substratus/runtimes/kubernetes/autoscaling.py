@@ -16,10 +16,12 @@ from substratus.api.kinds import Autoscaling, Resource, Server
 from substratus.api.loading import parse_object
 from substratus.core.actions import EnsureService
 from substratus.core.autoscale import LOAD_PATH, Load, rescales
+from substratus.core.contract import API_KEYS_ENV
 from substratus.core.graph import Key
 from substratus.core.observed import ServiceState
 from substratus.runtimes.kubernetes import names
 from substratus.runtimes.kubernetes.config import OperatorConfig
+from substratus.runtimes.kubernetes.pods import workload_env
 
 log = logging.getLogger("substratus.operator")
 
@@ -54,12 +56,13 @@ def proxy_children(
         "QUEUE_TIMEOUT_SECONDS": str(policy.queue_timeout_seconds),
         "LOAD_WINDOW_SECONDS": str(policy.scale_down_delay_seconds),
     }
+    keys = [e for e in workload_env(obj) if e["name"] == API_KEYS_ENV]
     container = {
         "name": ROLE,
         "image": cfg.helper_image,
         "imagePullPolicy": cfg.image_pull_policy,
         "command": ["python", "-m", MODULE],
-        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "env": [{"name": k, "value": v} for k, v in env.items()] + keys,
         "ports": [{"name": "http", "containerPort": PORT}],
         "readinessProbe": {"httpGet": {"path": "/", "port": PORT}, "periodSeconds": 2},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},

@@ -164,7 +164,7 @@ def workload_pod_spec(
             "imagePullPolicy": pull,
             "command": [f"{HELPER_DIR}/bin/sh", "-c", _WRAPPER, "substratus", *argv],
             "workingDir": WORKDIR,
-            "env": _env(obj),
+            "env": workload_env(obj),
             "volumeMounts": main_mounts,
             "resources": resource_requirements(obj.spec.resources),
         }
@@ -235,7 +235,7 @@ def workload_service_account(namespace: str, cfg: OperatorConfig) -> dict[str, A
     }
 
 
-def _env(obj: Resource) -> list[dict[str, Any]]:
+def workload_env(obj: Resource) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in contract_env(obj).items()]
     for name, value in obj.spec.env.items():
         if isinstance(value, EnvFrom):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from substratus.api.kinds import Autoscaling, Resource
+from substratus.core.contract import API_KEYS_ENV
 from substratus.runtimes.local import processes
 from substratus.runtimes.local.db import Run
 from substratus.runtimes.local.launch import bind_address, service_url
@@ -21,11 +23,12 @@ ROLE = "proxy"
 MODULE = "substratus.workloads.proxy"
 
 
-def settings(policy: Autoscaling) -> str:
-    """What the proxy process is started with: a change restarts it."""
+def settings(policy: Autoscaling, keys: str) -> str:
+    """What the proxy process is started with: a change restarts it (the keys by digest)."""
+    digest = hashlib.sha256(keys.encode()).hexdigest()[:12] if keys else "none"
     return (
         f"{MODULE} queueLimit={policy.queue_limit} timeout={policy.queue_timeout_seconds} "
-        f"window={policy.scale_down_delay_seconds}"
+        f"window={policy.scale_down_delay_seconds} keys={digest}"
     )
 
 
@@ -46,8 +49,12 @@ class Proxies:
     def ensure(self, obj: Resource, policy: Autoscaling, replicas: list[Run]) -> None:
         """One proxy with these settings runs for ``obj``, forwarding to ``replicas``."""
         self.write_upstreams(obj, replicas)
-        want = settings(policy)
         run = self.running(obj)
+        try:
+            keys = self.runner.env_values(obj).get(API_KEYS_ENV, "")
+        except KeyError:
+            return  # the keys' Secret went away: the proxy keeps the keys it has
+        want = settings(policy, keys)
         if run is not None and run.image == want:
             return
         if run is not None:
@@ -60,9 +67,11 @@ class Proxies:
             if wait > 0:
                 self.ctl.enqueue(obj.key, wait)
                 return
-        self._launch(obj, policy, want, last)
+        self._launch(obj, policy, keys, want, last)
 
-    def _launch(self, obj: Resource, policy: Autoscaling, want: str, last: Run | None) -> None:
+    def _launch(
+        self, obj: Resource, policy: Autoscaling, keys: str, want: str, last: Run | None
+    ) -> None:
         # The same port as the proxy before, when it is free: status.url stays the same.
         port = self.ctl.ports.allocate(prefer=last.port if last else None)
         rel = Path(obj.metadata.namespace) / obj.PLURAL / obj.metadata.name
@@ -72,6 +81,9 @@ class Proxies:
         exit_file = log_file.with_suffix(".exit")
         workdir = self.upstreams_file(obj).parent
         env = dict(os.environ)
+        env.pop(API_KEYS_ENV, None)  # the Server's keys, or none: never the supervisor's
+        if keys:
+            env[API_KEYS_ENV] = keys
         env.update(
             PORT=str(port),
             HOST=bind_address(),

@@ -61,7 +61,7 @@ class Runner:
 
     # -- shared helpers -------------------------------------------------------------------
 
-    def _env_values(self, obj: Resource) -> dict[str, str]:
+    def env_values(self, obj: Resource) -> dict[str, str]:
         out = {}
         for name, value in obj.spec.env.items():
             if isinstance(value, EnvFrom):
@@ -163,7 +163,7 @@ class Runner:
             gpu = obj.spec.resources.gpu
             gpus = self.ctl.gpus.take(gpu.count, gpu.type) if gpu and gpu.count else []
             token = obj.status.token if isinstance(obj.status, NotebookStatus) else None
-            env = workload_env(obj, info, self._env_values(obj), port=port, token=token, gpus=gpus)
+            env = workload_env(obj, info, self.env_values(obj), port=port, token=token, gpus=gpus)
             if info.kind == "container":
                 argv = container_argv(
                     self.ctl.engine(), obj, info, workdir, mounts, env,

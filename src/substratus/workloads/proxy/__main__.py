@@ -3,6 +3,8 @@
 - ``UPSTREAMS``: the replicas' base URLs, comma-separated (on a cluster, one Service), or
   ``UPSTREAMS_FILE``: a JSON list of them that the runtime rewrites as replicas come and go;
 - ``QUEUE_LIMIT``, ``QUEUE_TIMEOUT_SECONDS``, ``LOAD_WINDOW_SECONDS`` (the scale-down delay);
+- ``API_KEYS``: the Server's, if it has any: a ``/v1/`` request without one is refused here,
+  before it can wake a replica;
 - ``PORT`` and ``HOST``, as for a Server.
 """
 
@@ -17,7 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
-from substratus.workloads.contract import fail, host, port
+from substratus.workloads.apikeys import read_keys
+from substratus.workloads.contract import ParamError, fail, host, port
 from substratus.workloads.proxy.app import Proxy, Settings
 from substratus.workloads.proxy.demand import Demand
 from substratus.workloads.proxy.upstreams import Upstreams
@@ -64,9 +67,14 @@ def main() -> int:
     file = os.environ.get("UPSTREAMS_FILE", "").strip()
     if not urls and not file:
         return fail("set UPSTREAMS (the replicas' URLs) or UPSTREAMS_FILE")
+    try:
+        keys = tuple(k.encode() for k in read_keys())
+    except ParamError as exc:
+        return fail(str(exc))
     settings = Settings(
         queue_limit=int(_number("QUEUE_LIMIT", 100)),
         queue_timeout=_number("QUEUE_TIMEOUT_SECONDS", 300),
+        keys=keys,
     )
     window = max(MIN_WINDOW, _number("LOAD_WINDOW_SECONDS", 300))
     proxy = Proxy(Upstreams(urls, Path(file) if file else None), Demand(window), settings)

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from substratus.core.autoscale import LOAD_PATH, METRICS_PATH
+from substratus.workloads.apikeys import PROTECTED_PREFIX, allowed, refusal
 from substratus.workloads.proxy.demand import Demand
 from substratus.workloads.proxy.upstreams import Upstreams
 
@@ -42,6 +43,7 @@ QUEUED_HEADER = "X-Substratus-Queued-Seconds"
 class Settings:
     queue_limit: int
     queue_timeout: float
+    keys: tuple[bytes, ...] = ()  # the Server's API_KEYS: checked before a request may wake it
 
 
 class Metrics:
@@ -110,6 +112,13 @@ class Proxy:
             self._gauges()
             body = generate_latest(self.metrics.registry)
             return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        header = request.headers.get("Authorization")
+        keys = self.settings.keys
+        if keys and path.startswith(PROTECTED_PREFIX) and not allowed(keys, header):
+            refused = _error(401, "invalid_api_key", refusal(header))
+            refused.headers["WWW-Authenticate"] = "Bearer"
+            self.metrics.requests.labels("401").inc()
+            return refused
         response = await self.forward(request)
         self.metrics.requests.labels(str(response.status)).inc()
         return response
@@ -227,9 +236,9 @@ class Proxy:
 
 def _error(status: int, code: str, message: str, retry_after: int | None = None) -> web.Response:
     """An OpenAI-style error, with the reason also in a header for clients that skip bodies."""
-    kind = "service_unavailable" if status == 503 else "server_error"
+    kind = {503: "service_unavailable", 401: "invalid_request_error"}.get(status, "server_error")
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    headers = {REASON_HEADER: code}
+    headers = {REASON_HEADER: code} if status == 503 else {}
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
     return web.Response(

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from substratus.workloads.apikeys import read_keys
 from substratus.workloads.contract import ParamError, Params, host, model_dir, port
 
 ENGINES = ("auto", "transformers", "vllm", "llamacpp")
@@ -39,8 +40,6 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATION_ENV = "QUANTIZATION_BITS"
 # Basaran's switches, as the original project's Server manifests set them: env -> bits.
 BASARAN_QUANTIZATION = {"MODEL_LOAD_IN_8BIT": 8, "MODEL_LOAD_IN_4BIT": 4}
-API_KEYS_ENV = "API_KEYS"
-MIN_API_KEY_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -200,24 +199,8 @@ def load_config(
         n_gpu_layers=_n_gpu_layers(params),
         host=host(),
         port=_port(),
-        api_keys=_api_keys(),
+        api_keys=read_keys(),
     )
-
-
-def _api_keys() -> tuple[str, ...]:
-    raw = os.environ.get(API_KEYS_ENV, "")
-    keys = tuple(k for k in raw.replace(",", " ").split() if k)
-    if raw.strip() and not keys:
-        raise ParamError(f"{API_KEYS_ENV}: holds no key")
-    for i, key in enumerate(keys):
-        if len(key) < MIN_API_KEY_LENGTH:
-            raise ParamError(
-                f"{API_KEYS_ENV}: key {i + 1} has {len(key)} characters; an API key needs at "
-                f"least {MIN_API_KEY_LENGTH} (e.g. `openssl rand -hex 24`)"
-            )
-        if not key.isascii() or not key.isprintable():
-            raise ParamError(f"{API_KEYS_ENV}: key {i + 1} has characters a header cannot carry")
-    return keys
 
 
 def _port() -> int:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from substratus.workloads.apikeys import PROTECTED_PREFIX, allowed, refusal
 from substratus.workloads.server import protocol as p
 from substratus.workloads.server.metrics import ServerMetrics
 
@@ -19,30 +19,17 @@ class APIKeys:
 
     def __init__(self, app: ASGIApp, keys: tuple[str, ...]) -> None:
         self.app = app
-        self.keys = [k.encode() for k in keys]
-
-    def allowed(self, header: str | None) -> bool:
-        scheme, _, given = (header or "").partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        token = given.strip().encode("ascii", "replace")
-        # Every key compared, so the time taken says nothing of which one nearly matched.
-        return sum(hmac.compare_digest(token, key) for key in self.keys) > 0
+        self.keys = tuple(k.encode() for k in keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
             await self.app(scope, receive, send)
             return
         header = Headers(scope=scope).get("authorization")
-        if self.allowed(header):
+        if allowed(self.keys, header):
             await self.app(scope, receive, send)
             return
-        message = (
-            "no API key: send one as `Authorization: Bearer KEY` (the openai client's api_key)"
-            if header is None
-            else "Incorrect API key provided"
-        )
-        body = p.error_body(message, "invalid_request_error", None, "invalid_api_key")
+        body = p.error_body(refusal(header), "invalid_request_error", None, "invalid_api_key")
         headers = {"WWW-Authenticate": "Bearer"}
         await JSONResponse(body, status_code=401, headers=headers)(scope, receive, send)
 
