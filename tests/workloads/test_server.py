@@ -51,7 +51,9 @@ def contract_dir(base: Path, model: Path | None, params: dict[str, Any] | None =
 class ServerProcess:
     """``python -m substratus.workloads.server`` in a run directory, on a free port."""
 
-    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, root: Path, env: dict[str, str] | None = None, python: str = sys.executable
+    ) -> None:
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -70,7 +72,7 @@ class ServerProcess:
         self.log = root / "server.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", MODULE], cwd=root, env=full, stdout=out, stderr=out
+                [python, "-m", MODULE], cwd=root, env=full, stdout=out, stderr=out
             )
         self.seen: list[int] = []  # statuses of GET / while waiting
 
@@ -131,10 +133,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextmanager
 def running(
-    root: Path, env: dict[str, str] | None = None, timeout: float = 120
+    root: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    python: str = sys.executable,
 ) -> Iterator[ServerProcess]:
-    """A server started in ``root``, ready, and stopped on the way out."""
-    proc = ServerProcess(root, env)
+    """A server started in ``root`` (by ``python``), ready, and stopped on the way out."""
+    proc = ServerProcess(root, env, python)
     try:
         proc.wait_ready(timeout)
         yield proc

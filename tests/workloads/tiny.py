@@ -48,8 +48,9 @@ def make_tokenizer(path: Path) -> None:
     fast.save_pretrained(path)
 
 
-def make_tiny_llama(path: Path, seed: int = 0) -> Path:
-    """A tiny random Llama in ``path`` (created); returns ``path``."""
+def make_tiny_llama(path: Path, seed: int = 0, head_dim: int = 16) -> Path:
+    """A tiny random Llama in ``path`` (created); returns ``path``. ``head_dim`` 32 or more
+    for vLLM's CPU attention, which takes multiples of 32."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -59,8 +60,8 @@ def make_tiny_llama(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=4 * head_dim,
+        intermediate_size=8 * head_dim,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

