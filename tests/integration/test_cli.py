@@ -236,3 +236,63 @@ def test_usage_errors_exit_2(local: Local) -> None:
     assert sub("logs", "models").returncode == 2
     r = sub("get", "gizmos")
     assert r.returncode == 2 and "unknown kind 'gizmos'" in r.stderr
+
+
+LABELLED = """\
+apiVersion: substratus.ai/v1
+kind: Model
+metadata:
+  name: {name}
+  labels: {{team: {team}}}
+spec:
+  image: {{name: substratusai/base}}
+  command: ["sh", "-c", "echo {name} > artifacts/x"]
+"""
+
+
+def test_selectors_output_formats_and_watch(local: Local, tmp_path: Path) -> None:
+    docs = "---\n".join(LABELLED.format(name=n, team=t) for n, t in [("a", "nlp"), ("b", "cv")])
+    assert sub("apply", "-f", "-", "--wait", input=docs).returncode == 0
+    r = sub("get", "models", "-l", "team=nlp", "-o", "name")
+    assert (r.returncode, r.stdout) == (0, "model.substratus.ai/a\n"), r.stderr
+    # What -o name prints, the other verbs take.
+    r = sub("wait", r.stdout.strip(), "--timeout", "10s")
+    assert r.returncode == 0 and "condition met" in r.stdout, r.stderr
+    r = sub(
+        "get",
+        "models",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}:{.status.ready}{'\\n'}{end}",
+    )
+    assert r.stdout == "a:true\nb:true\n", r.stderr
+    r = sub("get", "model/b", "-o", "custom-columns=NAME:.metadata.name,TEAM:.metadata.labels.team")
+    assert r.stdout.split() == ["NAME", "TEAM", "b", "cv"], r.stderr
+    r = sub("wait", "models", "-l", "team in (nlp,cv)", "--timeout", "10s")
+    assert r.stdout.splitlines() == ["model/a condition met", "model/b condition met"], r.stderr
+    r = sub("get", "models", "-o", "jsonpath={.a")
+    assert r.returncode == 2 and "--output" in r.stderr
+
+    # get -w: the objects now, then a change as a row of its own.
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "substratus.cli.main", "get", "models", "-w", "-l", "team=nlp"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stdout is not None
+        assert watcher.stdout.readline().split()[:2] == ["NAME", "READY"]
+        assert watcher.stdout.readline().split()[:3] == ["a", "true", "Succeeded"]
+        changed = LABELLED.format(name="a", team="nlp").replace("echo a", "sleep 30; echo a")
+        assert sub("apply", "-f", "-", input=changed).returncode == 0
+        rows = []
+        while not rows or rows[-1][1] != "false":  # the new generation, then its job starting
+            rows.append(watcher.stdout.readline().split())
+            assert len(rows) < 6 and rows[-1][0] == "a", rows
+    finally:
+        watcher.terminate()
+        watcher.wait(10)
+
+    r = sub("delete", "models", "-l", "team=cv")
+    assert r.stdout == "model/b deleted\n", r.stderr
+    assert sub("get", "models", "-o", "name").stdout == "model.substratus.ai/a\n"

@@ -349,6 +349,14 @@ def test_sub_drives_the_cluster_with_the_same_verbs(
     assert described.returncode == 0 and f"s3://artifacts/{ns}/models/hello/" in described.stdout
     logs = sub(plane, "logs", "model/hello", "-n", ns, env=env)
     assert logs.returncode == 0 and "said-hello" in logs.stdout
+    # Selectors and output formats, as against the local runtime.
+    named = sub(plane, "get", "models", "-n", ns, "-l", "team=a", "-o", "name", env=env)
+    assert named.stdout == "model.substratus.ai/hello\n", named.stderr
+    assert sub(plane, "get", "models", "-n", ns, "-l", "team=b", "-o", "name", env=env).stdout == ""
+    path = "jsonpath={.items[*].metadata.name} {.items[0].status.files[0]}"
+    assert sub(plane, "get", "models", "-n", ns, "-o", path, env=env).stdout == "hello hi.txt"
+    waited = sub(plane, "wait", "models", "-l", "team", "-n", ns, "--timeout", "10s", env=env)
+    assert waited.stdout == "model/hello condition met\n", waited.stderr
     missing = sub(plane, "get", "model/nope", "-n", ns, env=env)
     assert missing.returncode == 3 and 'models "nope" not found' in " ".join(missing.stderr.split())
     deleted = sub(plane, *cluster, "delete", "model/hello", "-n", ns)

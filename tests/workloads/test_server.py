@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -72,7 +74,12 @@ class ServerProcess:
         self.log = root / "server.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [python, "-m", MODULE], cwd=root, env=full, stdout=out, stderr=out
+                [python, "-m", MODULE],
+                cwd=root,
+                env=full,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
             )
         self.seen: list[int] = []  # statuses of GET / while waiting
 
@@ -124,6 +131,10 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # Whatever the server started (vLLM's engine processes) goes with it, as the runtimes
+        # stop a process group or a container.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from substratus.cli.common import (
     out,
     parse_duration,
 )
+from substratus.cli.get import Selector, get
 from substratus.cli.local import local_app
 from substratus.cli.notebook.command import notebook
 from substratus.core.client import NotFoundError
@@ -35,6 +36,7 @@ app = typer.Typer(
 )
 app.add_typer(local_app, name="local")
 app.command()(notebook)
+app.command()(get)
 
 
 @app.callback()
@@ -134,65 +136,6 @@ def apply(
 
 
 @app.command()
-def get(
-    target: Annotated[
-        list[str] | None, typer.Argument(help="KIND, KIND/NAME or KIND NAME.")
-    ] = None,
-    namespace: Annotated[
-        str | None, typer.Option("--namespace", "-n", help="Namespace (default: default).")
-    ] = None,
-    all_namespaces: Annotated[
-        bool, typer.Option("--all-namespaces", "-A", help="List objects of every namespace.")
-    ] = False,
-    output: Annotated[
-        str | None, typer.Option("--output", "-o", help="wide, yaml or json.")
-    ] = None,
-) -> None:
-    """List objects, or show one.
-
-    Examples:
-
-        sub get                      # every kind (the `ai` category)
-
-        sub get models -o wide
-
-        sub get model/falcon-7b -o yaml
-    """
-    from substratus.cli import output as fmt
-    from substratus.cli.targets import parse_target
-
-    if output not in (None, "wide", "yaml", "json"):
-        fail(f"--output: {output!r} is not one of wide, yaml, json", EXIT_USAGE)
-
-    def run() -> None:
-        args = list(target or [])
-        if args and args[0].lower() in ("secret", "secrets"):
-            items = client().secrets(None if all_namespaces else namespace or "default")
-            for s in items:
-                out.print(f"{s['metadata']['name']}   keys: {', '.join(s['keys'])}")
-            return
-        kinds, name = parse_target(args)
-        ns = None if all_namespaces else (namespace or "default")
-        c = client()
-        if name:
-            obj = c.get(kinds[0], ns or "default", name)
-            objs: list[dict[str, Any]] = [obj]
-        else:
-            objs = [o for k in kinds for o in c.list_objects(k, ns)]
-        if output in ("yaml", "json"):
-            out.print(fmt.dump(objs[0] if name else objs, output), markup=False)
-            return
-        if not objs:
-            err.print(f"No resources found{f' in {ns} namespace' if ns else ''}.")
-            return
-        out.print(
-            fmt.table(objs, wide=output == "wide", all_namespaces=all_namespaces), markup=False
-        )
-
-    guarded(run)
-
-
-@app.command()
 def describe(
     target: Annotated[list[str], typer.Argument(help="KIND/NAME or KIND NAME.")],
     namespace: Namespace = "default",
@@ -238,16 +181,16 @@ def logs(
 
 @app.command()
 def wait(
-    target: Annotated[list[str], typer.Argument(help="KIND/NAME or KIND NAME.")],
+    target: Annotated[list[str], typer.Argument(help="KIND/NAME, KIND NAME, or KIND with -l.")],
     for_: Annotated[str, typer.Option("--for", help="ready or delete.")] = "ready",
     namespace: Namespace = "default",
     timeout: Annotated[str, typer.Option(help="e.g. 30s, 5m, 1h.")] = "30m",
+    selector: Selector = None,
 ) -> None:
     """Wait until an object is Ready (or deleted). Fails early when a job or build fails.
 
-    Example: `sub wait model/falcon-7b --for=ready --timeout=10m`
+    Examples: `sub wait model/falcon-7b --for=ready --timeout=10m`, `sub wait models -l team=nlp`
     """
-    from substratus.cli.targets import parse_named
     from substratus.cli.waiting import wait_for
 
     condition = for_.lower().removeprefix("condition=")
@@ -255,27 +198,40 @@ def wait(
         fail(f"--for: {for_!r} is not one of ready, delete", EXIT_USAGE)
 
     def run() -> None:
-        kind, name = parse_named(target, "wait")
         c = client()
-        try:
-            c.get(kind, namespace, name)
-        except NotFoundError:
-            if condition != "delete":
-                raise
-            out.print(f"{kind.lower()}/{name} deleted")
-            return
-        wait_for(
-            c,
-            kind,
-            namespace,
-            name,
-            condition,
-            parse_duration(timeout),
-            err,
-        )
-        out.print(f"{kind.lower()}/{name} condition met")
+        deadline = parse_duration(timeout)
+        for kind, name in _targets(c, target, namespace, selector, "wait"):
+            try:
+                c.get(kind, namespace, name)
+            except NotFoundError:
+                if condition != "delete":
+                    raise
+                out.print(f"{kind.lower()}/{name} deleted")
+                continue
+            wait_for(c, kind, namespace, name, condition, deadline, err)
+            out.print(f"{kind.lower()}/{name} condition met")
 
     guarded(run)
+
+
+def _targets(
+    c: Any, target: list[str], namespace: str, selector: str | None, verb: str
+) -> list[tuple[str, str]]:
+    """(kind, name) of KIND/NAME, or of every object of KIND that ``selector`` matches."""
+    from substratus.cli.selectors import parse_selector
+    from substratus.cli.targets import UsageError, parse_named, parse_target
+
+    if not selector:
+        return [parse_named(target, verb)]
+    kinds, name = parse_target(target)
+    if name:
+        raise UsageError(f"{verb}: give KIND/NAME or a selector (-l), not both")
+    matches = parse_selector(selector)
+    found = [(o["kind"], o["metadata"]["name"]) for k in kinds for o in c.list_objects(k, namespace)
+             if matches(o)]  # fmt: skip
+    if not found:
+        err.print(f"No resources found in {namespace} namespace.")
+    return found
 
 
 def _secret_name(args: list[str]) -> str:
@@ -302,32 +258,28 @@ def delete(
     ignore_not_found: Annotated[
         bool, typer.Option(help="Exit 0 when an object does not exist.")
     ] = False,
+    selector: Selector = None,
 ) -> None:
     """Delete objects, their workloads and (unless retained) their artifacts; or Secrets.
 
-    Examples: `sub delete model/falcon-7b`, `sub delete -f examples/local/`, `sub delete secret/hf`
+    Examples: `sub delete model/falcon-7b`, `sub delete -f examples/local/`, `sub delete secret/hf`,
+    `sub delete models -l team=nlp`
     """
     from substratus.cli.manifests import read_documents
-    from substratus.cli.targets import parse_named
 
     def run() -> None:
+        c = client()  # connects on first use: a bad file still fails first
         refs: list[tuple[str, str, str]] = []
         if filename:
             for doc in read_documents(filename, None):
                 meta = doc.body.get("metadata") or {}
-                refs.append(
-                    (
-                        str(doc.body.get("kind")),
-                        meta.get("namespace", namespace),
-                        str(meta.get("name")),
-                    )
-                )
+                kind, name = str(doc.body.get("kind")), str(meta.get("name"))
+                refs.append((kind, meta.get("namespace", namespace), name))
         elif target and target[0].partition("/")[0].lower() in ("secret", "secrets"):
             refs.append(("Secret", namespace, _secret_name(target)))
         else:
-            kind, name = parse_named(list(target or []), "delete")
-            refs.append((kind, namespace, name))
-        c = client()
+            targets = _targets(c, list(target or []), namespace, selector, "delete")
+            refs = [(kind, namespace, name) for kind, name in targets]
         for kind, ns, name in refs:
             try:
                 if kind == "Secret":

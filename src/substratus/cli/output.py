@@ -8,7 +8,11 @@ from typing import Any
 
 import yaml
 
+from substratus.api.kinds import GROUP
 from substratus.api.loading import kind_of
+from substratus.cli import jsonpath
+
+FORMATS = ("wide", "yaml", "json", "name", "jsonpath=TEMPLATE", "custom-columns=NAME:PATH,...")
 
 
 def age(timestamp: str | None, now: datetime | None = None) -> str:
@@ -127,3 +131,75 @@ def describe(obj: dict[str, Any]) -> str:
         for mline in (c.get("message") or "").splitlines():
             lines.append(f"      {mline}")
     return "\n".join(lines)
+
+
+def check_output(output: str | None) -> None:
+    """ValueError naming --output when ``output`` is not a format (or its template is bad)."""
+    if output is None or output in ("wide", "yaml", "json", "name"):
+        return
+    kind, _, arg = output.partition("=")
+    try:
+        if kind == "jsonpath" and arg:
+            jsonpath.parse(arg)
+            return
+        if kind == "custom-columns" and arg:
+            _columns_spec(arg)
+            return
+    except jsonpath.JSONPathError as exc:
+        raise ValueError(f"--output: {exc}") from None
+    raise ValueError(f"--output: {output!r} is not one of {', '.join(FORMATS)}")
+
+
+def name(obj: dict[str, Any]) -> str:
+    """``model.substratus.ai/NAME``, as ``kubectl get -o name`` writes it."""
+    return f"{obj['kind'].lower()}.{GROUP}/{obj['metadata']['name']}"
+
+
+def _columns_spec(spec: str) -> list[tuple[str, jsonpath.Expr]]:
+    columns = []
+    for part in spec.split(","):
+        header, sep, path = part.partition(":")
+        if not sep or not header or not path:
+            raise jsonpath.JSONPathError(f"custom-columns: expected NAME:PATH, got {part!r}")
+        path = path.strip()
+        if path.startswith("{") and path.endswith("}"):
+            path = path[1:-1]
+        columns.append((header, jsonpath.parse_expr(path)))
+    return columns
+
+
+def custom_columns(objs: list[dict[str, Any]], spec: str, header: bool = True) -> str:
+    columns = _columns_spec(spec)
+    rows = [[h for h, _ in columns]] if header else []
+    for obj in objs:
+        rows.append(
+            [
+                ",".join(jsonpath.text(v) for v in jsonpath.find(e, obj)) or "<none>"
+                for _, e in columns
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))] if rows else []
+    return "\n".join(
+        "   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def render(
+    objs: list[dict[str, Any]],
+    output: str | None,
+    single: bool,
+    all_namespaces: bool = False,
+    header: bool = True,
+) -> str:
+    """``objs`` as ``get -o output`` prints them (``single``: one object was asked for)."""
+    if output in ("yaml", "json"):
+        return dump(objs[0] if single else objs, output)
+    if output == "name":
+        return "\n".join(name(o) for o in objs)
+    if output and output.startswith("jsonpath="):
+        data: Any = objs[0] if single else {"apiVersion": "v1", "kind": "List", "items": objs}
+        return jsonpath.render(jsonpath.parse(output.partition("=")[2]), data)
+    if output and output.startswith("custom-columns="):
+        return custom_columns(objs, output.partition("=")[2], header)
+    text = table(objs, wide=output == "wide", all_namespaces=all_namespaces)
+    return text if header else "\n".join(text.splitlines()[1:])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from substratus.api.kinds import KINDS
+from substratus.api.kinds import GROUP, KINDS
 from substratus.api.loading import kind_of
 
 CATEGORY = "ai"
@@ -22,7 +22,8 @@ def parse_target(args: list[str]) -> tuple[list[str], str | None]:
         kinds: list[str] = []
     else:
         try:
-            kinds = [kind_of(k).KIND for k in kind_text.split(",")]
+            # `model.substratus.ai/NAME` too: what `get -o name` prints.
+            kinds = [kind_of(k.removesuffix(f".{GROUP}")).KIND for k in kind_text.split(",")]
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     if not name and rest:

@@ -1,0 +1,130 @@
+"""`sub get`'s output formats and selectors, as kubectl defines them: JSONPath templates,
+custom columns, -o name, label selectors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from substratus.cli import jsonpath
+from substratus.cli.output import check_output, render
+from substratus.cli.selectors import SelectorError, parse_selector
+from substratus.cli.targets import parse_target
+
+
+def obj(
+    name: str, ready: bool, labels: dict[str, str] | None = None, **status: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "substratus.ai/v1",
+        "kind": "Model",
+        "metadata": {"name": name, "namespace": "default", "labels": labels or {}},
+        "spec": {"image": "substratusai/base"},
+        "status": {
+            "ready": ready,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": str(ready),
+                    "reason": "Succeeded" if ready else "JobRunning",
+                }
+            ],
+            **status,
+        },
+    }
+
+
+A = obj("a", True, {"team": "nlp", "tier": "gold"}, files=["config.json", "model.safetensors"])
+B = obj("b", False, {"team": "vision"})
+LIST = {"apiVersion": "v1", "kind": "List", "items": [A, B]}
+
+
+@pytest.mark.parametrize(
+    ("template", "want"),
+    [
+        ("{.metadata.name}", "a"),
+        ("{$.metadata.name}", "a"),
+        ("{.status.files[0]}", "config.json"),
+        ("{.status.files[-1]}", "model.safetensors"),
+        ("{.status.files[*]}", "config.json model.safetensors"),
+        ("{.status.files[0:1]}", "config.json"),
+        ("{.metadata.labels.team}", "nlp"),
+        ("{.metadata.labels['team']}", "nlp"),
+        ('{.status.conditions[?(@.type=="Ready")].reason}', "Succeeded"),
+        ("{.status.ready}", "true"),
+        ("{.metadata.labels}", '{"team":"nlp","tier":"gold"}'),
+        ("name: {.metadata.name}{'\\n'}", "name: a\n"),
+        ('{.metadata.name}{"\\t"}{.status.ready}', "a\ttrue"),
+        ("{.nothing.here}", ""),
+        ("{..reason}", "Succeeded"),
+    ],
+)
+def test_jsonpath_on_one_object(template: str, want: str) -> None:
+    assert jsonpath.render(jsonpath.parse(template), A) == want
+
+
+def test_jsonpath_on_a_list_with_range_and_filters() -> None:
+    names = "{range .items[*]}{.metadata.name}={.status.ready}{'\\n'}{end}"
+    assert jsonpath.render(jsonpath.parse(names), LIST) == "a=true\nb=false\n"
+    ready = "{.items[?(@.status.ready==true)].metadata.name}"
+    assert jsonpath.render(jsonpath.parse(ready), LIST) == "a"
+    assert jsonpath.render(jsonpath.parse("{.items[*].metadata.name}"), LIST) == "a b"
+    assert (
+        jsonpath.render(jsonpath.parse("{.items[?(@.metadata.labels.tier)].metadata.name}"), LIST)
+        == "a"
+    )
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("jsonpath={.a", "unclosed"),
+        ("jsonpath={range .items[*]}{.a}", "without {end}"),
+        ("custom-columns=NAME", "NAME:PATH"),
+        ("table", "is not one of"),
+        ("jsonpath=", "is not one of"),
+    ],
+)
+def test_bad_output_formats_name_the_flag(output: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as caught:
+        check_output(output)
+    assert str(caught.value).startswith("--output")
+
+
+def test_name_and_custom_columns() -> None:
+    assert render([A, B], "name", single=False) == "model.substratus.ai/a\nmodel.substratus.ai/b"
+    # What -o name prints is a target the other verbs take.
+    assert parse_target(["model.substratus.ai/a"]) == (["Model"], "a")
+    table = render(
+        [A, B], "custom-columns=NAME:.metadata.name,TEAM:{.metadata.labels.team},X:.x", single=False
+    )
+    assert table.splitlines() == [
+        "NAME   TEAM     X",
+        "a      nlp      <none>",
+        "b      vision   <none>",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("selector", "names"),
+    [
+        ("team=nlp", ["a"]),
+        ("team==nlp", ["a"]),
+        ("team!=nlp", ["b"]),
+        ("tier", ["a"]),
+        ("!tier", ["b"]),
+        ("team in (nlp, vision)", ["a", "b"]),
+        ("team notin (nlp)", ["b"]),
+        ("team=nlp,tier=gold", ["a"]),
+        ("team=nlp,tier=silver", []),
+    ],
+)
+def test_label_selectors(selector: str, names: list[str]) -> None:
+    match = parse_selector(selector)
+    assert [o["metadata"]["name"] for o in (A, B) if match(o)] == names
+
+
+def test_a_bad_selector_names_the_flag() -> None:
+    with pytest.raises(SelectorError, match="--selector"):
+        parse_selector("team=(nlp")
