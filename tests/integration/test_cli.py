@@ -293,6 +293,18 @@ def test_selectors_output_formats_and_watch(local: Local, tmp_path: Path) -> Non
         watcher.terminate()
         watcher.wait(10)
 
+    r = sub("version")
+    assert (
+        r.stdout.startswith("Client Version: substratus ")
+        and "Server Version: local supervisor" in r.stdout
+    )
+    r = sub("explain", "model.spec.image.git")
+    assert (
+        r.returncode == 0
+        and "FIELD: git <Object>" in r.stdout
+        and "url\t<string> -required-" in r.stdout
+    )
+
     r = sub("delete", "models", "-l", "team=cv")
     assert r.stdout == "model/b deleted\n", r.stderr
     assert sub("get", "models", "-o", "name").stdout == "model.substratus.ai/a\n"

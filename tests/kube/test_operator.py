@@ -357,6 +357,8 @@ def test_sub_drives_the_cluster_with_the_same_verbs(
     assert sub(plane, "get", "models", "-n", ns, "-o", path, env=env).stdout == "hello hi.txt"
     waited = sub(plane, "wait", "models", "-l", "team", "-n", ns, "--timeout", "10s", env=env)
     assert waited.stdout == "model/hello condition met\n", waited.stderr
+    version = sub(plane, "version", env=env)
+    assert "Server Version: Kubernetes v1." in version.stdout, version.stderr
     missing = sub(plane, "get", "model/nope", "-n", ns, env=env)
     assert missing.returncode == 3 and 'models "nope" not found' in " ".join(missing.stderr.split())
     deleted = sub(plane, *cluster, "delete", "model/hello", "-n", ns)

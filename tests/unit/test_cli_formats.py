@@ -128,3 +128,22 @@ def test_label_selectors(selector: str, names: list[str]) -> None:
 def test_a_bad_selector_names_the_flag() -> None:
     with pytest.raises(SelectorError, match="--selector"):
         parse_selector("team=(nlp")
+
+
+def test_explain_a_kind_and_a_field_from_the_crd_schema() -> None:
+    from substratus.cli.explain import explain
+    from substratus.cli.targets import UsageError
+
+    kind = explain("models")
+    assert kind.startswith("GROUP:      substratus.ai\nKIND:       Model\nVERSION:    v1\n")
+    assert "  spec\t<Object> -required-" in kind
+    field = explain("server.spec.autoscaling")
+    assert "FIELD: autoscaling <Object>" in field
+    assert "  queueLimit\t<integer>\n    Requests held while no replica is ready" in field
+    assert "FIELD: files <[]string>" in explain("model.status.files")
+    with pytest.raises(
+        UsageError, match=r'field "nope" does not exist in server.spec \(fields: .*autoscaling'
+    ):
+        explain("server.spec.nope")
+    with pytest.raises(UsageError, match="unknown kind"):
+        explain("pods")

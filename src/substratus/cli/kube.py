@@ -110,6 +110,15 @@ class KubeClient:
 
     # -- the Client interface -------------------------------------------------------------
 
+    def server_version(self) -> str:
+        def get() -> Any:
+            response = self.k._client._client.get("/version")  # no lightkube resource for it
+            response.raise_for_status()
+            return response.json()
+
+        info = self._call("version", get)
+        return f"Kubernetes {info.get('gitVersion', 'unknown')} (context {self.context})"
+
     def apply(self, doc: dict[str, Any], source: str = "<request>") -> ApplyResult:
         if doc.get("kind") == "Secret" and doc.get("apiVersion") == "v1":
             namespace, name, data = parse_secret(doc, source)

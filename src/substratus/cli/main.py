@@ -302,6 +302,32 @@ def delete(
 
 
 @app.command()
+def explain(
+    path: Annotated[
+        str, typer.Argument(help="KIND or KIND.FIELD..., e.g. model, server.spec.autoscaling.")
+    ],
+) -> None:
+    """Document a kind or one of its fields (from the models the CRDs are made from)."""
+    from substratus.cli.explain import explain as explained
+
+    guarded(lambda: typer.echo(explained(path), nl=False))  # tabs kept, as kubectl writes
+
+
+@app.command()
+def version(
+    client_only: Annotated[
+        bool, typer.Option("--client", help="Only this client's version.")
+    ] = False,
+) -> None:
+    """The client's version, and what serves it: the local supervisor or the cluster."""
+    from substratus import __version__
+
+    out.print(f"Client Version: substratus {__version__}", markup=False)
+    if not client_only:
+        guarded(lambda: out.print(f"Server Version: {client().server_version()}", markup=False))
+
+
+@app.command()
 def crds() -> None:
     """Print the CustomResourceDefinitions (`sub crds | kubectl apply -f -`)."""
     from substratus.api.crds import crds_yaml

@@ -139,6 +139,11 @@ class LocalClient:
         out: dict[str, Any] = self._request("GET", "/healthz")
         return out
 
+    def server_version(self) -> str:
+        health = self.health()
+        version = health.get("version", "unknown")
+        return f"local supervisor {version} (pid {health.get('pid')}, {self.paths.home})"
+
     def shutdown(self) -> None:
         self._request("POST", "/shutdown")
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from substratus import __version__
 from substratus.api.limits import MAX_DEPTH, MAX_REQUEST_BYTES
 from substratus.api.loading import ValidationFailed
 from substratus.runtimes.local.db import Gone
@@ -160,7 +161,7 @@ class Handler(BaseHTTPRequestHandler):
     def _route(self, method: str, parts: list[str], q: dict[str, str], svc: LocalService) -> None:
         match method, parts:
             case "GET", ["healthz"]:
-                self._send(200, {"ok": True, "pid": os.getpid()})
+                self._send(200, {"ok": True, "pid": os.getpid(), "version": __version__})
             case "POST", ["apply"]:
                 action, obj = svc.apply(self._body(), q.get("source", "<request>"))
                 self._send(200, {"action": action, "object": obj})
