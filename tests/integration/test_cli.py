@@ -308,3 +308,30 @@ def test_selectors_output_formats_and_watch(local: Local, tmp_path: Path) -> Non
     r = sub("delete", "models", "-l", "team=cv")
     assert r.stdout == "model/b deleted\n", r.stderr
     assert sub("get", "models", "-o", "name").stdout == "model.substratus.ai/a\n"
+
+
+def test_dry_runs_and_diff_change_nothing(local: Local, tmp_path: Path) -> None:
+    first = LABELLED.format(name="a", team="nlp")
+    path = write(tmp_path / "a.yaml", first)
+    for mode in ("client", "server"):
+        r = sub("apply", "-f", str(path), f"--dry-run={mode}")
+        label = "(dry run)" if mode == "client" else "(server dry run)"
+        assert (r.returncode, r.stdout) == (0, f"model/a created {label}\n"), r.stderr
+    assert sub("get", "models", "-o", "name").stdout == ""  # nothing was stored
+    # The runtime's own checks run in a server dry run: a cycle is refused, naming the field.
+    cycle = LABELLED.format(name="c", team="x") + "  baseModel: {name: c}\n"
+    r = sub("apply", "-f", "-", "--dry-run=server", input=cycle)
+    assert r.returncode == 4 and "baseModel" in r.stderr, r.stderr
+    r = sub("diff", "-f", str(path))
+    assert r.returncode == 1 and "+++ MERGED/model.default.a" in r.stdout, r.stderr
+    assert "+  labels:\n+    team: nlp" in r.stdout
+    assert sub("apply", "-f", str(path), "--wait").returncode == 0
+    assert sub("diff", "-f", str(path)).returncode == 0  # applied: nothing to show
+    write(path, first.replace("team: nlp", "team: cv"))
+    r = sub("diff", "-f", str(path))
+    assert r.returncode == 1 and "-    team: nlp\n+    team: cv" in r.stdout, r.stdout
+    r = sub("apply", "-f", str(path), "--dry-run=server")
+    assert r.stdout == "model/a configured (server dry run)\n"
+    assert sub("get", "model/a", "-o", "jsonpath={.metadata.labels.team}").stdout == "nlp"
+    r = sub("apply", "-f", str(path), "--dry-run=maybe")
+    assert r.returncode == 2 and "--dry-run" in r.stderr

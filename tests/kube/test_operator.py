@@ -341,6 +341,12 @@ def test_sub_drives_the_cluster_with_the_same_verbs(
     )
     relabelled = sub(plane, *cluster, "apply", "-f", str(labelled), "-n", ns)
     assert "model/hello configured" in relabelled.stdout, relabelled.stderr
+    # A server-side dry run and a diff: the API server says what would change, nothing does.
+    dry = sub(plane, *cluster, "apply", "-f", str(manifest), "-n", ns, "--dry-run=server")
+    assert dry.stdout == "model/hello configured (server dry run)\n", dry.stderr
+    diffed = sub(plane, *cluster, "diff", "-f", str(manifest), "-n", ns)
+    assert diffed.returncode == 1 and "-    team: a" in diffed.stdout, diffed.stdout + diffed.stderr
+    assert sub(plane, *cluster, "diff", "-f", str(labelled), "-n", ns).returncode == 0
     listed = sub(plane, "get", "models", "-n", ns, *cluster)  # flags anywhere, as with kubectl
     assert listed.returncode == 0 and "hello   true    Succeeded" in listed.stdout
     # The environment chooses the cluster too, as the README says.

@@ -119,7 +119,9 @@ class KubeClient:
         info = self._call("version", get)
         return f"Kubernetes {info.get('gitVersion', 'unknown')} (context {self.context})"
 
-    def apply(self, doc: dict[str, Any], source: str = "<request>") -> ApplyResult:
+    def apply(
+        self, doc: dict[str, Any], source: str = "<request>", dry_run: bool = False
+    ) -> ApplyResult:
         if doc.get("kind") == "Secret" and doc.get("apiVersion") == "v1":
             namespace, name, data = parse_secret(doc, source)
             secret = {
@@ -130,7 +132,9 @@ class KubeClient:
                 "stringData": data,
             }
             before = self._get_or_none(Secret, name, namespace)
-            applied = self._call(f"secret {name}", self.k.apply, from_dict(secret), force=True)
+            applied = self._call(
+                f"secret {name}", self.k.apply, from_dict(secret), force=True, dry_run=dry_run
+            )
             action = "created" if before is None else "configured"
             return ApplyResult(action, _plain(applied))
         obj = parse_object(doc, source)  # the API server checks again, with the CRD's schema
@@ -140,9 +144,15 @@ class KubeClient:
         body.pop("status", None)
         before = self._get_or_none(RESOURCES[kind], meta["name"], namespace)
         label = f"{kind.lower()}/{meta['name']}"
-        applied = _plain(self._call(label, self.k.apply, from_dict(body), force=True))
+        applied = _plain(
+            self._call(label, self.k.apply, from_dict(body), force=True, dry_run=dry_run)
+        )
         if before is None:
             return ApplyResult("created", applied)
+        if dry_run:  # nothing was written: compare what would be with what is
+            keep = ("spec", "labels", "annotations")
+            same = _user_fields(applied, keep) == _user_fields(before, keep)
+            return ApplyResult("unchanged" if same else "configured", applied)
         # A server-side apply that changes nothing does not bump the resourceVersion.
         same = applied["metadata"].get("resourceVersion") == before["metadata"].get(
             "resourceVersion"
@@ -327,3 +337,8 @@ class KubeClient:
 
     def delete_secret(self, namespace: str, name: str) -> None:
         self._call(f"secret {name}", self.k.delete, Secret, name, namespace=namespace)
+
+
+def _user_fields(obj: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    meta = obj.get("metadata") or {}
+    return {f: obj.get(f) if f == "spec" else meta.get(f) or {} for f in fields}

@@ -23,6 +23,7 @@ from substratus.cli.common import (
     out,
     parse_duration,
 )
+from substratus.cli.diff import diff, dry_run_apply
 from substratus.cli.get import Selector, get
 from substratus.cli.local import local_app
 from substratus.cli.notebook.command import notebook
@@ -37,6 +38,7 @@ app = typer.Typer(
 app.add_typer(local_app, name="local")
 app.command()(notebook)
 app.command()(get)
+app.command()(diff)
 
 
 @app.callback()
@@ -81,6 +83,12 @@ def apply(
         bool,
         typer.Option(help="After an upload, show the image build's log until it is built."),
     ] = True,
+    dry_run: Annotated[
+        str,
+        typer.Option(
+            help="none; client (check here, store nothing); server (the runtime's checks too).",
+        ),
+    ] = "none",
 ) -> None:
     """Create or update objects from manifests (multi-document YAML).
 
@@ -95,12 +103,18 @@ def apply(
     from substratus.cli.manifests import read_documents
     from substratus.cli.upload import finish_upload, prepare_upload, show_build
 
+    if dry_run not in ("none", "client", "server"):
+        fail(f"--dry-run: {dry_run!r} is not one of none, client, server", EXIT_USAGE)
+
     def run() -> None:
         docs = read_documents(filename, namespace, recursive)
         # Validate every document before applying any, so one bad document applies nothing.
         for doc in docs:
             if not (doc.body.get("kind") == "Secret" and doc.body.get("apiVersion") == "v1"):
                 parse_object(doc.body, doc.source)
+        if dry_run != "none":
+            dry_run_apply(docs, dry_run == "server")
+            return
         tarballs = [prepare_upload(doc, upload_dir) for doc in docs]
         c = client(start=True)
         applied = []

@@ -40,7 +40,12 @@ class DeleteResult:
 
 
 class Client(Protocol):
-    def apply(self, doc: dict[str, Any], source: str = "<request>") -> ApplyResult: ...
+    def apply(
+        self, doc: dict[str, Any], source: str = "<request>", dry_run: bool = False
+    ) -> ApplyResult:
+        """Create or update; ``dry_run``: the runtime's every check (the API server's admission,
+        the supervisor's), and the object as it would be, with nothing stored."""
+        ...
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]: ...
 

@@ -79,8 +79,11 @@ class LocalClient:
 
     # -- the Client interface --------------------------------------------------------------
 
-    def apply(self, doc: dict[str, Any], source: str = "<request>") -> ApplyResult:
-        out = self._request("POST", "/apply", params={"source": source}, json=doc)
+    def apply(
+        self, doc: dict[str, Any], source: str = "<request>", dry_run: bool = False
+    ) -> ApplyResult:
+        params = {"source": source, **({"dryRun": "All"} if dry_run else {})}
+        out = self._request("POST", "/apply", params=params, json=doc)
         return ApplyResult(out["action"], out["object"])
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:

@@ -163,7 +163,8 @@ class Handler(BaseHTTPRequestHandler):
             case "GET", ["healthz"]:
                 self._send(200, {"ok": True, "pid": os.getpid(), "version": __version__})
             case "POST", ["apply"]:
-                action, obj = svc.apply(self._body(), q.get("source", "<request>"))
+                dry_run = q.get("dryRun", "").lower() in ("1", "true", "all")
+                action, obj = svc.apply(self._body(), q.get("source", "<request>"), dry_run)
                 self._send(200, {"action": action, "object": obj})
             case "GET", ["objects"]:
                 self._send(200, {"items": svc.list_objects(q.get("kind"), q.get("namespace"))})

@@ -39,10 +39,13 @@ class LocalService:
         body = self.db.get(*key)
         return parse_object(body, "stored object") if body else None
 
-    def apply(self, doc: dict[str, Any], source: str = "<request>") -> tuple[str, dict[str, Any]]:
-        """Create or update an object; returns ("created"|"configured"|"unchanged", object)."""
+    def apply(
+        self, doc: dict[str, Any], source: str = "<request>", dry_run: bool = False
+    ) -> tuple[str, dict[str, Any]]:
+        """Create or update an object; returns ("created"|"configured"|"unchanged", object).
+        ``dry_run``: every check, and the object as it would be stored, but nothing stored."""
         if doc.get("kind") == "Secret" and doc.get("apiVersion") == "v1":
-            return self._apply_secret(doc, source)
+            return self._apply_secret(doc, source, dry_run)
         obj = parse_object(doc, source)
         problems = admission_problems(obj, self._lookup)
         if problems:
@@ -67,6 +70,8 @@ class LocalService:
             if existing is None:
                 body["metadata"]["generation"] = 1
                 body["status"] = {}
+                if dry_run:
+                    return "created", body
                 stored = self.db.put(body, created=True)
                 action = "created"
             else:
@@ -82,18 +87,23 @@ class LocalService:
                     body["metadata"][field] = old_meta[field]
                 body["metadata"]["generation"] = old_meta["generation"] + int(changed_spec)
                 body["status"] = existing.get("status", {})
+                if dry_run:
+                    return "configured", body
                 stored = self.db.put(body, created=False)
                 action = "configured"
         self.ctl.enqueue(obj.key)
         self.ctl.enqueue_dependents(obj.key)
         return action, stored
 
-    def _apply_secret(self, doc: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
+    def _apply_secret(
+        self, doc: dict[str, Any], source: str, dry_run: bool = False
+    ) -> tuple[str, dict[str, Any]]:
         namespace, name, data = parse_secret(doc, source)
         existed = self.db.get_secret(namespace, name)
-        self.db.put_secret(namespace, name, data)
-        for body in self.db.list_objects(namespace=namespace):
-            self.ctl.enqueue((body["kind"], namespace, body["metadata"]["name"]))
+        if not dry_run:
+            self.db.put_secret(namespace, name, data)
+            for body in self.db.list_objects(namespace=namespace):
+                self.ctl.enqueue((body["kind"], namespace, body["metadata"]["name"]))
         action = "unchanged" if existed == data else ("configured" if existed else "created")
         summary = {
             "apiVersion": "v1",
