@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -335,3 +336,59 @@ def test_dry_runs_and_diff_change_nothing(local: Local, tmp_path: Path) -> None:
     assert sub("get", "model/a", "-o", "jsonpath={.metadata.labels.team}").stdout == "nlp"
     r = sub("apply", "-f", str(path), "--dry-run=maybe")
     assert r.returncode == 2 and "--dry-run" in r.stderr
+
+
+def bash_completes(line: str, script: Path, want: list[str], timeout: float = 30) -> str:
+    """What an interactive bash on a pty shows after ``line`` and TABs, with ``script`` (sub's
+    completion) sourced, as a user's shell would have it; returns once every string of
+    ``want`` is on the screen, or at the timeout."""
+    import pty
+    import select
+    import signal
+    import time
+
+    env = dict(os.environ, PS1="$ ", TERM="dumb", INPUTRC="/dev/null")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: an interactive bash without the machine's start-up files
+        os.execvpe("bash", ["bash", "--norc", "--noprofile", "-i"], env)
+    seen = b""
+    try:
+        os.write(fd, f"source {script}\n{line}".encode())
+        deadline = time.monotonic() + timeout
+        tabs = 0
+        while time.monotonic() < deadline and not all(w.encode() in seen for w in want):
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                seen += os.read(fd, 4096)
+            elif tabs < 4:  # first TAB: the common part; more: the list of choices
+                os.write(fd, b"\t")
+                tabs += 1
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    return seen.decode(errors="replace")
+
+
+def test_completion_of_kinds_and_names_in_a_real_bash(local: Local, tmp_path: Path) -> None:
+    docs = "---\n".join(LABELLED.format(name=n, team="t") for n in ("alpha", "beta"))
+    assert sub("apply", "-f", "-", input=docs).returncode == 0
+    script = tmp_path / "sub-completion.bash"
+    sub_path = str(Path(sys.executable).parent / "sub")
+    source = {**os.environ, "_SUB_COMPLETE": "source_bash"}
+    script.write_text(subprocess.run([sub_path], env=source, capture_output=True, text=True).stdout)
+    assert "complete -o default -F _sub_completion sub" in script.read_text()
+    names = bash_completes("sub get model/", script, ["model/alpha", "model/beta"])
+    assert "model/alpha" in names and "model/beta" in names, names
+    kinds = bash_completes("sub describe data", script, ["dataset", "datasets"])
+    assert "dataset" in kinds and "datasets" in kinds, kinds
+    after_kind = bash_completes("sub delete models al", script, ["alpha"])
+    assert "alpha" in after_kind, after_kind
+
+    # zsh and fish (not installed here) ask the same program through their own protocol.
+    for shell, extra in (("zsh", {}), ("fish", {"_TYPER_COMPLETE_FISH_ACTION": "get-args"})):
+        env = {**os.environ, "_SUB_COMPLETE": f"complete_{shell}", **extra}
+        env["_TYPER_COMPLETE_ARGS"] = "sub get model/"
+        said = subprocess.run([sub_path], env=env, capture_output=True, text=True).stdout
+        assert "model/alpha" in said and "model/beta" in said, (shell, said)

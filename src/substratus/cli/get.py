@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from substratus.cli.common import EXIT_USAGE, client, err, fail, guarded, out
+from substratus.cli.completion import complete_target
 
 Selector = Annotated[
     str | None,
@@ -19,7 +20,8 @@ Selector = Annotated[
 
 def get(
     target: Annotated[
-        list[str] | None, typer.Argument(help="KIND, KIND/NAME or KIND NAME.")
+        list[str] | None,
+        typer.Argument(help="KIND, KIND/NAME or KIND NAME.", autocompletion=complete_target),
     ] = None,
     namespace: Annotated[
         str | None, typer.Option("--namespace", "-n", help="Namespace (default: default).")

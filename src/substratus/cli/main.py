@@ -23,6 +23,7 @@ from substratus.cli.common import (
     out,
     parse_duration,
 )
+from substratus.cli.completion import complete_kind, complete_target
 from substratus.cli.diff import diff, dry_run_apply
 from substratus.cli.get import Selector, get
 from substratus.cli.local import local_app
@@ -151,7 +152,9 @@ def apply(
 
 @app.command()
 def describe(
-    target: Annotated[list[str], typer.Argument(help="KIND/NAME or KIND NAME.")],
+    target: Annotated[
+        list[str], typer.Argument(help="KIND/NAME or KIND NAME.", autocompletion=complete_target)
+    ],
     namespace: Namespace = "default",
 ) -> None:
     """Show an object's spec, status and conditions (with failure log tails)."""
@@ -173,7 +176,9 @@ def describe(
 
 @app.command()
 def logs(
-    target: Annotated[list[str], typer.Argument(help="KIND/NAME or KIND NAME.")],
+    target: Annotated[
+        list[str], typer.Argument(help="KIND/NAME or KIND NAME.", autocompletion=complete_target)
+    ],
     namespace: Namespace = "default",
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new output.")] = False,
     tail: Annotated[int | None, typer.Option(help="Lines of recent output to show.")] = None,
@@ -195,7 +200,12 @@ def logs(
 
 @app.command()
 def wait(
-    target: Annotated[list[str], typer.Argument(help="KIND/NAME, KIND NAME, or KIND with -l.")],
+    target: Annotated[
+        list[str],
+        typer.Argument(
+            help="KIND/NAME, KIND NAME, or KIND with -l.", autocompletion=complete_target
+        ),
+    ],
     for_: Annotated[str, typer.Option("--for", help="ready or delete.")] = "ready",
     namespace: Namespace = "default",
     timeout: Annotated[str, typer.Option(help="e.g. 30s, 5m, 1h.")] = "30m",
@@ -263,7 +273,10 @@ def _secret_name(args: list[str]) -> str:
 
 @app.command()
 def delete(
-    target: Annotated[list[str] | None, typer.Argument(help="KIND/NAME or KIND NAME.")] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Argument(help="KIND/NAME or KIND NAME.", autocompletion=complete_target),
+    ] = None,
     filename: Annotated[list[str] | None, typer.Option("--filename", "-f")] = None,
     namespace: Namespace = "default",
     retain_artifacts: Annotated[
@@ -318,7 +331,11 @@ def delete(
 @app.command()
 def explain(
     path: Annotated[
-        str, typer.Argument(help="KIND or KIND.FIELD..., e.g. model, server.spec.autoscaling.")
+        str,
+        typer.Argument(
+            help="KIND or KIND.FIELD..., e.g. model, server.spec.autoscaling.",
+            autocompletion=complete_kind,
+        ),
     ],
 ) -> None:
     """Document a kind or one of its fields (from the models the CRDs are made from)."""
