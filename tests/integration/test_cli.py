@@ -392,3 +392,28 @@ def test_completion_of_kinds_and_names_in_a_real_bash(local: Local, tmp_path: Pa
         env["_TYPER_COMPLETE_ARGS"] = "sub get model/"
         said = subprocess.run([sub_path], env=env, capture_output=True, text=True).stdout
         assert "model/alpha" in said and "model/beta" in said, (shell, said)
+
+
+def test_open_prints_urls_that_work_as_they_are(local: Local, tmp_path: Path) -> None:
+    import urllib.request
+
+    # A notebook whose "Jupyter" answers /api, and /lab only with its token.
+    lab = (
+        "import http.server, os\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        lab = '/lab?token=' + os.environ['NOTEBOOK_TOKEN']\n"
+        "        self.send_response(200 if self.path in ('/api', lab) else 403)\n"
+        "        self.end_headers()\n"
+        "http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n"
+    )
+    write(tmp_path / "lab.py", lab)
+    spec = {"image": "substratusai/base", "command": ["python", str(tmp_path / "lab.py")]}
+    local.apply("Notebook", "nb", spec)
+    token = local.wait("Notebook", "nb")["status"]["token"]
+    r = sub("open", "notebook/nb", "--no-browser")
+    assert r.returncode == 0 and r.stdout.strip().endswith(f"/lab?token={token}"), r.stderr
+    with urllib.request.urlopen(r.stdout.strip(), timeout=10) as page:
+        assert page.status == 200
+    r = sub("open", "model/x", "--no-browser")
+    assert r.returncode == 2 and "notebook/NAME or server/NAME" in r.stderr

@@ -255,8 +255,9 @@ class KubeClient:
                 pod.metadata.name, pod.metadata.namespace, name, container, follow, tail
             )
 
-    def serving_pod(self, kind: str, namespace: str, name: str) -> str:
-        """The name of the object's newest Ready workload pod (a Server's or Notebook's)."""
+    def serving_pod(self, kind: str, namespace: str, name: str, role: str = "service") -> str:
+        """The name of the object's newest Ready workload pod (a Server's or Notebook's; with
+        ``role="proxy"``, an autoscaled Server's proxy's)."""
         cls = kind_of(kind)
         pods = [
             p
@@ -265,7 +266,7 @@ class KubeClient:
                 self.k.list,
                 Pod,
                 namespace=namespace,
-                labels={LABEL_KIND: cls.KIND, LABEL_ROLE: "service"},
+                labels={LABEL_KIND: cls.KIND, LABEL_ROLE: role},
             )
             if (p.metadata.annotations or {}).get(ANNOTATION_NAME) == name
             and p.metadata.deletionTimestamp is None

@@ -28,6 +28,7 @@ from substratus.cli.diff import diff, dry_run_apply
 from substratus.cli.get import Selector, get
 from substratus.cli.local import local_app
 from substratus.cli.notebook.command import notebook
+from substratus.cli.opening import open_
 from substratus.core.client import NotFoundError
 
 app = typer.Typer(
@@ -40,6 +41,7 @@ app.add_typer(local_app, name="local")
 app.command()(notebook)
 app.command()(get)
 app.command()(diff)
+app.command(name="open")(open_)
 
 
 @app.callback()

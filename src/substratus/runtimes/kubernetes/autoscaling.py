@@ -75,7 +75,10 @@ def proxy_children(
             "replicas": 1,
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": {**cfg.workload_pod_labels, **selector}},
+                "metadata": {
+                    "labels": {**cfg.workload_pod_labels, **selector},
+                    "annotations": annotations,
+                },
                 "spec": {
                     "containers": [container],
                     "automountServiceAccountToken": False,
