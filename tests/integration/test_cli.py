@@ -417,3 +417,28 @@ def test_open_prints_urls_that_work_as_they_are(local: Local, tmp_path: Path) ->
         assert page.status == 200
     r = sub("open", "model/x", "--no-browser")
     assert r.returncode == 2 and "notebook/NAME or server/NAME" in r.stderr
+
+
+def test_a_jobs_progress_reaches_status_get_and_describe(local: Local, tmp_path: Path) -> None:
+    import time
+
+    report = '{"percent": 50, "step": 5, "total": 10, "etaSeconds": 60, "metrics": {"loss": 0.5}}'
+    go = tmp_path / "go"
+    job = write(
+        tmp_path / "job.sh",
+        f"printf '%s' '{report}' > progress.tmp && mv progress.tmp progress.json\n"
+        f"while [ ! -e {go} ]; do sleep 0.1; done\necho w > artifacts/w\n",
+    )
+    local.apply("Model", "p", {"image": "substratusai/base", "command": ["sh", str(job)]})
+    deadline = time.monotonic() + 30
+    while "50% eta 1m00s loss 0.5" not in (listed := sub("get", "models")).stdout:
+        assert time.monotonic() < deadline, listed.stdout + listed.stderr
+        time.sleep(0.3)
+    assert listed.stdout.split("\\n")[0].split()[:4] == ["NAME", "READY", "STATUS", "PROGRESS"]
+    status = local.get("Model", "p")["status"]
+    assert status["progress"]["step"] == 5 and status["ready"] is False
+    described = sub("describe", "model/p").stdout
+    assert "progress:   50% 5/10 eta 1m00s loss 0.5" in described
+    go.touch()
+    done = local.wait("Model", "p")
+    assert done["status"]["progress"]["metrics"] == {"loss": 0.5}  # its last word stays

@@ -285,6 +285,11 @@ def test_progress_is_plain_lines(runs_at_once: dict[str, Run]):
     steps = [line for line in run.out.splitlines() if line.startswith("step ")]
     assert [line.split()[1] for line in steps] == [f"{i}/8" for i in range(1, 9)]
     assert all(" loss " in line for line in steps)
+    # The same, for the runtime to show as status.progress: the contract's progress.json.
+    progress = json.loads((run.dir / "progress.json").read_text())
+    assert (progress["step"], progress["total"], progress["percent"]) == (8, 8, 100.0)
+    assert progress["metrics"]["loss"] > 0 and progress["message"] == "training"
+    assert progress["etaSeconds"] == 0
 
 
 def test_loss_curve_recorded(runs_at_once: dict[str, Run]):

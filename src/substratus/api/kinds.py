@@ -171,6 +171,24 @@ class CommonStatus(BaseModel):
     )
 
 
+class JobProgress(BaseModel):
+    """What a running job last reported through the contract's ``progress.json``."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    percent: float | None = Field(None, description="How much is done, 0-100.")
+    step: int | None = Field(None, description="Steps (or bytes) done.")
+    total: int | None = Field(None, description="Steps (or bytes) in all.")
+    eta_seconds: int | None = Field(
+        None, alias="etaSeconds", description="Seconds left, as the job estimates them."
+    )
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="The latest metrics, e.g. loss, learning_rate."
+    )
+    message: str | None = Field(None, description="What it is doing, in a few words.")
+    updated: str | None = Field(None, description="When the job wrote it (RFC 3339).")
+
+
 class ArtifactStatus(CommonStatus):
     url: str | None = Field(None, description="Where the artifacts are stored (bucket URL).")
     files: list[str] = Field(default_factory=list, description="Artifact files, relative paths.")
@@ -179,6 +197,9 @@ class ArtifactStatus(CommonStatus):
     )
     artifacts: ArtifactsStatus | None = Field(
         None, description="status.url, as the original project named it (artifacts.url)."
+    )
+    progress: JobProgress | None = Field(
+        None, description="The job's progress (the last it reported, once it ended)."
     )
 
 

@@ -34,6 +34,33 @@ def ready_condition(obj: dict[str, Any]) -> dict[str, Any]:
     return next((c for c in conds if c.get("type") == "Ready"), {})
 
 
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def progress_text(status: dict[str, Any], full: bool = False) -> str:
+    """A job's ``status.progress`` in a few words: ``42% 420/1000 eta 1m35s loss 1.73``."""
+    p = status.get("progress") or {}
+    parts = []
+    if p.get("percent") is not None:
+        parts.append(f"{p['percent']:g}%")
+    if full and p.get("step") is not None:
+        parts.append(f"{p['step']}/{p['total']}" if p.get("total") else str(p["step"]))
+    if p.get("etaSeconds") is not None and not status.get("ready"):
+        parts.append(f"eta {duration(p['etaSeconds'])}")
+    for name, value in (p.get("metrics") or {}).items():
+        if full or name == "loss":
+            parts.append(f"{name} {value:.4g}")
+    if full and p.get("message"):
+        parts.append(f"({p['message']})")
+    return " ".join(parts)
+
+
 def _columns(obj: dict[str, Any], wide: bool) -> list[tuple[str, str]]:
     status = obj.get("status") or {}
     cls = kind_of(obj["kind"])
@@ -43,6 +70,7 @@ def _columns(obj: dict[str, Any], wide: bool) -> list[tuple[str, str]]:
         ("STATUS", cond.get("reason") or "Pending"),
     ]
     if cls.HAS_ARTIFACTS:
+        cols.append(("PROGRESS", progress_text(status) or "-"))
         cols.append(("SIZE", status.get("diskSize") or ""))
     if obj["kind"] == "Server":
         cols.append(("REPLICAS", f"{status.get('replicas', 0)}/{obj['spec'].get('replicas', 1)}"))
@@ -117,6 +145,10 @@ def describe(obj: dict[str, Any]) -> str:
         lines += [f"    {f}" for f in status["files"][:20]]
         if len(status["files"]) > 20:
             lines.append(f"    ... and {len(status['files']) - 20} more")
+    if status.get("progress"):
+        lines.append(f"  progress:   {progress_text(status, full=True)}")
+        if status["progress"].get("updated"):
+            lines.append(f"              reported {age(status['progress']['updated'])} ago")
     if status.get("token"):
         lines.append("  token:      (set; `sub get notebook NAME -o json` shows it)")
     lines.append("Conditions:")

@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
+from substratus.cli.output import progress_text
 from substratus.core.client import Client
 from substratus.core.conditions import TERMINAL_REASONS
 
@@ -68,7 +69,8 @@ def wait_for(
                 ready, reason, message = _ready_reason(obj)
                 if ready:
                     return obj
-                line = f"{label}: {reason} {_progress(message)}".rstrip()
+                done = progress_text(obj.get("status") or {}, full=True)
+                line = f"{label}: {reason} {done or _progress(message)}".rstrip()
                 if status_line:
                     status_line.update(line)
                 elif console is not None and line != shown and reason not in TERMINAL_REASONS:

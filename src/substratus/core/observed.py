@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from substratus.api.kinds import UploadParts
+from substratus.api.kinds import JobProgress, UploadParts
 from substratus.core.autoscale import Load
 
 
@@ -61,6 +61,7 @@ class JobState:
     # Why a started run does not run yet (a cluster's Unschedulable, CreateContainerConfigError):
     # a reason and the cluster's message, reported while it waits.
     waiting: tuple[str, str] | None = None
+    progress: JobProgress | None = None  # what the job last reported (core/progress.py)
 
 
 @dataclass(frozen=True)

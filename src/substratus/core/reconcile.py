@@ -248,6 +248,11 @@ def _capacity_problem(obj: Resource, obs: Observed) -> tuple[str, str] | None:
 def _decide_job(
     s: _Status, job: JobState | None, image: str, policy: RetryPolicy, now: float
 ) -> Decision:
+    if isinstance(s.status, ArtifactStatus):
+        if job is None or job.generation != s.gen:
+            s.status.progress = None  # a new generation starts from nothing
+        elif job.progress is not None:
+            s.status.progress = job.progress  # kept once the job ends: its last word
     if job is None or job.generation != s.gen:
         s.cond(C.COMPLETE, False, "Pending", "starting the job")
         s.ready(False, "JobPending", "starting the job")

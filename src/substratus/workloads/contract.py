@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from substratus.core.progress import PROGRESS_FILE
+
 # The seed mounts a Server's model at /model/saved; everywhere else it is model/.
 SEED_MODEL_PATH = Path("/model/saved")
 
@@ -146,8 +148,41 @@ def host() -> str:
     return os.environ.get("HOST", "0.0.0.0")
 
 
+def report_progress(
+    step: int | None = None,
+    total: int | None = None,
+    *,
+    eta_seconds: float | None = None,
+    metrics: dict[str, float] | None = None,
+    message: str | None = None,
+) -> None:
+    """Write the contract's ``progress.json`` (core/progress.py), whole: the runtime shows it
+    as ``status.progress``. Best effort: a report that cannot be written is skipped."""
+    doc: dict[str, Any] = {"updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if step is not None:
+        doc["step"] = step
+    if total:
+        doc["total"] = total
+        if step is not None:
+            doc["percent"] = round(min(100.0, 100.0 * step / total), 1)
+    if eta_seconds is not None:
+        doc["etaSeconds"] = max(0, round(eta_seconds))
+    if metrics:
+        doc["metrics"] = metrics
+    if message:
+        doc["message"] = message
+    target = content_dir() / PROGRESS_FILE
+    try:
+        tmp = target.with_name(f".{PROGRESS_FILE}.tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(target)
+    except OSError:
+        pass
+
+
 class Progress:
-    """Progress lines for logs (no terminal control codes): at most one every ``every`` s."""
+    """Progress lines for logs (no terminal control codes): at most one every ``every`` s;
+    each also reported as the job's progress (``report_progress``)."""
 
     def __init__(self, what: str, total: int | None, unit: str = "B", every: float = 2.0):
         self.what, self.total, self.unit, self.every = what, total, unit, every
@@ -174,6 +209,8 @@ class Progress:
             total = f" of {self.total}" if self.total else ""
         state = "done" if final else "…"
         print(f"{self.what}: {done}{total} ({per}) {state}", file=sys.stderr, flush=True)
+        left = (self.total - self.done) / rate if self.total and rate > 0 else None
+        report_progress(self.done, self.total, eta_seconds=left, message=self.what)
 
 
 def fail(message: str, code: int = 2) -> int:

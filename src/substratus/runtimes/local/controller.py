@@ -36,6 +36,7 @@ from substratus.runtimes.local.engines import Engine, EngineError, detect_engine
 from substratus.runtimes.local.launch import image_problem, service_url
 from substratus.runtimes.local.paths import LocalPaths
 from substratus.runtimes.local.ports import PortAllocator
+from substratus.runtimes.local.progress import ProgressWatcher, read_progress
 from substratus.runtimes.local.proxies import ROLE as ROLE_PROXY
 from substratus.runtimes.local.resources import GpuPool, capacity, detect_gpus
 from substratus.runtimes.local.runner import Runner
@@ -68,6 +69,7 @@ class Controller:
         self._engine_checked = False
         self.runner = Runner(self)
         self.autoscaler = Autoscaler(self)
+        self.progress = ProgressWatcher(db, self.enqueue)
         self.acting = threading.RLock()
         self._thread: threading.Thread | None = None
 
@@ -78,6 +80,7 @@ class Controller:
         self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
         self._thread.start()
         self.autoscaler.start()
+        self.progress.start()
         for body in self.db.list_objects():
             self.enqueue(_key(body))
 
@@ -86,6 +89,7 @@ class Controller:
         starts after the workloads were stopped."""
         self.queue.close()
         self.autoscaler.stop()
+        self.progress.stop()
         if self._thread is not None:
             self._thread.join(timeout=30)
         if stop_workloads:
@@ -236,6 +240,7 @@ class Controller:
             log_tail=processes.tail(self.paths.home / run.log) if run.phase == "failed" else "",
             finished_at=run.finished_at,
             artifacts=artifacts,
+            progress=read_progress(run.workdir) if run.phase in ("running", "committing") else None,
         )
 
     def observe_service(self, obj: Resource) -> ServiceState | None:

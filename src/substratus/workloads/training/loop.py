@@ -12,6 +12,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from substratus.workloads.contract import report_progress
 from substratus.workloads.training.config import TrainConfig, TrainError
 from substratus.workloads.training.inputs import ModelInfo
 from substratus.workloads.training.tokens import Encoded, PadCollator
@@ -235,6 +236,11 @@ def _callback(stop: dict[str, bool]) -> Any:
                 f"loss {logs['loss']:.4f} lr {logs.get('learning_rate', 0):.2e} "
                 f"({rate:.2f} steps/s, eta {eta:.0f}s)"
             )
+            metrics = {k: float(logs[k]) for k in ("loss", "learning_rate", "epoch") if k in logs}
+            report_progress(
+                state.global_step, state.max_steps, eta_seconds=eta, metrics=metrics,
+                message="training",
+            )  # fmt: skip
 
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             say(f"checkpoint saved: checkpoints/checkpoint-{state.global_step}")
