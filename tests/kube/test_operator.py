@@ -227,6 +227,33 @@ def test_a_server_serves_its_model_through_a_service(
     assert [d["spec"]["replicas"] for d in deploy] == [2]
 
 
+def test_a_jobs_progress_reaches_its_status_on_the_real_node(
+    operator: Proc, kube_node: RealNode, kube_namespace: str
+) -> None:
+    plane, ns = kube_node.plane, kube_namespace
+    report = '{"percent": 30, "step": 3, "total": 10, "metrics": {"loss": 0.25}}'
+    script = f"printf '%s' '{report}' > progress.json; sleep 12; echo x > artifacts/x"
+    apply(
+        plane,
+        ns,
+        "Model",
+        "slow",
+        {"image": {"name": TOOLBOX_IMAGE}, "command": ["sh", "-c", script]},
+    )
+    deadline = time.monotonic() + 90
+    while True:  # the helper serves it; the operator reads it through the API server
+        got = plane.kubectl("get", "model", "slow", "-n", ns, "-o", "json").stdout
+        status = json.loads(got).get("status") or {}
+        if status.get("progress"):
+            break
+        assert time.monotonic() < deadline, f"no progress in status: {status}\n{operator.tail(30)}"
+        time.sleep(0.5)
+    assert status["progress"]["step"] == 3 and status["progress"]["metrics"] == {"loss": 0.25}
+    assert status["ready"] is False  # seen while it runs
+    done = wait_for(plane, operator, ns, "Model", "slow", "Succeeded")
+    assert done["status"]["progress"]["percent"] == 30  # its last word stays
+
+
 def _deployments(plane: ControlPlane, ns: str) -> dict[str, int]:
     items = json.loads(plane.kubectl("get", "deploy", "-n", ns, "-o", "json").stdout)["items"]
     return {d["metadata"]["name"]: d["spec"]["replicas"] for d in items}

@@ -87,3 +87,15 @@ class Children:
                 if owner[1] == namespace
                 for body in bodies.values()
             ]
+
+    def running_job_pods(self) -> list[tuple[Owner, dict[str, Any]]]:
+        """Pods of runs (not builds) whose workload is running: those with progress to read."""
+        with self._lock:
+            return [
+                (owner, body)
+                for owner, bodies in self._by_owner["Pod"].items()
+                for body in bodies.values()
+                if (body["metadata"].get("labels") or {}).get(names.LABEL_ROLE) == "job"
+                and (body.get("status") or {}).get("phase") == "Running"
+                and not body["metadata"].get("deletionTimestamp")
+            ]

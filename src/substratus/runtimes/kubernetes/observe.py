@@ -6,6 +6,7 @@ failed container's log tail; from the bucket, a finished run's manifest."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -14,7 +15,7 @@ from typing import Any, cast
 from lightkube import ApiError, Client
 from lightkube.resources.core_v1 import PodLog, Secret
 
-from substratus.api.kinds import Notebook, Resource
+from substratus.api.kinds import JobProgress, Notebook, Resource
 from substratus.core.autoscale import Load
 from substratus.core.graph import Key
 from substratus.core.observed import (
@@ -73,6 +74,8 @@ class Observer:
         self.children = children
         # Autoscaled Servers' loads, as the operator's poller last read them from their proxies.
         self.loads: Mapping[Key, Load] = {}
+        # Running jobs' reports (progress.py), as the operator's poller last read them.
+        self.progress: Mapping[Key, tuple[str, JobProgress]] = {}
         self.images = ImageConfigs(
             cfg.insecure_registries, auths=registry_logins(cfg.registry_auth)
         )
@@ -147,6 +150,10 @@ class Observer:
         else:
             service, pod = self._service_state(obj)
         state = self._job_state(obj, job, pod) if job is not None else None
+        # The report of this run's pod, not an earlier run's.
+        pod_name, report = self.progress.get(obj.key) or ("", None)
+        if state is not None and pod is not None and pod_name == pod["metadata"]["name"]:
+            state = dataclasses.replace(state, progress=report)
         image_error = jobs.image_error(pod)
         # The image that runs: the spec's, or the one built for it (its command is read from
         # the registry as well when the spec gives none).

@@ -53,6 +53,7 @@ from substratus.runtimes.kubernetes.config import OperatorConfig
 from substratus.runtimes.kubernetes.metrics import Metrics
 from substratus.runtimes.kubernetes.observe import Observer, as_dict
 from substratus.runtimes.kubernetes.pods import CREDENTIALS_SECRET, workload_service_account
+from substratus.runtimes.kubernetes.progress import ProgressPoller
 from substratus.storage import ArtifactStore
 
 log = logging.getLogger("substratus.operator")
@@ -98,6 +99,8 @@ class Operator:
             client, self._servers, self.observer.service_state, self.queue.add
         )
         self.observer.loads = self.autoscaler.loads
+        self.progress = ProgressPoller(client, self.children, self.queue.add)
+        self.observer.progress = self.progress.reports
         self.metrics = Metrics()
         self.metrics.queue_depth.set_function(lambda: len(self.queue))
         for kind in RUN_KINDS:
@@ -157,9 +160,11 @@ class Operator:
             self._threads.append(t)
         threading.Thread(target=self._resync, name="resync", daemon=True).start()
         self.autoscaler.start()
+        self.progress.start()
 
     def stop(self) -> None:
         self.autoscaler.stop()
+        self.progress.stop()
         self.queue.close()
         for t in self._threads:
             t.join(timeout=30)

@@ -25,9 +25,11 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
+from substratus.core.progress import MAX_PROGRESS_BYTES, PROGRESS_FILE
 from substratus.core.redaction import redact_userinfo
 from substratus.storage import ArtifactStore, StorageError, file_md5, unpack_context
 
@@ -65,7 +67,39 @@ def read_exit_code(path: Path) -> int | None:
     return int(text) if text.endswith("\n") and text.strip().isdigit() else None
 
 
-def commit(exit_file: Path, artifacts: Path, object_url: str, version: str) -> int:
+def serve_progress(workdir: Path, port: int) -> None:
+    """``GET /progress``: the job's progress.json as it is now (204 before the first report),
+    for the operator, which reads it through the API server (pods/proxy)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/progress":
+                self.send_error(404)
+                return
+            try:
+                with open(workdir / PROGRESS_FILE, "rb") as f:
+                    body = f.read(MAX_PROGRESS_BYTES + 1)
+            except OSError:
+                body = b""
+            self.send_response(200 if body else 204)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    threading.Thread(target=server.serve_forever, name="progress", daemon=True).start()
+
+
+def commit(
+    exit_file: Path, artifacts: Path, object_url: str, version: str, progress_port: int = 0
+) -> int:
+    if progress_port:
+        serve_progress(artifacts.parent, progress_port)
     while (code := read_exit_code(exit_file)) is None:
         time.sleep(0.5)
     if code != 0:
@@ -140,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     p_commit.add_argument("--artifacts", type=Path, required=True)
     p_commit.add_argument("--to", required=True, metavar="OBJECT_URL")
     p_commit.add_argument("--version", required=True)
+    p_commit.add_argument("--progress-port", type=int, default=0)
     p_context = sub.add_parser("context")
     p_context.add_argument("--dest", type=Path, required=True)
     source = p_context.add_mutually_exclusive_group(required=True)
@@ -160,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.upload:
             return fetch_upload(a.upload, a.md5, a.dest)
         return clone(a.git, a.ref, a.commit, a.dest)
-    return commit(a.exit_file, a.artifacts, a.to, a.version)
+    return commit(a.exit_file, a.artifacts, a.to, a.version, a.progress_port)
 
 
 if __name__ == "__main__":

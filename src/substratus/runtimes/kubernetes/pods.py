@@ -186,7 +186,11 @@ def workload_pod_spec(
                     commit_to[0],
                     "--version",
                     commit_to[1],
+                    "--progress-port",
+                    str(PROGRESS_PORT),
                 ],
+                # The job's progress.json, for the operator (through the API server's proxy).
+                "ports": [{"name": "progress", "containerPort": PROGRESS_PORT}],
                 "envFrom": helper_env,
                 "volumeMounts": [
                     {"name": "content", "mountPath": WORKDIR},
@@ -233,6 +237,9 @@ def workload_service_account(namespace: str, cfg: OperatorConfig) -> dict[str, A
             "annotations": dict(cfg.workload_service_account_annotations),
         },
     }
+
+
+PROGRESS_PORT = 8090  # the commit helper serves the job's progress.json here
 
 
 def workload_env(obj: Resource) -> list[dict[str, Any]]:
