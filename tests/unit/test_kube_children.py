@@ -86,13 +86,16 @@ def test_a_fine_tune_job_carries_the_whole_contract() -> None:
     assert c[INIT]["image"] == "helper:1"
     assert f"{MOUNTS.model.url}=/fetch/model" in c[INIT]["args"]  # type: ignore[union-attr]
     assert f"{MOUNTS.data.url}=/fetch/data" in c[INIT]["args"]  # type: ignore[union-attr]
-    # The committer stores artifacts/ as this attempt's own version.
-    assert c[COMMIT]["args"][-4:] == [
+    # The committer stores artifacts/ as this attempt's own version, and serves its progress.
+    assert c[COMMIT]["args"][-6:] == [
         "--to",
         "s3://bucket/sub/team/models/ft/",
         "--version",
         "g2-a3-k8s",
+        "--progress-port",
+        "8090",
     ]
+    assert c[COMMIT]["ports"] == [{"name": "progress", "containerPort": 8090}]
     spec = job["spec"]["template"]["spec"]
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert spec["restartPolicy"] == "Never"
