@@ -263,7 +263,7 @@ def _get_all(url: str, n: int) -> list[tuple[int, str, str | None]]:
     """``n`` GETs at once: status, body and the proxy's queued-seconds header of each."""
 
     def one(_: int) -> tuple[int, str, str | None]:
-        with urllib.request.urlopen(url, timeout=240) as r:
+        with urllib.request.urlopen(url, timeout=120) as r:
             return r.status, r.read().decode(), r.headers.get("X-Substratus-Queued-Seconds")
 
     with ThreadPoolExecutor(n) as pool:
@@ -296,6 +296,15 @@ def test_an_autoscaled_server_scales_from_zero_and_back_on_the_real_node(
     assert served["status"]["url"] == f"http://auto-server-proxy.{ns}.svc.cluster.local:8080"
     assert "scaled to zero" in served["status"]["conditions"][0]["message"]
     assert _deployments(plane, ns)["auto-server-deploy"] == 0
+    # The proxy is pointed at the replicas' Service by its cluster IP (no DNS needed).
+    backend = plane.kubectl(
+        "get", "svc", "-n", ns, "auto-server-svc", "-o", "jsonpath={.spec.clusterIP}"
+    )
+    env = '{.spec.template.spec.containers[0].env[?(@.name=="UPSTREAMS")].value}'
+    upstream = plane.kubectl(
+        "get", "deploy", "-n", ns, "auto-server-proxy", "-o", f"jsonpath={env}"
+    )
+    assert upstream.stdout == f"http://{backend.stdout}:8080"
     ip = plane.kubectl(
         "get", "svc", "-n", ns, "auto-server-proxy", "-o", "jsonpath={.spec.clusterIP}"
     )
@@ -312,7 +321,17 @@ def test_an_autoscaled_server_scales_from_zero_and_back_on_the_real_node(
             time.sleep(0.5)
 
     # Six requests at zero: held while the operator scales the Deployment and a pod starts.
-    results = _get_all(proxy + "/index.html", 6)
+    try:
+        results = _get_all(proxy + "/index.html", 6)
+    except OSError as exc:  # say what the proxy and the cluster saw
+        with urllib.request.urlopen(proxy + "/_substratus/load", timeout=5) as r:
+            load = r.read().decode()
+        logs = plane.kubectl("logs", "-n", ns, "deploy/auto-server-proxy", check=False)
+        pods = plane.kubectl("get", "pods", "-n", ns, "-o", "wide", check=False).stdout
+        raise AssertionError(
+            f"{exc}; load {load}; deployments {_deployments(plane, ns)}\npods:\n{pods}\n"
+            f"proxy log:\n{logs.stdout}{logs.stderr}\noperator:\n{operator.tail(40)}"
+        ) from exc
     assert [(code, body) for code, body, _ in results] == [(200, "up\n")] * 6
     assert all(queued is not None and float(queued) > 0 for _, _, queued in results)
     assert _deployments(plane, ns)["auto-server-deploy"] == 2  # 6 / 2 = 3, capped at 2

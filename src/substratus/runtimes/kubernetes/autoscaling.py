@@ -100,6 +100,18 @@ def proxy_children(
     return [deployment, service]
 
 
+def is_proxy(obj: Resource, child: dict[str, Any]) -> bool:
+    return bool(child["kind"] == "Deployment" and child["metadata"]["name"] == proxy_name(obj))
+
+
+def set_upstream(deployment: dict[str, Any], url: str) -> None:
+    """Point the proxy's Deployment at ``url`` (the replicas' Service by its cluster IP)."""
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    for entry in container["env"]:
+        if entry["name"] == "UPSTREAMS":
+            entry["value"] = url
+
+
 def proxy_ready(obj: Resource, deployments: list[dict[str, Any]]) -> bool:
     name = proxy_name(obj)
     for d in deployments:

@@ -367,8 +367,17 @@ class Operator:
                 self._claims_made.add(obj.key)
             entrypoint = self.observer.entrypoint(obj, action.image)
             mounts = mount_sources(obs.deps)
+            service_name = services.service_name(obj)
+            upstream = None
             for child in services.service_children(obj, action, self.cfg, mounts, entrypoint):
-                self._apply(child)
+                if upstream and autoscaling.is_proxy(obj, child):
+                    autoscaling.set_upstream(child, upstream)
+                applied = self._apply(child)
+                if child["kind"] == "Service" and child["metadata"]["name"] == service_name:
+                    # The proxy is given the replicas' Service by address: no DNS needed, and
+                    # nothing to miss when the pod starts before the Service is known there.
+                    ip = getattr(getattr(applied, "spec", None), "clusterIP", None)
+                    upstream = f"http://{ip}:{services.PORT}" if ip and ip != "None" else None
             if action.autoscaling is None:
                 self._delete_proxy(obj)
         elif isinstance(action, StopWorkload) and obj.IS_JOB:
@@ -386,9 +395,13 @@ class Operator:
             self._delete(Deployment, name, obj.metadata.namespace)
             self._delete(Service, name, obj.metadata.namespace)
 
-    def _apply(self, manifest: dict[str, Any]) -> None:
-        self.client.apply(from_dict(manifest), field_manager=names.FIELD_MANAGER, force=True)
+    def _apply(self, manifest: dict[str, Any]) -> Any:
+        """Server-side apply; the object as the API server stored it."""
+        applied = self.client.apply(
+            from_dict(manifest), field_manager=names.FIELD_MANAGER, force=True
+        )
         self.metrics.children.labels(manifest["kind"], "applied").inc()
+        return applied
 
     def _create(self, manifest: dict[str, Any]) -> bool:
         """Create a child made once (a home claim, a token); False if it was already there."""
