@@ -6,7 +6,6 @@ core would now want another number of replicas."""
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ from substratus.api.loading import parse_object
 from substratus.core.actions import EnsureService
 from substratus.core.autoscale import LOAD_PATH, Load, rescales
 from substratus.core.contract import API_KEYS_ENV
+from substratus.core.every import Every
 from substratus.core.graph import Key
 from substratus.core.observed import ServiceState
 from substratus.runtimes.kubernetes import names
@@ -120,7 +120,7 @@ def proxy_ready(obj: Resource, deployments: list[dict[str, Any]]) -> bool:
     return False
 
 
-class LoadPoller:
+class LoadPoller(Every):
     """Asks the proxies of the Servers it is given for their load, every ``POLL_SECONDS``."""
 
     def __init__(
@@ -135,20 +135,7 @@ class LoadPoller:
         self.service_state = service_state
         self.enqueue = enqueue
         self.loads: dict[Key, Load] = {}
-        self._stop = threading.Event()
-
-    def start(self) -> None:
-        threading.Thread(target=self._loop, name="autoscaler", daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(POLL_SECONDS):
-            try:
-                self.poll()
-            except Exception:  # pragma: no cover - a bug must not stop autoscaling for good
-                log.exception("autoscaler poll failed")
+        super().__init__(POLL_SECONDS, self.poll, "autoscaler", log)
 
     def poll(self) -> None:
         seen: set[Key] = set()

@@ -6,13 +6,13 @@ get: no route to pods needed), and queues the object when the report changed."""
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from lightkube import Client
 
 from substratus.api.kinds import JobProgress
+from substratus.core.every import Every
 from substratus.core.graph import Key
 from substratus.core.progress import parse_progress
 from substratus.runtimes.kubernetes.children import Children
@@ -23,27 +23,14 @@ log = logging.getLogger("substratus.operator")
 POLL_SECONDS = 2.0
 
 
-class ProgressPoller:
+class ProgressPoller(Every):
     def __init__(self, client: Client, children: Children, enqueue: Callable[[Key], None]):
         self.client = client
         self.children = children
         self.enqueue = enqueue
         # object -> (the pod that reported, its report): a new run's pod starts from nothing.
         self.reports: dict[Key, tuple[str, JobProgress]] = {}
-        self._stop = threading.Event()
-
-    def start(self) -> None:
-        threading.Thread(target=self._loop, name="progress", daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(POLL_SECONDS):
-            try:
-                self.poll()
-            except Exception:  # pragma: no cover - a bug must not stop the reports for good
-                log.exception("progress poll failed")
+        super().__init__(POLL_SECONDS, self.poll, "progress", log)
 
     def poll(self) -> None:
         for owner, pod in self.children.running_job_pods():

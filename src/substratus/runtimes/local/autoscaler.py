@@ -6,12 +6,12 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import threading
 from typing import TYPE_CHECKING
 
 from substratus.api.kinds import Server
 from substratus.api.loading import parse_object
 from substratus.core.autoscale import LOAD_PATH, Load, rescales
+from substratus.core.every import Every
 from substratus.core.graph import Key
 from substratus.runtimes.local.launch import service_host
 from substratus.runtimes.local.proxies import ROLE
@@ -24,28 +24,11 @@ log = logging.getLogger("substratus.supervisor")
 POLL_SECONDS = 0.2  # a cold start waits at most this long to begin
 
 
-class Autoscaler:
+class Autoscaler(Every):
     def __init__(self, ctl: Controller):
         self.ctl = ctl
         self.loads: dict[Key, Load] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="autoscaler", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(POLL_SECONDS):
-            try:
-                self.poll()
-            except Exception:  # pragma: no cover - a bug must not stop autoscaling for good
-                log.exception("autoscaler poll failed")
+        super().__init__(POLL_SECONDS, self.poll, "autoscaler", log)
 
     def poll(self) -> None:
         seen: set[Key] = set()

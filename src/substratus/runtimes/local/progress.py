@@ -5,11 +5,11 @@ and no state change the controller would otherwise see)."""
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from substratus.api.kinds import JobProgress
+from substratus.core.every import Every
 from substratus.core.graph import Key
 from substratus.core.progress import MAX_PROGRESS_BYTES, PROGRESS_FILE, parse_progress
 from substratus.runtimes.local.db import StateDB
@@ -27,29 +27,12 @@ def read_progress(workdir: str | Path) -> JobProgress | None:
         return None
 
 
-class ProgressWatcher:
+class ProgressWatcher(Every):
     def __init__(self, db: StateDB, enqueue: Callable[[Key], None]):
         self.db = db
         self.enqueue = enqueue
         self._seen: dict[int, int] = {}  # run id -> the report's mtime last seen
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(POLL_SECONDS):
-            try:
-                self.poll()
-            except Exception:  # pragma: no cover - a bug must not stop the reports for good
-                log.exception("progress poll failed")
+        super().__init__(POLL_SECONDS, self.poll, "progress", log)
 
     def poll(self) -> None:
         running = self.db.runs(role="job", phase="running")
