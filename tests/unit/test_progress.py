@@ -48,3 +48,29 @@ def test_progress_in_a_few_words() -> None:
     )
     assert progress_text({**status, "ready": True}) == "42% loss 1.731"  # no ETA once done
     assert progress_text({}) == ""
+
+
+def test_the_curve_in_the_terminal() -> None:
+    from substratus.cli.output import describe, sparkline
+
+    assert sparkline([3.0, 2.0, 1.0, 0.5]) == "█▅▂▁"
+    assert sparkline([1.0, 1.0]) == "▁▁"
+    assert len(sparkline([float(i) for i in range(500)], width=40)) == 40
+    doc = {"history": [2.0, "x", float("nan"), 1.0, True], "metrics": {"loss": 1.0}}
+    assert parse_progress(json.dumps(doc).replace("NaN", "NaN").encode()) == JobProgress(
+        history=[2.0, 1.0], metrics={"loss": 1.0}
+    )
+    obj = {
+        "kind": "Model",
+        "metadata": {"name": "m", "namespace": "default"},
+        "spec": {},
+        "status": {
+            "ready": True,
+            "url": "file:///a/m/g1/",
+            "files": ["loss.png", "model.safetensors"],
+            "progress": {"percent": 100.0, "history": [2.0, 1.5, 1.0], "metrics": {"loss": 1.0}},
+        },
+    }
+    text = describe(obj)
+    assert "  curve:      █▅▁  2 -> 1" in text
+    assert "  loss.png:   file:///a/m/g1/loss.png" in text

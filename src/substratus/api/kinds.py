@@ -186,6 +186,11 @@ class JobProgress(BaseModel):
         default_factory=dict, description="The latest metrics, e.g. loss, learning_rate."
     )
     message: str | None = Field(None, description="What it is doing, in a few words.")
+    history: list[float] = Field(
+        default_factory=list,
+        max_length=200,
+        description="The main metric (a trainer's loss) over the run so far, oldest first.",
+    )
     updated: str | None = Field(None, description="When the job wrote it (RFC 3339).")
 
 

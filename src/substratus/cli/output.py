@@ -43,6 +43,25 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 60) -> str:
+    """``values`` as one line of block characters, low to high, at most ``width`` wide."""
+    if not values:
+        return ""
+    if len(values) > width:  # the mean of each of ``width`` spans
+        span = len(values) / width
+        values = [
+            sum(chunk) / len(chunk)
+            for i in range(width)
+            if (chunk := values[int(i * span) : max(int((i + 1) * span), int(i * span) + 1)])
+        ]
+    low, high = min(values), max(values)
+    scale = (len(BLOCKS) - 1) / (high - low) if high > low else 0
+    return "".join(BLOCKS[round((v - low) * scale)] for v in values)
+
+
 def progress_text(status: dict[str, Any], full: bool = False) -> str:
     """A job's ``status.progress`` in a few words: ``42% 420/1000 eta 1m35s loss 1.73``."""
     p = status.get("progress") or {}
@@ -149,6 +168,13 @@ def describe(obj: dict[str, Any]) -> str:
         lines.append(f"  progress:   {progress_text(status, full=True)}")
         if status["progress"].get("updated"):
             lines.append(f"              reported {age(status['progress']['updated'])} ago")
+        history = status["progress"].get("history") or []
+        if len(history) > 1:
+            lines.append(
+                f"  curve:      {sparkline(history)}  {history[0]:.4g} -> {history[-1]:.4g}"
+            )
+    if "loss.png" in (status.get("files") or []) and status.get("url"):
+        lines.append(f"  loss.png:   {str(status['url']).rstrip('/')}/loss.png")
     if status.get("token"):
         lines.append("  token:      (set; `sub get notebook NAME -o json` shows it)")
     lines.append("Conditions:")

@@ -35,6 +35,14 @@ def parse_progress(data: bytes) -> JobProgress | None:
                 for k, v in metrics.items()
                 if isinstance(v, int | float) and not isinstance(v, bool) and v == v
             }
+        history = doc.get("history")
+        if isinstance(history, list):  # numbers only, the newest 200 at most
+            numbers = [
+                float(v)
+                for v in history
+                if isinstance(v, int | float) and not isinstance(v, bool) and v == v
+            ]
+            doc["history"] = numbers[-200:]
         return JobProgress.model_validate(doc)
     except (ValueError, ValidationError):
         return None

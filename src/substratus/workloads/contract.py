@@ -155,6 +155,7 @@ def report_progress(
     eta_seconds: float | None = None,
     metrics: dict[str, float] | None = None,
     message: str | None = None,
+    history: list[float] | None = None,
 ) -> None:
     """Write the contract's ``progress.json`` (core/progress.py), whole: the runtime shows it
     as ``status.progress``. Best effort: a report that cannot be written is skipped."""
@@ -171,6 +172,8 @@ def report_progress(
         doc["metrics"] = metrics
     if message:
         doc["message"] = message
+    if history:
+        doc["history"] = history[-200:]
     target = content_dir() / PROGRESS_FILE
     try:
         tmp = target.with_name(f".{PROGRESS_FILE}.tmp")

@@ -212,6 +212,14 @@ def planned_steps(config: TrainConfig, rows: int) -> int:
     return max(1, math.ceil(config.epochs * per_epoch))
 
 
+def _thin(values: list[float], most: int) -> list[float]:
+    """At most ``most`` values spread over the whole run, the last one included."""
+    if len(values) <= most:
+        return list(values)
+    step = len(values) / most
+    return [values[int(i * step)] for i in range(most - 1)] + [values[-1]]
+
+
 def _callback(stop: dict[str, bool]) -> Any:
     from transformers import TrainerCallback
 
@@ -220,9 +228,11 @@ def _callback(stop: dict[str, bool]) -> Any:
 
         started = 0.0
         first_step = 0
+        losses: list[float]
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             self.started, self.first_step = time.monotonic(), state.global_step
+            self.losses = []
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             if not logs or "loss" not in logs:
@@ -237,9 +247,10 @@ def _callback(stop: dict[str, bool]) -> Any:
                 f"({rate:.2f} steps/s, eta {eta:.0f}s)"
             )
             metrics = {k: float(logs[k]) for k in ("loss", "learning_rate", "epoch") if k in logs}
+            self.losses.append(round(float(logs["loss"]), 5))
             report_progress(
                 state.global_step, state.max_steps, eta_seconds=eta, metrics=metrics,
-                message="training",
+                message="training", history=_thin(self.losses, 120),
             )  # fmt: skip
 
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
