@@ -146,7 +146,13 @@ def runs_at_once(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> 
         "full": layout(
             base / "full",
             tiny_model,
-            {"method": "full", "max_steps": 12, "learning_rate": 3e-3, "save_steps": 6},
+            {
+                "method": "full",
+                "max_steps": 12,
+                "learning_rate": 3e-3,
+                "save_steps": 6,
+                "report_to": "tensorboard",
+            },
             {"chat.jsonl": jsonl(chat)},
         ),
         "sigterm": layout(
@@ -306,6 +312,14 @@ def test_loss_curve_recorded(runs_at_once: dict[str, Run]):
     assert summary["train_samples_per_second"] > 0
     assert metrics["params"]["method"] == "full" and metrics["data"]["rows"] == 24
     assert (run.artifacts / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # params.report_to=tensorboard: the same curve as TensorBoard event files in the artifacts.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [events] = {p.parent for p in (run.artifacts / "tensorboard").rglob("events.out.tfevents.*")}
+    board = EventAccumulator(str(events))
+    board.Reload()
+    losses = [e.value for e in board.Scalars("train/loss")]
+    assert len(losses) == 12 and losses[-1] == pytest.approx(history[-1]["loss"], rel=1e-4)
 
 
 def test_full_fine_tuning_chat_rows(runs_at_once: dict[str, Run], tiny_model: Path):
@@ -442,6 +456,13 @@ def test_bad_params(tmp_path: Path, tiny_model: Path):
         tmp_path / "run", tiny_model, {"method": "dpo"}, {"data.jsonl": jsonl([{"text": "hi"}])}
     )
     bad(root, "params.method", "'dpo'", "lora, full, qlora")
+    for reporter, words in (("comet", "not one of none, tensorboard, mlflow, wandb"),
+                            ("wandb", "needs the wandb package")):  # fmt: skip
+        root = layout(
+            tmp_path / reporter, tiny_model, {"report_to": reporter},
+            {"data.jsonl": jsonl([{"text": "hi"}])},
+        )  # fmt: skip
+        bad(root, "params.report_to", words)
 
 
 def test_qlora_without_cuda_or_bitsandbytes(runs_at_once: dict[str, Run]):

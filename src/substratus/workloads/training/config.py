@@ -66,6 +66,9 @@ class TrainConfig:
     logging_steps: int = 0  # 0: chosen from the number of steps
     warmup_steps: int = 0
     gradient_checkpointing: bool = False
+    # transformers' integrations to log to as well: tensorboard (into artifacts/tensorboard),
+    # mlflow, wandb (configured by their own environment: MLFLOW_TRACKING_URI, WANDB_API_KEY).
+    report_to: tuple[str, ...] = ()
 
     @property
     def uses_lora(self) -> bool:
@@ -162,6 +165,34 @@ def _resolve_aliases(params: Params) -> Params:
     return Params(values)
 
 
+# What each integration needs importable, and where it comes from.
+REPORTERS = {
+    "tensorboard": ("tensorboard", "the train extra (pip install tensorboard)"),
+    "mlflow": ("mlflow", "pip install mlflow"),
+    "wandb": ("wandb", "pip install wandb"),
+}
+
+
+def _report_to(params: Params) -> tuple[str, ...]:
+    import importlib.util
+
+    names = tuple(n.strip().lower() for n in params.items("report_to") if n.strip())
+    if names in ((), ("none",)):
+        return ()
+    for name in names:
+        if name not in REPORTERS:
+            raise ParamError(
+                f"params.report_to: {name!r} is not one of none, {', '.join(REPORTERS)}"
+            )
+        module, where = REPORTERS[name]
+        if importlib.util.find_spec(module) is None:
+            raise ParamError(
+                f"params.report_to: {name} needs the {module} package, which this image "
+                f"does not have ({where})"
+            )
+    return names
+
+
 def load_config(params: Params) -> TrainConfig:
     params = _resolve_aliases(params)
     method = (params.text("method", "lora") or "lora").strip().lower()
@@ -213,6 +244,7 @@ def load_config(params: Params) -> TrainConfig:
         logging_steps=params.integer("logging_steps", 0),
         warmup_steps=params.integer("warmup_steps", 0),
         gradient_checkpointing=params.flag("gradient_checkpointing", method == "qlora"),
+        report_to=_report_to(params),
     )
     _positive("learning_rate", config.learning_rate)
     _positive("batch_size", config.batch_size)

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from substratus.workloads.contract import report_progress
+from substratus.workloads.contract import artifacts_dir, report_progress
 from substratus.workloads.training.config import TrainConfig, TrainError
 from substratus.workloads.training.inputs import ModelInfo
 from substratus.workloads.training.tokens import Encoded, PadCollator
@@ -291,7 +291,7 @@ def train(
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=2,
-        report_to="none",
+        report_to=list(config.report_to) or "none",
         disable_tqdm=True,
         log_level="warning",
         seed=config.seed,
@@ -302,6 +302,9 @@ def train(
         remove_unused_columns=False,
         optim="paged_adamw_8bit" if config.method == "qlora" else "adamw_torch",
     )
+    if "tensorboard" in config.report_to:
+        # Into the artifacts, so the run's curves are kept with its model (tensorboard --logdir).
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(artifacts_dir() / "tensorboard"))
     stop = {"requested": False}
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
