@@ -442,3 +442,26 @@ def test_a_jobs_progress_reaches_status_get_and_describe(local: Local, tmp_path:
     go.touch()
     done = local.wait("Model", "p")
     assert done["status"]["progress"]["metrics"] == {"loss": 0.5}  # its last word stays
+
+
+def test_events_and_describe_say_what_happened(local: Local, tmp_path: Path) -> None:
+    assert (
+        sub("apply", "-f", "-", "--wait", input=LABELLED.format(name="e", team="t")).returncode == 0
+    )
+    local.apply(
+        "Server", "lost", {"image": "substratusai/base", "command": ["true"], "model": "nope"}
+    )
+    local.wait_reason("Server", "lost", "ModelNotFound")
+    r = sub("events")
+    header = ["LAST", "SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+    assert r.stdout.splitlines()[0].split() == header, r.stdout
+    assert any(
+        "Normal" in line and "Succeeded" in line and "model/e" in line
+        for line in r.stdout.splitlines()
+    )
+    warned = [line for line in r.stdout.splitlines() if "server/lost" in line]
+    assert warned and "Warning" in warned[-1] and "ModelNotFound" in warned[-1], r.stdout
+    own = sub("events", "model/e").stdout
+    assert "server/lost" not in own and "Succeeded" in own
+    described = sub("describe", "model/e").stdout
+    assert "\nEvents:\n  LAST SEEN" in described and "Succeeded" in described.split("Events:")[1]

@@ -409,6 +409,10 @@ def test_sub_drives_the_cluster_with_the_same_verbs(
     assert sub(plane, "get", "models", "-n", ns, "-o", path, env=env).stdout == "hello hi.txt"
     waited = sub(plane, "wait", "models", "-l", "team", "-n", ns, "--timeout", "10s", env=env)
     assert waited.stdout == "model/hello condition met\n", waited.stderr
+    happened = sub(plane, "events", "model/hello", "-n", ns, env=env)
+    assert "Succeeded" in happened.stdout and "model/hello" in happened.stdout, happened.stderr
+    described = sub(plane, "describe", "model/hello", "-n", ns, env=env).stdout
+    assert "Succeeded" in described.split("Events:")[1]  # the Event the operator recorded
     version = sub(plane, "version", env=env)
     assert "Server Version: Kubernetes v1." in version.stdout, version.stderr
     missing = sub(plane, "get", "model/nope", "-n", ns, env=env)

@@ -18,7 +18,7 @@ from lightkube import ALL_NS, ApiError, Client, KubeConfig
 from lightkube.codecs import from_dict
 from lightkube.core.exceptions import ConfigError
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.core_v1 import Pod, Secret
+from lightkube.resources.core_v1 import Event, Pod, Secret
 from lightkube.types import PatchType
 
 from substratus.api.kinds import KINDS
@@ -109,6 +109,33 @@ class KubeClient:
             raise UnavailableError(f"cluster {self.context!r}: {e}") from None
 
     # -- the Client interface -------------------------------------------------------------
+
+    def events(
+        self, namespace: str | None, kind: str | None = None, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        fields = {"involvedObject.kind": kind, "involvedObject.name": name}
+        selector = {k: v for k, v in fields.items() if v}
+        found = self._call(
+            "events", self.k.list, Event, namespace=namespace or ALL_NS, fields=selector or None
+        )
+        rows = []
+        for e in found:
+            about = e.involvedObject
+            when = (
+                e.lastTimestamp or e.eventTime or e.firstTimestamp or e.metadata.creationTimestamp
+            )
+            rows.append(
+                {
+                    "type": e.type or "Normal",
+                    "reason": e.reason or "",
+                    "message": (e.message or "").split("\n", 1)[0],
+                    "object": f"{(about.kind or '').lower()}/{about.name}",
+                    "namespace": e.metadata.namespace,
+                    "time": when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else "",
+                    "count": e.count or 1,
+                }
+            )
+        return sorted(rows, key=lambda r: r["time"])
 
     def server_version(self) -> str:
         def get() -> Any:

@@ -25,6 +25,7 @@ from substratus.cli.common import (
 )
 from substratus.cli.completion import complete_kind, complete_target
 from substratus.cli.diff import diff, dry_run_apply
+from substratus.cli.events import describe, events
 from substratus.cli.get import Selector, get
 from substratus.cli.local import local_app
 from substratus.cli.notebook.command import notebook
@@ -41,6 +42,8 @@ app.add_typer(local_app, name="local")
 app.command()(notebook)
 app.command()(get)
 app.command()(diff)
+app.command()(events)
+app.command()(describe)
 app.command(name="open")(open_)
 
 
@@ -148,30 +151,6 @@ def apply(
                     err,
                 )
                 out.print(f"{obj['kind'].lower()}/{meta['name']} ready")
-
-    guarded(run)
-
-
-@app.command()
-def describe(
-    target: Annotated[
-        list[str], typer.Argument(help="KIND/NAME or KIND NAME.", autocompletion=complete_target)
-    ],
-    namespace: Namespace = "default",
-) -> None:
-    """Show an object's spec, status and conditions (with failure log tails)."""
-    from substratus.cli import output as fmt
-    from substratus.cli.targets import parse_target
-
-    def run() -> None:
-        kinds, name = parse_target(target)
-        c = client()
-        objs = (
-            [c.get(kinds[0], namespace, name)]
-            if name
-            else [o for k in kinds for o in c.list_objects(k, namespace)]
-        )
-        out.print("\n\n".join(fmt.describe(o) for o in objs), markup=False)
 
     guarded(run)
 

@@ -75,6 +75,13 @@ class Client(Protocol):
 
     def delete_secret(self, namespace: str, name: str) -> None: ...
 
+    def events(
+        self, namespace: str | None, kind: str | None = None, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """What happened (core/events.py rows), oldest first: in a namespace (None: all), or
+        to one object."""
+        ...
+
     def server_version(self) -> str:
         """What answers: the local supervisor and its version, or the cluster's Kubernetes."""
         ...

@@ -32,6 +32,7 @@ from lightkube.types import CascadeType, PatchType
 from substratus.api.kinds import KINDS, Notebook, NotebookStatus, Resource
 from substratus.api.loading import parse_object
 from substratus.core.actions import Action, EnsureService, StartBuild, StartJob, StopWorkload
+from substratus.core.events import notice
 from substratus.core.graph import Key, dependencies
 from substratus.core.naming import retains_artifacts
 from substratus.core.observed import Observed, Phase
@@ -42,6 +43,7 @@ from substratus.core.world import mount_sources
 from substratus.runtimes.kubernetes import (
     autoscaling,
     builds,
+    events,
     jobs,
     logs,
     names,
@@ -283,7 +285,13 @@ class Operator:
             self._pruned[obj.key] = keep
 
     def _write_status(self, kind: str, body: dict[str, Any], status: dict[str, Any]) -> None:
-        self._patch(RESOURCES[kind].Status, body, {"status": status})
+        written = self._patch(RESOURCES[kind].Status, body, {"status": status})
+        happened = notice(body.get("status"), status)
+        if written is not None and happened is not None:
+            try:  # an event is a record for people: never a reason to decide again
+                self.client.create(from_dict(events.event_manifest(kind, body, happened)))
+            except ApiError as e:
+                log.warning("could not record the event %s: %s", happened.reason, e.status.message)
 
     def _patch_meta(
         self, kind: str, body: dict[str, Any], changes: dict[str, Any]

@@ -142,6 +142,14 @@ class LocalClient:
         out: dict[str, Any] = self._request("GET", "/healthz")
         return out
 
+    def events(
+        self, namespace: str | None, kind: str | None = None, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = (("namespace", namespace), ("kind", kind), ("name", name))
+        params = {k: v for k, v in query if v}
+        out: list[dict[str, Any]] = self._request("GET", "/events", params=params)["items"]
+        return out
+
     def server_version(self) -> str:
         health = self.health()
         version = health.get("version", "unknown")

@@ -14,6 +14,8 @@ from typing import Any
 from substratus.api.kinds import Resource, Server
 from substratus.api.loading import parse_object
 from substratus.core.actions import Action, EnsureService, StartBuild, StartJob, StopWorkload
+from substratus.core.conditions import now_iso
+from substratus.core.events import notice
 from substratus.core.graph import Key, dependents
 from substratus.core.images import builtin_module
 from substratus.core.observed import (
@@ -152,8 +154,11 @@ class Controller:
             if fresh["metadata"].get("generation") != seen["metadata"].get("generation"):
                 self.enqueue(key)  # the spec changed while we decided: decide again
                 return
+            happened = notice(fresh.get("status"), status)
             fresh["status"] = status
             self.db.put(fresh, created=False)
+            if happened is not None:
+                self.db.add_notice(key, happened, now_iso())
         self.enqueue_dependents(key)
 
     def enqueue_dependents(self, key: Key) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from substratus.core.conditions import now_iso
+from substratus.core.events import Notice, event_row
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -49,7 +50,13 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_by_object ON runs (kind, namespace, name, role);
 -- Artifact versions due for deletion that a running workload still mounts.
 CREATE TABLE IF NOT EXISTS retired (url TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS notices (  -- `sub events` (core/events.py), newest kept
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    type TEXT NOT NULL, reason TEXT NOT NULL, message TEXT NOT NULL, time TEXT NOT NULL
+);
 """
+NOTICE_HISTORY = 5000
 
 # Keep enough history for watchers that reconnect; older events are compacted away.
 EVENT_HISTORY = 1000
@@ -235,6 +242,35 @@ class StateDB:
                 "INSERT OR REPLACE INTO secrets (namespace, name, data) VALUES (?, ?, ?)",
                 (namespace, name, json.dumps(data)),
             )
+
+    def add_notice(self, key: tuple[str, str, str], n: Notice, time: str) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                "INSERT INTO notices (kind, namespace, name, type, reason, message, time)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*key, n.type, n.reason, n.message, time),
+            )
+            conn.execute(
+                "DELETE FROM notices WHERE id <= (SELECT MAX(id) FROM notices) - ?",
+                (NOTICE_HISTORY,),
+            )
+
+    def notices(
+        self, namespace: str | None, kind: str | None = None, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Events, oldest first; of one namespace, kind or object when given."""
+        sql, args = "SELECT * FROM notices WHERE 1=1", []
+        for column, value in (("namespace", namespace), ("kind", kind), ("name", name)):
+            if value:
+                sql += f" AND {column}=?"
+                args.append(value)
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+        out = []
+        for r in rows:
+            n = Notice(r["type"], r["reason"], r["message"])
+            out.append(event_row(r["kind"], r["namespace"], r["name"], n, r["time"]))
+        return out
 
     def get_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         with self._lock:

@@ -166,6 +166,9 @@ class Handler(BaseHTTPRequestHandler):
                 dry_run = q.get("dryRun", "").lower() in ("1", "true", "all")
                 action, obj = svc.apply(self._body(), q.get("source", "<request>"), dry_run)
                 self._send(200, {"action": action, "object": obj})
+            case "GET", ["events"]:
+                ns, kind, name = q.get("namespace"), q.get("kind"), q.get("name")
+                self._send(200, {"items": svc.db.notices(ns, kind, name)})
             case "GET", ["objects"]:
                 self._send(200, {"items": svc.list_objects(q.get("kind"), q.get("namespace"))})
             case "GET", ["objects", kind, ns, name]:
