@@ -147,3 +147,18 @@ def test_explain_a_kind_and_a_field_from_the_crd_schema() -> None:
         explain("server.spec.nope")
     with pytest.raises(UsageError, match="unknown kind"):
         explain("pods")
+
+
+def test_progress_lines_that_logs_draws_as_bars() -> None:
+    from substratus.cli.logbars import parse
+
+    found = parse("loading s3://b/x.jsonl: 12.5 MB of 100.0 MB (3.1 MB/s) …")
+    assert found is not None and (found["what"], found["done"], found["total"]) == (
+        "loading s3://b/x.jsonl",
+        12.5,
+        100.0,
+    )
+    rows = parse("loading rows: 1200 rows (300.0 rows/s) done")
+    assert rows is not None and rows["total"] is None and rows["finished"] is True
+    for other in ("step 3/8 loss 1.2", "hello: world", "x: 1 MB (fast) maybe"):
+        assert parse(other) is None

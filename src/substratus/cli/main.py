@@ -172,7 +172,13 @@ def logs(
 
     def run() -> None:
         kind, name = parse_named(target, "logs")
-        for chunk in client().logs(kind, namespace, name, follow=follow, tail=tail):
+        stream = client().logs(kind, namespace, name, follow=follow, tail=tail)
+        if follow and out.is_terminal:  # progress lines as live bars
+            from substratus.cli.logbars import render
+
+            render(stream, out)
+            return
+        for chunk in stream:
             sys.stdout.buffer.write(chunk)
             sys.stdout.buffer.flush()
 
