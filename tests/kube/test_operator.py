@@ -226,6 +226,26 @@ def test_a_server_serves_its_model_through_a_service(
     deploy = json.loads(plane.kubectl("get", "deploy", "-n", ns, "-o", "json").stdout)["items"]
     assert [d["spec"]["replicas"] for d in deploy] == [2]
 
+    # `sub open server/s`: a port-forward to a replica, and its /docs URL, until Ctrl-C.
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(plane.kubeconfig),
+        "SUBSTRATUS_CONTEXT": "substratus-test",
+    }
+    opener = subprocess.Popen(
+        [str(Path(sys.executable).parent / "sub"), "open", "server/s", "-n", ns, "--no-browser"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert opener.stdout is not None
+        page = opener.stdout.readline().strip()
+        assert page.startswith("http://127.0.0.1:") and page.endswith("/docs"), page
+        with urllib.request.urlopen(page.removesuffix("docs") + "sub/w.bin", timeout=10) as r:
+            assert r.read() == b"weights\n"  # the replica, through the forward
+    finally:
+        opener.terminate()
+        opener.wait(10)
+
 
 def test_a_jobs_progress_reaches_its_status_on_the_real_node(
     operator: Proc, kube_node: RealNode, kube_namespace: str
