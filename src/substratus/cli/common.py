@@ -84,6 +84,8 @@ def guarded(fn: Callable[[], T]) -> T:
         fail(str(exc), EXIT_FAILED)
     except (ValueError, OSError) as exc:
         fail(str(exc), EXIT_INVALID)
+    except KeyboardInterrupt:  # Ctrl-C ends a watch, a follow or a forward: no traceback
+        raise SystemExit(130) from None
 
 
 def parse_duration(text: str) -> float:

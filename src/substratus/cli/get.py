@@ -119,7 +119,7 @@ def _watch(
             obj = event["object"]
             meta = obj["metadata"]
             ident = (meta["namespace"], meta["name"])
-            version = f"{event['type']}:{meta.get('resourceVersion')}"
+            version = "DELETED" if event["type"] == "DELETED" else str(meta.get("resourceVersion"))
             if not matches(obj) or seen.get(ident) == version:
                 continue
             seen[ident] = version
