@@ -72,7 +72,7 @@ def test_apply_get_describe_logs_wait_delete(local: Local, tmp_path: Path) -> No
     assert sub("wait", "models", "b", "--timeout", "60s").returncode == 0
 
     table = sub("get", "models").stdout.splitlines()
-    assert table[0].split() == ["NAME", "READY", "STATUS", "SIZE", "AGE"]
+    assert table[0].split() == ["NAME", "READY", "STATUS", "PROGRESS", "SIZE", "AGE"]
     assert table[1].split()[:3] == ["a", "true", "Succeeded"]
     wide = sub("get", "ml", "-o", "wide").stdout
     assert "file://" in wide and "substratusai/base" in wide
