@@ -214,7 +214,8 @@ def test_printer_columns(kind: type[Resource]) -> None:
     }
     expected = {"Ready", "Age"}
     if kind.KIND in ("Model", "Dataset"):
-        expected |= {"Size", "URL"}
+        expected |= {"Progress", "Size", "URL"}
+        assert cols["Progress"]["jsonPath"] == ".status.progress.percent"
         assert cols["Size"]["jsonPath"] == ".status.diskSize"
         assert cols["URL"]["jsonPath"] == ".status.url"
         assert cols["URL"]["priority"] == 1

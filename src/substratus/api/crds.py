@@ -339,6 +339,15 @@ def _printer_columns(cls: type[Resource]) -> list[JSON]:
 
     cols = [column("Ready", ".status.ready", "boolean", status_cls)]
     if cls.HAS_ARTIFACTS:
+        # kubectl's PROGRESS column, as `sub get` shows one: the job's percent done.
+        cols.append(
+            {
+                "name": "Progress",
+                "type": "number",
+                "jsonPath": ".status.progress.percent",
+                "description": "How much of the job is done, 0-100.",
+            }
+        )
         cols.append(column("Size", ".status.diskSize", "string", status_cls))
         cols.append(column("URL", ".status.url", "string", status_cls, priority=1))
     if "replicas" in status_cls.model_fields:
