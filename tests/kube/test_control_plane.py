@@ -232,7 +232,7 @@ def test_kubectl_get_ai_lists_every_kind(
     assert _until("kubectl get ai", lambda: listed() == want, timeout=20)
 
     table = plane.kubectl("get", "ml", "-n", ns).stdout  # the short name, the printer columns
-    assert re.match(r"NAME\s+READY\s+SIZE\s+AGE", table), table
+    assert re.match(r"NAME\s+READY\s+PROGRESS\s+SIZE\s+AGE", table), table
     assert "m1" in table
 
 
