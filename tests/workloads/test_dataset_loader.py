@@ -147,7 +147,11 @@ def test_formats_over_http_and_from_disk(tmp_path: Path, files: Files) -> None:
     assert meta["sources"][:5] == [a, b, c, d, e]
     assert meta["sources"][5].endswith("more/f.json") and len(meta["sources"]) == 7
     assert sorted(p.name for p in (run / "artifacts").iterdir()) == ["data.jsonl", "dataset.json"]
-    assert sorted(p.name for p in run.iterdir()) == ["artifacts", "params.json"]  # no scratch
+    # No scratch left: the contract's files only (progress.json: the last progress report).
+    assert sorted(p.name for p in run.iterdir()) in (
+        ["artifacts", "params.json"],
+        ["artifacts", "params.json", "progress.json"],
+    )  # no scratch
     assert "12 rows, 4 columns from 7 source(s)" in done.stdout
 
 
@@ -236,7 +240,11 @@ def test_hugging_face_dataset_by_name_from_a_local_dataset_dir(tmp_path: Path) -
     run = tmp_path / "run-percent"  # a percentage: datasets' own slicing
     ok(load(run, {"name": str(ds), "split": "train[:30%]"}))
     assert [r["q"] for r in jsonl(run / "artifacts" / "data.jsonl")] == ["t0", "t1", "t2"]
-    assert sorted(p.name for p in run.iterdir()) == ["artifacts", "params.json"]
+    # No scratch left: the contract's files only (progress.json: the last progress report).
+    assert sorted(p.name for p in run.iterdir()) in (
+        ["artifacts", "params.json"],
+        ["artifacts", "params.json", "progress.json"],
+    )
 
     done = load(tmp_path / "run-bad", {"name": str(ds), "split": "validation"})
     assert done.returncode == 2 and "params.split" in done.stderr, done.stderr
