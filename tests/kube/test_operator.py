@@ -347,7 +347,9 @@ def test_an_autoscaled_server_scales_from_zero_and_back_on_the_real_node(
         with urllib.request.urlopen(proxy + "/_substratus/load", timeout=5) as r:
             load = r.read().decode()
         logs = plane.kubectl("logs", "-n", ns, "deploy/auto-server-proxy", check=False)
-        pods = plane.kubectl("get", "pods", "-n", ns, "-o", "wide", check=False).stdout
+        pods = plane.kubectl(
+            "get", "pods,endpointslices", "-n", ns, "-o", "wide", check=False
+        ).stdout
         raise AssertionError(
             f"{exc}; load {load}; deployments {_deployments(plane, ns)}\npods:\n{pods}\n"
             f"proxy log:\n{logs.stdout}{logs.stderr}\noperator:\n{operator.tail(40)}"

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +17,7 @@ log = logging.getLogger("substratus.proxy")
 PROBE_TIMEOUT = 2.0
 FAST_PROBE = 0.1  # while requests wait for a replica, or none is ready
 SLOW_PROBE = 1.0
+SAY_EVERY = 10.0
 
 
 class Upstreams:
@@ -26,6 +28,7 @@ class Upstreams:
         self.ready: set[str] = set()
         self.in_flight: dict[str, int] = {}
         self.waiters = 0  # requests held: probe often
+        self._said: dict[str, float] = {}  # url -> when its not being ready was last logged
         self._changed = asyncio.Event()
 
     # -- choosing ---------------------------------------------------------------------------
@@ -91,11 +94,18 @@ class Upstreams:
             fast = self.waiters > 0 or not self.ready
             await asyncio.sleep(FAST_PROBE if fast else SLOW_PROBE)
 
-    @staticmethod
-    async def _probe(session: aiohttp.ClientSession, url: str) -> bool:
+    async def _probe(self, session: aiohttp.ClientSession, url: str) -> bool:
         try:
             timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
             async with session.get(url + "/", timeout=timeout) as resp:
-                return resp.status == 200
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            return False
+                if resp.status == 200:
+                    return True
+                why = f"GET / answered {resp.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        # Why a replica is not ready, now and then (a held request waits on it).
+        now = time.monotonic()
+        if self.waiters and now - self._said.get(url, 0.0) >= SAY_EVERY:
+            self._said[url] = now
+            log.info("not ready: %s (%s)", url, why)
+        return False
