@@ -19,7 +19,6 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -272,107 +271,6 @@ def test_a_jobs_progress_reaches_its_status_on_the_real_node(
     assert status["ready"] is False  # seen while it runs
     done = wait_for(plane, operator, ns, "Model", "slow", "Succeeded")
     assert done["status"]["progress"]["percent"] == 30  # its last word stays
-
-
-def _deployments(plane: ControlPlane, ns: str) -> dict[str, int]:
-    items = json.loads(plane.kubectl("get", "deploy", "-n", ns, "-o", "json").stdout)["items"]
-    return {d["metadata"]["name"]: d["spec"]["replicas"] for d in items}
-
-
-def _get_all(url: str, n: int) -> list[tuple[int, str, str | None]]:
-    """``n`` GETs at once: status, body and the proxy's queued-seconds header of each."""
-
-    def one(_: int) -> tuple[int, str, str | None]:
-        with urllib.request.urlopen(url, timeout=120) as r:
-            return r.status, r.read().decode(), r.headers.get("X-Substratus-Queued-Seconds")
-
-    with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(one, range(n)))
-
-
-def test_an_autoscaled_server_scales_from_zero_and_back_on_the_real_node(
-    operator: Proc, kube_node: RealNode, kube_namespace: str
-) -> None:
-    plane, ns = kube_node.plane, kube_namespace
-    model = {"image": {"name": TOOLBOX_IMAGE}, "command": ["sh", "-c", "echo w > artifacts/w"]}
-    apply(plane, ns, "Model", "m", model)
-    serve = (
-        "mkdir -p /tmp/www && echo up > /tmp/www/index.html && exec httpd -f -p $PORT -h /tmp/www"
-    )
-    server = {
-        "image": {"name": TOOLBOX_IMAGE},
-        "command": ["sh", "-c", serve],
-        "model": {"name": "m"},
-        "autoscaling": {
-            "minReplicas": 0,
-            "maxReplicas": 2,
-            "targetInFlight": 2,
-            "scaleDownDelaySeconds": 3,
-            "queueLimit": 10,
-        },
-    }
-    apply(plane, ns, "Server", "auto", server)
-    served = wait_for(plane, operator, ns, "Server", "auto", "Serving")
-    assert served["status"]["url"] == f"http://auto-server-proxy.{ns}.svc.cluster.local:8080"
-    assert "scaled to zero" in served["status"]["conditions"][0]["message"]
-    assert _deployments(plane, ns)["auto-server-deploy"] == 0
-    # The proxy is pointed at the replicas' Service by its cluster IP (no DNS needed).
-    backend = plane.kubectl(
-        "get", "svc", "-n", ns, "auto-server-svc", "-o", "jsonpath={.spec.clusterIP}"
-    )
-    env = '{.spec.template.spec.containers[0].env[?(@.name=="UPSTREAMS")].value}'
-    upstream = plane.kubectl(
-        "get", "deploy", "-n", ns, "auto-server-proxy", "-o", f"jsonpath={env}"
-    )
-    assert upstream.stdout == f"http://{backend.stdout}:8080"
-    ip = plane.kubectl(
-        "get", "svc", "-n", ns, "auto-server-proxy", "-o", "jsonpath={.spec.clusterIP}"
-    )
-    proxy = f"http://{ip.stdout}:8080"
-    deadline = time.monotonic() + 30
-    while True:  # kube-proxy programs the Service's rules a moment after the proxy is Ready
-        try:
-            with urllib.request.urlopen(proxy + "/", timeout=3) as r:
-                assert json.loads(r.read())["readyReplicas"] == 0  # asked, and nothing woke
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-    # Six requests at zero: held while the operator scales the Deployment and a pod starts.
-    try:
-        results = _get_all(proxy + "/index.html", 6)
-    except OSError as exc:  # say what the proxy and the cluster saw
-        with urllib.request.urlopen(proxy + "/_substratus/load", timeout=5) as r:
-            load = r.read().decode()
-        logs = plane.kubectl("logs", "-n", ns, "deploy/auto-server-proxy", check=False)
-        pods = plane.kubectl(
-            "get", "pods,endpointslices", "-n", ns, "-o", "wide", check=False
-        ).stdout
-        raise AssertionError(
-            f"{exc}; load {load}; deployments {_deployments(plane, ns)}\npods:\n{pods}\n"
-            f"proxy log:\n{logs.stdout}{logs.stderr}\noperator:\n{operator.tail(40)}"
-        ) from exc
-    assert [(code, body) for code, body, _ in results] == [(200, "up\n")] * 6
-    assert all(queued is not None and float(queued) > 0 for _, _, queued in results)
-    assert _deployments(plane, ns)["auto-server-deploy"] == 2  # 6 / 2 = 3, capped at 2
-
-    # Nothing for the delay: the operator scales it back to zero, and the pods go.
-    deadline = time.monotonic() + 90
-    while _deployments(plane, ns)["auto-server-deploy"] != 0:
-        assert time.monotonic() < deadline, operator.tail(40)
-        time.sleep(0.5)
-    wait_for(plane, operator, ns, "Server", "auto", "Serving")
-
-    # Autoscaling off: the proxy goes, the Server's own Service is the address again.
-    apply(plane, ns, "Server", "auto", {k: v for k, v in server.items() if k != "autoscaling"})
-    deadline = time.monotonic() + 60
-    while "auto-server-proxy" in _deployments(plane, ns):
-        assert time.monotonic() < deadline, operator.tail(40)
-        time.sleep(0.5)
-    back = wait_for(plane, operator, ns, "Server", "auto", "Serving")
-    assert back["status"]["url"] == f"http://auto-server-svc.{ns}.svc.cluster.local:8080"
 
 
 def sub(plane: ControlPlane, *args: str, env: dict[str, str] | None = None) -> Any:
