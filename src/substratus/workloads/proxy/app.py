@@ -173,7 +173,7 @@ class Proxy:
     async def _hold(self, deadline: float, counted: bool) -> str | None:
         """Wait for a ready replica until ``deadline``; the request counts as waiting."""
         self.demand.change(waiting=1)
-        self.upstreams.waiters += 1
+        self.upstreams.waiting(+1)
         try:
             while (url := self.upstreams.pick()) is None:
                 left = deadline - time.monotonic()
@@ -182,7 +182,7 @@ class Proxy:
                 await self.upstreams.changed(left)
             return url
         finally:
-            self.upstreams.waiters -= 1
+            self.upstreams.waiting(-1)
             self.demand.change(waiting=-1)
 
     async def _send(

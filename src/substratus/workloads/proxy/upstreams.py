@@ -30,6 +30,7 @@ class Upstreams:
         self.waiters = 0  # requests held: probe often
         self._said: dict[str, float] = {}  # url -> when its not being ready was last logged
         self._changed = asyncio.Event()
+        self._wake = asyncio.Event()  # a request began to wait: probe now
 
     # -- choosing ---------------------------------------------------------------------------
 
@@ -91,8 +92,19 @@ class Upstreams:
                     log.info("ready: %s", ", ".join(sorted(added)))
                 self.ready = now_ready
                 self._notify()
-            fast = self.waiters > 0 or not self.ready
-            await asyncio.sleep(FAST_PROBE if fast else SLOW_PROBE)
+            # Often while requests wait; else once a second (at zero replicas too: nobody needs
+            # an answer, and a new waiter wakes this at once).
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), FAST_PROBE if self.waiters > 0 else SLOW_PROBE
+                )
+
+    def waiting(self, change: int) -> None:
+        """A request starts (+1) or stops (-1) waiting for a ready replica."""
+        self.waiters += change
+        if change > 0:
+            self._wake.set()
 
     async def _probe(self, session: aiohttp.ClientSession, url: str) -> bool:
         try:
