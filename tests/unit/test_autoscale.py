@@ -145,34 +145,9 @@ def test_autoscaled_server_reports_a_replica_that_keeps_crashing() -> None:
     assert d.status.url == "http://h:9"  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(
-    ("url", "env", "want"),
-    [
-        ("http://s-server-svc.ns.svc.cluster.local:8080", {}, None),  # DNS, as usual
-        (
-            "http://s-server-svc.ns.svc.cluster.local:8080",
-            {"S_SERVER_SVC_SERVICE_HOST": "10.96.0.7"},
-            "http://10.96.0.7:8080",
-        ),
-        (
-            "http://s-server-svc.ns.svc:8080",
-            {"S_SERVER_SVC_SERVICE_HOST": "fd00::7"},
-            "http://[fd00::7]:8080",
-        ),
-        ("http://127.0.0.1:9000", {"127_SERVICE_HOST": "x"}, None),  # not a Service name
-    ],
-)
-def test_the_proxy_reaches_a_service_without_dns(
-    url: str, env: dict[str, str], want: str | None
-) -> None:
-    from substratus.workloads.proxy.__main__ import service_link
-
-    assert service_link(url, env) == (want or url)
-
-
 def test_an_autoscaled_server_on_a_cluster_has_a_proxy_in_front() -> None:
     from substratus.core.world import MountSources
-    from substratus.runtimes.kubernetes import services
+    from substratus.runtimes.kubernetes import autoscaling, services
     from substratus.runtimes.kubernetes.config import OperatorConfig
 
     cfg = OperatorConfig(artifact_url="s3://b", helper_image="helper:1")
@@ -181,7 +156,6 @@ def test_an_autoscaled_server_on_a_cluster_has_a_proxy_in_front() -> None:
     action = EnsureService(1, IMAGE, 0, policy)
     children = services.service_children(obj, action, cfg, MountSources(None, None), ["true"])
     kinds = [(c["kind"], c["metadata"]["name"]) for c in children]
-    # The replicas' Service first: the proxy's pod finds its address in its environment.
     assert kinds == [
         ("Service", "x-server-svc"),
         ("Deployment", "x-server-deploy"),
@@ -190,8 +164,15 @@ def test_an_autoscaled_server_on_a_cluster_has_a_proxy_in_front() -> None:
     ]
     assert children[1]["spec"]["replicas"] == 0
     proxy = children[2]["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["value"] for e in proxy["env"]}
-    assert env["UPSTREAMS"] == "http://x-server-svc.default.svc.cluster.local:8080"
+    env = {e["name"]: e.get("value") or e["valueFrom"] for e in proxy["env"]}
+    # Its replicas come from the operator, with the token of the Secret the Server owns.
+    assert "UPSTREAMS" not in env
+    assert env["PROXY_TOKEN"] == {"secretKeyRef": {"name": "x-server-proxy", "key": "token"}}
+    secret = autoscaling.token_secret(obj)
+    assert secret["metadata"]["name"] == "x-server-proxy"
+    assert secret["metadata"]["ownerReferences"][0]["name"] == "x"
+    assert len(secret["stringData"]["token"]) >= 40
+    assert secret["stringData"] != autoscaling.token_secret(obj)["stringData"]
     assert (env["QUEUE_LIMIT"], env["LOAD_WINDOW_SECONDS"]) == ("100", "300")
     assert proxy["image"] == "helper:1"
     assert proxy["command"] == ["python", "-m", "substratus.workloads.proxy"]
@@ -220,3 +201,28 @@ def test_the_proxy_on_a_cluster_checks_the_servers_keys() -> None:
     children = services.service_children(obj, action, cfg, MountSources(None, None), ["true"])
     [env] = [c["env"] for c in children[2]["spec"]["template"]["spec"]["containers"]]
     assert {"name": "API_KEYS", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "k"}}} in env
+
+
+def _pod(role: str, ip: str | None, phase: str = "Running", deleting: bool = False) -> dict:
+    meta: dict = {"labels": {"substratus.ai/role": role}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-02T00:00:00Z"
+    return {"metadata": meta, "status": {"phase": phase, **({"podIP": ip} if ip else {})}}
+
+
+def test_the_proxy_on_a_cluster_is_told_the_replicas_that_can_take_requests() -> None:
+    from substratus.runtimes.kubernetes.autoscaling import replica_urls
+
+    pods = [
+        _pod("service", "10.0.0.9"),
+        _pod("service", "10.0.0.3"),  # loading or ready: the proxy probes it itself
+        _pod("service", None, phase="Pending"),  # no address yet
+        _pod("service", "10.0.0.4", deleting=True),  # scaled down: no new request
+        _pod("service", "10.0.0.5", phase="Failed"),
+        _pod("proxy", "10.0.0.6"),  # the proxy itself
+        _pod("service", "fd00::7"),
+    ]
+    assert replica_urls(pods, 8080) == [
+        "http://10.0.0.3:8080", "http://10.0.0.9:8080", "http://[fd00::7]:8080",
+    ]  # fmt: skip
+    assert replica_urls([], 8080) == []

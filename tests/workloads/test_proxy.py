@@ -80,6 +80,7 @@ def test_no_replica_in_time_is_a_503_naming_the_setting(proxy: tuple[str, Path])
     # The held request counted while it waited; nothing waits now.
     assert load(url) | {"window": 0} == {
         "inFlight": 0, "waiting": 0, "peak": 1, "window": 0, "readyReplicas": 0, "replicas": 0,
+        "upstreams": [],
     }  # fmt: skip
 
 
@@ -144,3 +145,47 @@ def check_keys(url: str) -> None:
         url + "/v1/completions", json={"prompt": "hi"}, headers={"Authorization": f"Bearer {KEY}"}
     )
     assert r.headers["x-substratus-reason"] == "queue_timeout"  # held, as a keyed request is
+
+
+TOKEN = "t" * 43
+
+
+def test_the_operator_sets_the_replicas_with_the_proxys_token(tmp_path: Path) -> None:
+    """On a cluster the operator PUTs the replicas' pod addresses; only with the token."""
+    replica = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=replica.serve_forever, daemon=True).start()
+    there = f"http://127.0.0.1:{replica.server_address[1]}"
+    with start_proxy(tmp_path, UPSTREAMS_FILE="", PROXY_TOKEN=TOKEN) as (url, _):
+        put = url + "/_substratus/upstreams"
+        header = "X-Substratus-Proxy-Token"
+        for headers in ({}, {header: "x" * 43}, {"Authorization": f"Bearer {TOKEN}"}):
+            r = httpx.put(put, json=["http://10.0.0.9:8080"], headers=headers)
+            assert r.status_code == 403 and header in r.json()["error"]["message"]
+        for body in ({"urls": []}, ["ftp://x"], [1], ["http://x"] * 1001):
+            r = httpx.put(put, json=body, headers={header: TOKEN})
+            assert r.status_code == 400, body
+        r = httpx.put(put, content=b"not json", headers={header: TOKEN})
+        assert r.status_code == 400
+        assert httpx.get(put).status_code == 405
+        assert load(url)["upstreams"] == []  # nothing refused changed anything
+        # A held request is answered by the replica the operator names.
+        results: list[httpx.Response] = []
+        held = threading.Thread(target=lambda: results.append(httpx.get(url + "/v1/x", timeout=5)))
+        held.start()
+        time.sleep(0.3)
+        r = httpx.put(put, json=[there + "/"], headers={header: TOKEN})
+        assert r.status_code == 200 and r.json() == {"upstreams": [there]}
+        held.join(10)
+        assert [r.status_code for r in results] == [200] and results[0].json() == {"path": "/v1/x"}
+        assert load(url)["upstreams"] == [there] and load(url)["readyReplicas"] == 1
+        # Taken away again: no new request goes there.
+        assert httpx.put(put, json=[], headers={header: TOKEN}).status_code == 200
+        r = httpx.get(url + "/v1/x", timeout=5)
+        assert r.headers["x-substratus-reason"] == "queue_timeout"
+    replica.shutdown()
+
+
+def test_a_proxy_without_a_token_takes_no_replicas_from_outside(proxy: tuple[str, Path]) -> None:
+    url, _ = proxy
+    r = httpx.put(url + "/_substratus/upstreams", json=[], headers={"X-Substratus-Proxy-Token": ""})
+    assert r.status_code == 404

@@ -18,6 +18,13 @@ if TYPE_CHECKING:
 # Where a proxy answers with its load (JSON), beside the metrics it exports; both runtimes read it.
 LOAD_PATH = "/_substratus/load"
 METRICS_PATH = "/_substratus/metrics"
+# On a cluster the operator tells the proxy its replicas' addresses (a PUT of a JSON list of
+# URLs), proving itself with the token of a Secret the Server owns, given to the proxy as
+# PROXY_TOKEN. A header of our own: the API server's service proxy, which the operator sends
+# through, takes ``Authorization`` for itself.
+UPSTREAMS_PATH = "/_substratus/upstreams"
+TOKEN_HEADER = "X-Substratus-Proxy-Token"
+TOKEN_ENV = "PROXY_TOKEN"
 
 
 @dataclass(frozen=True)

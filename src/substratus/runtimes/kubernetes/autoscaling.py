@@ -1,20 +1,40 @@
 """An autoscaled Server on a cluster: its proxy (a Deployment of the helper image and the Service
-that ``status.url`` names), and a poller that asks each proxy for its load through the API
-server's service proxy (so the operator needs no route to pods) and queues the Server when the
-core would now want another number of replicas."""
+that ``status.url`` names), and a poller that, through the API server's service proxy (so the
+operator needs no route to pods):
+
+- asks each proxy for its load and queues the Server when the core would now want another
+  number of replicas;
+- tells each proxy its replicas' pod addresses, from the operator's watch of pods, whenever they
+  differ from the list the proxy reports. The proxy reaches the replicas directly, as KubeAI's
+  does: it balances by its own count of each replica's requests, probes a new pod as soon as it
+  has an address (not when the kubelet next finds it ready), and needs neither DNS nor
+  kube-proxy's rules for a Service. The PUT carries the token of a Secret the Server owns, which
+  the proxy's pod reads as ``PROXY_TOKEN``: nobody else can point the proxy elsewhere.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
 from lightkube import ApiError, Client
+from lightkube.resources.core_v1 import Secret
 
 from substratus.api.kinds import Autoscaling, Resource, Server
 from substratus.api.loading import parse_object
 from substratus.core.actions import EnsureService
-from substratus.core.autoscale import LOAD_PATH, Load, rescales
+from substratus.core.autoscale import (
+    LOAD_PATH,
+    TOKEN_ENV,
+    TOKEN_HEADER,
+    UPSTREAMS_PATH,
+    Load,
+    rescales,
+)
 from substratus.core.contract import API_KEYS_ENV
 from substratus.core.every import Every
 from substratus.core.graph import Key
@@ -29,6 +49,7 @@ PORT = 8080
 MODULE = "substratus.workloads.proxy"
 ROLE = "proxy"
 POLL_SECONDS = 0.5
+TOKEN_KEY = "token"
 
 
 def proxy_name(obj: Resource) -> str:
@@ -39,11 +60,28 @@ def proxy_url(obj: Resource) -> str:
     return f"http://{proxy_name(obj)}.{obj.metadata.namespace}.svc.cluster.local:{PORT}"
 
 
+def token_secret(obj: Resource) -> dict[str, Any]:
+    """The Secret that holds the proxy's token: made once (a second create finds it), owned by
+    the Server, kept when autoscaling is turned off and on again."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": proxy_name(obj),
+            "namespace": obj.metadata.namespace,
+            "labels": names.labels(obj, role=ROLE),
+            "ownerReferences": [names.owner_reference(obj)],
+        },
+        "type": "Opaque",
+        "stringData": {TOKEN_KEY: secrets.token_urlsafe(32)},
+    }
+
+
 def proxy_children(
-    obj: Resource, action: EnsureService, policy: Autoscaling, cfg: OperatorConfig, upstream: str
+    obj: Resource, action: EnsureService, policy: Autoscaling, cfg: OperatorConfig
 ) -> list[dict[str, Any]]:
     """The proxy's Deployment (one replica: it holds no state but the load window) and its
-    Service, forwarding to ``upstream`` (the replicas' Service)."""
+    Service. Its replicas' addresses come from the poller (``replica_urls``)."""
     selector = names.labels(obj, role=ROLE)
     owner = [names.owner_reference(obj)]
     meta = {"namespace": obj.metadata.namespace, "labels": selector, "ownerReferences": owner}
@@ -51,18 +89,19 @@ def proxy_children(
     env = {
         "PORT": str(PORT),
         "HOST": "0.0.0.0",
-        "UPSTREAMS": upstream,
         "QUEUE_LIMIT": str(policy.queue_limit),
         "QUEUE_TIMEOUT_SECONDS": str(policy.queue_timeout_seconds),
         "LOAD_WINDOW_SECONDS": str(policy.scale_down_delay_seconds),
     }
     keys = [e for e in workload_env(obj) if e["name"] == API_KEYS_ENV]
+    token_ref = {"secretKeyRef": {"name": proxy_name(obj), "key": TOKEN_KEY}}
     container = {
         "name": ROLE,
         "image": cfg.helper_image,
         "imagePullPolicy": cfg.image_pull_policy,
         "command": ["python", "-m", MODULE],
-        "env": [{"name": k, "value": v} for k, v in env.items()] + keys,
+        "env": [{"name": k, "value": v} for k, v in env.items()]
+        + [{"name": TOKEN_ENV, "valueFrom": token_ref}, *keys],
         "ports": [{"name": "http", "containerPort": PORT}],
         "readinessProbe": {"httpGet": {"path": "/", "port": PORT}, "periodSeconds": 2},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
@@ -100,16 +139,21 @@ def proxy_children(
     return [deployment, service]
 
 
-def is_proxy(obj: Resource, child: dict[str, Any]) -> bool:
-    return bool(child["kind"] == "Deployment" and child["metadata"]["name"] == proxy_name(obj))
-
-
-def set_upstream(deployment: dict[str, Any], url: str) -> None:
-    """Point the proxy's Deployment at ``url`` (the replicas' Service by its cluster IP)."""
-    [container] = deployment["spec"]["template"]["spec"]["containers"]
-    for entry in container["env"]:
-        if entry["name"] == "UPSTREAMS":
-            entry["value"] = url
+def replica_urls(pods: list[dict[str, Any]], port: int) -> list[str]:
+    """The replicas the proxy may send to: each of a Server's pods that has an address and is
+    not going away (one still loading is included: the proxy's own probe finds it ready)."""
+    urls = []
+    for pod in pods:
+        meta, status = pod["metadata"], pod.get("status") or {}
+        if (meta.get("labels") or {}).get(names.LABEL_ROLE) != "service":
+            continue
+        if meta.get("deletionTimestamp") or status.get("phase") != "Running":
+            continue
+        ip = status.get("podIP")
+        if ip:
+            host = f"[{ip}]" if ":" in ip else ip
+            urls.append(f"http://{host}:{port}")
+    return sorted(urls)
 
 
 def proxy_ready(obj: Resource, deployments: list[dict[str, Any]]) -> bool:
@@ -121,20 +165,24 @@ def proxy_ready(obj: Resource, deployments: list[dict[str, Any]]) -> bool:
 
 
 class LoadPoller(Every):
-    """Asks the proxies of the Servers it is given for their load, every ``POLL_SECONDS``."""
+    """Asks the proxies of the Servers it is given for their load, and tells them their
+    replicas, every ``POLL_SECONDS``."""
 
     def __init__(
         self,
         client: Client,
         servers: Callable[[], list[dict[str, Any]]],
         service_state: Callable[[Resource], ServiceState | None],
+        replicas: Callable[[Resource], list[str]],
         enqueue: Callable[[Key], None],
     ):
         self.client = client
         self.servers = servers
         self.service_state = service_state
+        self.replicas = replicas  # the URLs of a Server's replicas, from the watch of pods
         self.enqueue = enqueue
         self.loads: dict[Key, Load] = {}
+        self._tokens: dict[Key, str] = {}
         super().__init__(POLL_SECONDS, self.poll, "autoscaler", log)
 
     def poll(self) -> None:
@@ -150,28 +198,74 @@ class LoadPoller(Every):
             if svc is None or svc.proxy_url is None:
                 continue
             seen.add(obj.key)
-            load = self.fetch(obj)
-            if load is None or self.loads.get(obj.key) == load:
+            report = self._get(obj, LOAD_PATH)
+            if report is None:
+                continue
+            wanted = self.replicas(obj)
+            if report.get("upstreams") != wanted:
+                self.tell(obj, wanted)
+            try:
+                load = Load.from_json(report)
+            except ValueError:
+                continue
+            if self.loads.get(obj.key) == load:
                 continue
             self.loads[obj.key] = load
             if rescales(obj.spec.autoscaling, svc, load):
                 self.enqueue(obj.key)
         for key in set(self.loads) - seen:
             del self.loads[key]
+        for key in set(self._tokens) - seen:
+            del self._tokens[key]
 
-    def fetch(self, obj: Resource) -> Load | None:
-        """The proxy's load through ``services/NAME:http/proxy`` (RBAC: services/proxy get)."""
+    def tell(self, obj: Resource, urls: list[str]) -> None:
+        """PUT the replicas' addresses to the proxy, with its token."""
+        token = self._token(obj)
+        if token is None:
+            return
+        response = self._send(
+            obj, "PUT", UPSTREAMS_PATH, content=json.dumps(urls),
+            headers={TOKEN_HEADER: token, "Content-Type": "application/json"},
+        )  # fmt: skip
+        if response is not None and response.status_code == 403:
+            self._tokens.pop(obj.key, None)  # the Secret was made again: read it again
+        elif response is not None and response.status_code != 200:
+            log.warning(
+                "%s/%s: the proxy refused its replicas (%d): %s", obj.metadata.namespace,
+                obj.metadata.name, response.status_code, response.text[:200],
+            )  # fmt: skip
+
+    def _token(self, obj: Resource) -> str | None:
+        if obj.key not in self._tokens:
+            try:
+                secret = self.client.get(Secret, proxy_name(obj), namespace=obj.metadata.namespace)
+            except ApiError as e:
+                log.debug("token of %s: %s", proxy_name(obj), e.status.message)
+                return None
+            value = (secret.data or {}).get(TOKEN_KEY)
+            if not value:
+                return None
+            self._tokens[obj.key] = base64.b64decode(value).decode()
+        return self._tokens[obj.key]
+
+    def _get(self, obj: Resource, path: str) -> dict[str, Any] | None:
+        response = self._send(obj, "GET", path)
+        if response is None or response.status_code != 200:
+            return None
+        try:
+            doc = response.json()
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def _send(self, obj: Resource, method: str, path: str, **kwargs: Any) -> Any:
+        """A request to the proxy through ``services/NAME:http/proxy`` (RBAC: services/proxy
+        get and update); None when it could not be sent (asked again next round)."""
         ns, name = obj.metadata.namespace, proxy_name(obj)
-        http = self.client._client  # lightkube's request layer: a GET it has no resource for
-        url = f"/api/v1/namespaces/{ns}/services/{name}:http/proxy{LOAD_PATH}"
+        http = self.client._client  # lightkube's request layer: requests it has no resource for
+        url = f"/api/v1/namespaces/{ns}/services/{name}:http/proxy{path}"
         try:
-            response = http._client.get(url, timeout=2)
-        except Exception as exc:  # a connection problem: ask again next round
-            log.debug("load of %s/%s: %s", ns, name, exc)
-            return None
-        if response.status_code != 200:
-            return None
-        try:
-            return Load.from_json(response.json())
-        except (ValueError, ApiError):
+            return http._client.request(method, url, timeout=2, **kwargs)
+        except Exception as exc:  # a connection problem: again next round
+            log.debug("%s %s of %s/%s: %s", method, path, ns, name, exc)
             return None

@@ -94,11 +94,12 @@ class Operator:
         # Done once, and again after each resync (in case someone deleted or changed them):
         self._credentials_applied: set[str] = set()  # namespaces with the bucket's Secret
         self._claims_made: set[Key] = set()  # Notebooks whose home claim exists
+        self._tokens_made: set[Key] = set()  # autoscaled Servers whose proxy token exists
         self._pruned: dict[Key, str] = {}  # object -> the version it was pruned to
         self.children = Children()  # Jobs, Deployments, Pods: the watch's, not listed
         self.observer = Observer(client, self.store, self._cached, cfg, self.children)
         self.autoscaler = autoscaling.LoadPoller(
-            client, self._servers, self.observer.service_state, self.queue.add
+            client, self._servers, self.observer.service_state, self._replicas, self.queue.add
         )
         self.observer.loads = self.autoscaler.loads
         self.progress = ProgressPoller(client, self.children, self.queue.add)
@@ -121,6 +122,7 @@ class Operator:
             if deleted:
                 self._objects.pop(key, None)
                 self._claims_made.discard(key)  # a new object of this name starts afresh
+                self._tokens_made.discard(key)
                 self._pruned.pop(key, None)
             else:
                 self._objects[key] = body
@@ -207,6 +209,7 @@ class Operator:
             self._credentials_applied.clear()
             self.observer.builds.forget()
             self._claims_made.clear()
+            self._tokens_made.clear()
             self._pruned.clear()
             with self._lock:
                 keys = list(self._objects)
@@ -363,6 +366,9 @@ class Operator:
         with self._lock:
             return [body for key, body in self._objects.items() if key[0] == "Server"]
 
+    def _replicas(self, obj: Resource) -> list[str]:
+        return autoscaling.replica_urls(self.children.of("Pod", obj.key), services.port(obj))
+
     # -- act ------------------------------------------------------------------------------
 
     def act(self, obj: Resource, action: Action, obs: Observed) -> None:
@@ -375,17 +381,11 @@ class Operator:
                 self._claims_made.add(obj.key)
             entrypoint = self.observer.entrypoint(obj, action.image)
             mounts = mount_sources(obs.deps)
-            service_name = services.service_name(obj)
-            upstream = None
+            if action.autoscaling is not None and obj.key not in self._tokens_made:
+                self._create(autoscaling.token_secret(obj))  # before the pod that reads it
+                self._tokens_made.add(obj.key)
             for child in services.service_children(obj, action, self.cfg, mounts, entrypoint):
-                if upstream and autoscaling.is_proxy(obj, child):
-                    autoscaling.set_upstream(child, upstream)
-                applied = self._apply(child)
-                if child["kind"] == "Service" and child["metadata"]["name"] == service_name:
-                    # The proxy is given the replicas' Service by address: no DNS needed, and
-                    # nothing to miss when the pod starts before the Service is known there.
-                    ip = getattr(getattr(applied, "spec", None), "clusterIP", None)
-                    upstream = f"http://{ip}:{services.PORT}" if ip and ip != "None" else None
+                self._apply(child)
             if action.autoscaling is None:
                 self._delete_proxy(obj)
         elif isinstance(action, StopWorkload) and obj.IS_JOB:

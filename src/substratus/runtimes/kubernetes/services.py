@@ -112,11 +112,8 @@ def service_children(
         },
     }
     if action.autoscaling is not None:
-        # The proxy forwards to the replicas' Service; the Service is applied first, so the
-        # proxy's pod finds it in its environment (a cluster without DNS works too).
-        proxy = autoscaling.proxy_children(
-            obj, action, action.autoscaling, cfg, service_url(obj, in_cluster=True)
-        )
+        # Users are given the proxy; the replicas' Service stays for those who address them.
+        proxy = autoscaling.proxy_children(obj, action, action.autoscaling, cfg)
         return [service, deployment, *proxy]
     return [deployment, service]
 

@@ -1,7 +1,8 @@
 """Run the autoscaling proxy. Its settings come from the environment the runtime sets:
 
-- ``UPSTREAMS``: the replicas' base URLs, comma-separated (on a cluster, one Service), or
-  ``UPSTREAMS_FILE``: a JSON list of them that the runtime rewrites as replicas come and go;
+- ``UPSTREAMS``: the replicas' base URLs, comma-separated; ``UPSTREAMS_FILE``: a JSON list of
+  them that the runtime rewrites as replicas come and go (locally); or ``PROXY_TOKEN``: the
+  operator PUTs the list to ``/_substratus/upstreams`` with this token (on a cluster);
 - ``QUEUE_LIMIT``, ``QUEUE_TIMEOUT_SECONDS``, ``LOAD_WINDOW_SECONDS`` (the scale-down delay);
 - ``API_KEYS``: the Server's, if it has any: a ``/v1/`` request without one is refused here,
   before it can wake a replica;
@@ -13,12 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
+from substratus.core.autoscale import TOKEN_ENV
 from substratus.workloads.apikeys import read_keys
 from substratus.workloads.contract import ParamError, fail, host, port
 from substratus.workloads.proxy.app import Proxy, Settings
@@ -42,31 +42,14 @@ def _number(name: str, default: float) -> float:
     return value
 
 
-def service_link(url: str, env: Mapping[str, str]) -> str:
-    """``url`` with a cluster Service's name replaced by its address from the pod's environment
-    (``<NAME>_SERVICE_HOST``, set for Services that existed when the pod started), so that the
-    proxy reaches the replicas on a cluster without DNS too; else ``url`` as given."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    labels = host.split(".")
-    if len(labels) < 3 or labels[2] != "svc":
-        return url
-    address = env.get(labels[0].upper().replace("-", "_") + "_SERVICE_HOST")
-    if not address:
-        return url
-    if ":" in address:
-        address = f"[{address}]"
-    netloc = f"{address}:{parts.port}" if parts.port else address
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     raw = os.environ.get("UPSTREAMS", "").split(",")
-    urls = [service_link(u.strip(), os.environ) for u in raw if u.strip()]
+    urls = [u.strip() for u in raw if u.strip()]
     file = os.environ.get("UPSTREAMS_FILE", "").strip()
-    if not urls and not file:
-        return fail("set UPSTREAMS (the replicas' URLs) or UPSTREAMS_FILE")
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not urls and not file and not token:
+        return fail(f"set UPSTREAMS (the replicas' URLs), UPSTREAMS_FILE or {TOKEN_ENV}")
     try:
         keys = tuple(k.encode() for k in read_keys())
     except ParamError as exc:
@@ -75,11 +58,12 @@ def main() -> int:
         queue_limit=int(_number("QUEUE_LIMIT", 100)),
         queue_timeout=_number("QUEUE_TIMEOUT_SECONDS", 300),
         keys=keys,
+        token=token.encode(),
     )
     window = max(MIN_WINDOW, _number("LOAD_WINDOW_SECONDS", 300))
     proxy = Proxy(Upstreams(urls, Path(file) if file else None), Demand(window), settings)
     logging.getLogger("substratus.proxy").info(
-        "proxy on %s:%d for %s", host(), port(), ", ".join(urls) or file
+        "proxy on %s:%d for %s", host(), port(), ", ".join(urls) or file or "the operator's list"
     )
     # handler_cancellation: a held request whose client left stops waiting (and counting).
     web.run_app(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -14,7 +15,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from substratus.core.autoscale import LOAD_PATH, METRICS_PATH
+from substratus.core.autoscale import LOAD_PATH, METRICS_PATH, TOKEN_HEADER, UPSTREAMS_PATH
 from substratus.workloads.apikeys import PROTECTED_PREFIX, allowed, refusal
 from substratus.workloads.proxy.demand import Demand
 from substratus.workloads.proxy.upstreams import Upstreams
@@ -37,6 +38,7 @@ _HOP = {
 MAX_BODY = 64 * 1024 * 1024  # requests are buffered to be replayable on a refused connection
 REASON_HEADER = "X-Substratus-Reason"
 QUEUED_HEADER = "X-Substratus-Queued-Seconds"
+MAX_UPSTREAMS = 1000
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Settings:
     queue_limit: int
     queue_timeout: float
     keys: tuple[bytes, ...] = ()  # the Server's API_KEYS: checked before a request may wake it
+    token: bytes = b""  # the operator's, to replace the upstreams; none: they are not replaced
 
 
 class Metrics:
@@ -108,6 +111,8 @@ class Proxy:
             return web.json_response({"status": "ok", "readyReplicas": ready})
         if path == LOAD_PATH:
             return web.json_response(self.load())
+        if path == UPSTREAMS_PATH:
+            return await self.put_upstreams(request)
         if path == METRICS_PATH:
             self._gauges()
             body = generate_latest(self.metrics.registry)
@@ -131,7 +136,36 @@ class Proxy:
             "window": self.demand.window,
             "readyReplicas": len(self.upstreams.ready),
             "replicas": len(self.upstreams.urls),
+            "upstreams": list(self.upstreams.urls),
         }
+
+    async def put_upstreams(self, request: web.Request) -> web.Response:
+        """The operator's list of the replicas' URLs replaces the proxy's."""
+        token = self.settings.token
+        if not token:
+            return _error(404, "not_found", "this proxy's replicas are not set through its API")
+        if request.method != "PUT":
+            return _error(405, "method_not_allowed", f"{UPSTREAMS_PATH} takes PUT")
+        given = request.headers.get(TOKEN_HEADER, "").encode()
+        if not hmac.compare_digest(given, token):
+            return _error(403, "forbidden", f"{TOKEN_HEADER}: missing or not this proxy's token")
+        try:
+            urls = await request.json()
+        except ValueError:
+            urls = None
+        if (
+            not isinstance(urls, list)
+            or len(urls) > MAX_UPSTREAMS
+            or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls)
+        ):
+            return _error(
+                400, "invalid_request",
+                f"expected a JSON list of at most {MAX_UPSTREAMS} http(s) URLs",
+            )  # fmt: skip
+        if [u.rstrip("/") for u in urls] != self.upstreams.urls:
+            log.info("replicas: %s", ", ".join(urls) or "none")
+            self.upstreams.replace(urls)
+        return web.json_response({"upstreams": self.upstreams.urls})
 
     def _gauges(self) -> None:
         self.metrics.in_flight.set(self.demand.in_flight)
@@ -236,7 +270,8 @@ class Proxy:
 
 def _error(status: int, code: str, message: str, retry_after: int | None = None) -> web.Response:
     """An OpenAI-style error, with the reason also in a header for clients that skip bodies."""
-    kind = {503: "service_unavailable", 401: "invalid_request_error"}.get(status, "server_error")
+    kinds = {503: "service_unavailable", 401: "invalid_request_error", 500: "server_error"}
+    kind = kinds.get(status, "server_error" if status >= 500 else "invalid_request_error")
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     headers = {REASON_HEADER: code} if status == 503 else {}
     if retry_after is not None:

@@ -1,5 +1,6 @@
-"""The replicas behind the proxy: which exist (a fixed list, or a file the runtime rewrites),
-which answer 200 on ``/`` (the contract's readiness), and how many requests each has."""
+"""The replicas behind the proxy: which exist (a fixed list, a file the runtime rewrites, or
+what the operator last sent), which answer 200 on ``/`` (the contract's readiness), and how
+many requests each has."""
 
 from __future__ import annotations
 
@@ -73,20 +74,27 @@ class Upstreams:
             log.warning("%s: expected a JSON list of URLs", self.file)
             return
         self._mtime = mtime
+        self.replace(urls)
+
+    def replace(self, urls: list[str]) -> None:
+        """The replicas are now ``urls``: those gone get no new request (their own finish)."""
         self.urls = [u.rstrip("/") for u in urls]
         gone = self.ready - set(self.urls)
         if gone:
             self.ready -= gone
             self._notify()
+        self._wake.set()  # probe the new ones now
 
     async def watch(self, session: aiohttp.ClientSession) -> None:
         """Probe every replica's ``/`` forever: often while requests wait, else each second."""
         while True:
+            self._wake.clear()  # a wake-up from here on means another round at once
             self.reload()
             urls = list(self.urls)
             results = await asyncio.gather(*(self._probe(session, u) for u in urls))
-            now_ready = {u for u, ok in zip(urls, results, strict=True) if ok}
-            if now_ready != self.ready & set(urls) or self.ready - set(urls):
+            # (The list may have been replaced while the probes ran.)
+            now_ready = {u for u, ok in zip(urls, results, strict=True) if ok} & set(self.urls)
+            if now_ready != self.ready:
                 added = now_ready - self.ready
                 if added:
                     log.info("ready: %s", ", ".join(sorted(added)))
@@ -94,7 +102,6 @@ class Upstreams:
                 self._notify()
             # Often while requests wait; else once a second (at zero replicas too: nobody needs
             # an answer, and a new waiter wakes this at once).
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._wake.wait(), FAST_PROBE if self.waiters > 0 else SLOW_PROBE
