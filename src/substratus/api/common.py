@@ -31,12 +31,12 @@ MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 class Strict(BaseModel):
     """Base for spec types: unknown fields are errors, JSON names are camelCase."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+    model_config = ConfigDict(defer_build=True, extra="forbid", populate_by_name=True, frozen=False)
 
 
 class ObjectMeta(Strict):
     # Server-managed fields (uid, generation...) are accepted so that `get -o yaml | apply` works.
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     name: str = Field(description="Name of the object, unique per kind in its namespace.")
     namespace: str = Field("default", description="Namespace of the object.")
@@ -211,7 +211,7 @@ Params = dict[str, str | int | float | bool]
 
 
 class Condition(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     type: str
     status: Literal["True", "False", "Unknown"]

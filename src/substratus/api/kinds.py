@@ -19,11 +19,11 @@ from substratus.api.common import (
     check_env_names,
 )
 from substratus.api.compat import env_value, normalise_spec
+from substratus.api.kindnames import API_VERSION as API_VERSION  # re-exported
+from substratus.api.kindnames import GROUP as GROUP
+from substratus.api.kindnames import KIND_NAMES
+from substratus.api.kindnames import VERSION as VERSION
 from substratus.api.limits import MAX_REPLICAS
-
-GROUP = "substratus.ai"
-VERSION = "v1"
-API_VERSION = f"{GROUP}/{VERSION}"
 
 
 class CommonSpec(Strict):
@@ -95,7 +95,7 @@ class BuildUploadStatus(BaseModel):
     """The original project's ``status.buildUpload``, published beside ``uploadUrl`` for tools
     written for it."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     signed_url: str | None = Field(
         None, alias="signedURL", description="Same as status.uploadUrl: where to PUT the tarball."
@@ -119,7 +119,7 @@ class UploadParts(BaseModel):
     """A multipart upload of a large context (S3): PUT each ``partSize`` bytes of the tarball
     to its URL in order, then POST the parts' ETags to ``completeUrl``."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     upload_id: str = Field(alias="uploadId", description="The bucket's id of the upload.")
     part_size: int = Field(alias="partSize", description="Bytes per part (the last: the rest).")
@@ -132,13 +132,13 @@ class UploadParts(BaseModel):
 class ArtifactsStatus(BaseModel):
     """The original project's ``status.artifacts``."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     url: str | None = Field(None, description="Same as status.url.")
 
 
 class CommonStatus(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     ready: bool = Field(False, description="True once the object is usable.")
     conditions: list[Condition] = Field(default_factory=list, description="Current conditions.")
@@ -174,7 +174,7 @@ class CommonStatus(BaseModel):
 class JobProgress(BaseModel):
     """What a running job last reported through the contract's ``progress.json``."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", populate_by_name=True)
 
     percent: float | None = Field(None, description="How much is done, 0-100.")
     step: int | None = Field(None, description="Steps (or bytes) done.")
@@ -321,7 +321,7 @@ class ServerStatus(CommonStatus):
 class Resource(BaseModel):
     """One object of any kind: apiVersion, kind, metadata, spec, status."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", populate_by_name=True)
     KIND: ClassVar[str]
     PLURAL: ClassVar[str]
     SHORT_NAMES: ClassVar[list[str]]
@@ -346,10 +346,10 @@ class Resource(BaseModel):
 
 class Model(Resource):
     KIND = "Model"
-    PLURAL = "models"
-    SHORT_NAMES = ["ml"]
-    HAS_ARTIFACTS = True
-    IS_JOB = True
+    PLURAL = KIND_NAMES[KIND].plural
+    SHORT_NAMES = list(KIND_NAMES[KIND].short_names)
+    HAS_ARTIFACTS = KIND_NAMES[KIND].has_artifacts
+    IS_JOB = KIND_NAMES[KIND].is_job
     kind: Literal["Model"] = "Model"
     spec: ModelSpec
     status: ArtifactStatus = Field(default_factory=ArtifactStatus)
@@ -357,10 +357,10 @@ class Model(Resource):
 
 class Dataset(Resource):
     KIND = "Dataset"
-    PLURAL = "datasets"
-    SHORT_NAMES = ["ds"]
-    HAS_ARTIFACTS = True
-    IS_JOB = True
+    PLURAL = KIND_NAMES[KIND].plural
+    SHORT_NAMES = list(KIND_NAMES[KIND].short_names)
+    HAS_ARTIFACTS = KIND_NAMES[KIND].has_artifacts
+    IS_JOB = KIND_NAMES[KIND].is_job
     kind: Literal["Dataset"] = "Dataset"
     spec: DatasetSpec
     status: ArtifactStatus = Field(default_factory=ArtifactStatus)
@@ -368,8 +368,10 @@ class Dataset(Resource):
 
 class Notebook(Resource):
     KIND = "Notebook"
-    PLURAL = "notebooks"
-    SHORT_NAMES = ["nb"]
+    PLURAL = KIND_NAMES[KIND].plural
+    SHORT_NAMES = list(KIND_NAMES[KIND].short_names)
+    HAS_ARTIFACTS = KIND_NAMES[KIND].has_artifacts
+    IS_JOB = KIND_NAMES[KIND].is_job
     kind: Literal["Notebook"] = "Notebook"
     spec: NotebookSpec
     status: NotebookStatus = Field(default_factory=NotebookStatus)
@@ -377,8 +379,10 @@ class Notebook(Resource):
 
 class Server(Resource):
     KIND = "Server"
-    PLURAL = "servers"
-    SHORT_NAMES = ["srv"]
+    PLURAL = KIND_NAMES[KIND].plural
+    SHORT_NAMES = list(KIND_NAMES[KIND].short_names)
+    HAS_ARTIFACTS = KIND_NAMES[KIND].has_artifacts
+    IS_JOB = KIND_NAMES[KIND].is_job
     kind: Literal["Server"] = "Server"
     spec: ServerSpec
     status: ServerStatus = Field(default_factory=ServerStatus)

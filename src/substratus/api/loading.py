@@ -9,19 +9,11 @@ import yaml
 from pydantic import ValidationError
 
 from substratus.api.compat import CompatError, written_loc
+from substratus.api.errors import ValidationFailed as ValidationFailed  # re-exported
+from substratus.api.kindnames import kind_names
 from substratus.api.kinds import API_VERSION, KINDS, Resource
 from substratus.api.limits import size_problem, tree_problem
 from substratus.api.yamlload import YAMLLimitError, load_all
-
-
-class ValidationFailed(ValueError):
-    """A document is not a valid object; ``problems`` holds (field path, reason) pairs."""
-
-    def __init__(self, source: str, problems: list[tuple[str, str]]):
-        self.source = source
-        self.problems = problems
-        lines = "\n".join(f"  {path}: {reason}" for path, reason in problems)
-        super().__init__(f"{source}: invalid\n{lines}")
 
 
 def _path(loc: Iterable[int | str]) -> str:
@@ -57,12 +49,7 @@ def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
 
 def kind_of(name: str) -> type[Resource]:
     """Resolve a kind from its name, plural or short name, case-insensitively (like kubectl)."""
-    wanted = name.lower().split(".", 1)[0]
-    for cls in KINDS.values():
-        if wanted in (cls.KIND.lower(), cls.PLURAL, *cls.SHORT_NAMES):
-            return cls
-    known = ", ".join(sorted(KINDS))
-    raise ValueError(f"unknown kind {name!r}: expected one of {known}")
+    return KINDS[kind_names(name).kind]
 
 
 def parse_object(doc: Any, source: str = "<object>") -> Resource:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Callable
 from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
-from substratus.api.loading import ValidationFailed
+from substratus.api.errors import ValidationFailed
 from substratus.core.client import (
     Client,
     ClientError,
@@ -43,13 +45,16 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 CLUSTER: dict[str, str | None] = {"context": None, "kubeconfig": None}
 
 
+def chosen_context(context: str | None) -> str | None:
+    """The cluster context the user asked for, if any: the flag, else SUBSTRATUS_CONTEXT."""
+    return context or os.environ.get("SUBSTRATUS_CONTEXT") or None
+
+
 def client(start: bool = False) -> Client:
     """The control plane's client: a cluster when a context is chosen (``--context`` or
     ``SUBSTRATUS_CONTEXT``), else the local supervisor, the default. Only commands that change
     state (``start``) may start the supervisor; reading commands against a stopped one fail
     with exit 6."""
-    from substratus.cli.kube import chosen_context
-
     context = chosen_context(CLUSTER["context"])
     if context:
         from substratus.cli.kube import KubeClient
@@ -64,7 +69,6 @@ def guarded(fn: Callable[[], T]) -> T:
     """Run ``fn``, turning client errors into messages and the documented exit codes."""
     from substratus.cli.targets import UsageError
     from substratus.cli.waiting import WaitFailed, WaitTimeout
-    from substratus.storage import StorageError
 
     try:
         return fn()
@@ -80,10 +84,16 @@ def guarded(fn: Callable[[], T]) -> T:
         fail(str(exc), EXIT_UNAVAILABLE)
     except WaitTimeout as exc:
         fail(str(exc), EXIT_TIMEOUT)
-    except (WaitFailed, ClientError, StorageError) as exc:
+    except (WaitFailed, ClientError) as exc:
         fail(str(exc), EXIT_FAILED)
-    except (ValueError, OSError) as exc:
-        fail(str(exc), EXIT_INVALID)
+    except Exception as exc:
+        # Storage raised it only if it was imported: it is not, for most commands.
+        store = sys.modules.get("substratus.storage.store")
+        if store is not None and isinstance(exc, store.StorageError):
+            fail(str(exc), EXIT_FAILED)
+        if isinstance(exc, ValueError | OSError):
+            fail(str(exc), EXIT_INVALID)
+        raise
     except KeyboardInterrupt:  # Ctrl-C ends a watch, a follow or a forward: no traceback
         raise SystemExit(130) from None
 

@@ -5,17 +5,17 @@ completes nothing rather than failing the shell."""
 
 from __future__ import annotations
 
-import click
+import typer
 
-from substratus.api.kinds import KINDS
+from substratus.api.kindnames import KIND_NAMES, kind_names
 
 # What a user types for a kind: singular, plural and short names, as kubectl takes them.
 KIND_WORDS = sorted(
-    {w for cls in KINDS.values() for w in (cls.KIND.lower(), cls.PLURAL, *cls.SHORT_NAMES)}
+    {w for k in KIND_NAMES.values() for w in (k.kind.lower(), k.plural, *k.short_names)}
 )
 
 
-def _names(ctx: click.Context, kind: str) -> list[str]:
+def _names(ctx: typer.Context, kind: str) -> list[str]:
     from substratus.cli.common import CLUSTER, client
 
     root = ctx.find_root()
@@ -28,21 +28,20 @@ def _names(ctx: click.Context, kind: str) -> list[str]:
         return []
 
 
-def complete_target(ctx: click.Context, args: list[str], incomplete: str) -> list[str]:
+def complete_target(ctx: typer.Context, args: list[str], incomplete: str) -> list[str]:
     """``KIND``, ``KIND/NAME``, or after ``KIND ``, ``NAME``."""
-    from substratus.api.loading import kind_of
 
     given = [a for a in (ctx.params.get("target") or []) if a]
     if "/" in incomplete:
         kind_text, _, partial = incomplete.partition("/")
         try:
-            kind = kind_of(kind_text).KIND
+            kind = kind_names(kind_text).kind
         except ValueError:
             return []
         return [f"{kind_text}/{n}" for n in _names(ctx, kind) if n.startswith(partial)]
     if given and "/" not in given[-1]:
         try:
-            kind = kind_of(given[-1]).KIND
+            kind = kind_names(given[-1]).kind
         except ValueError:
             kind = ""
         if kind:
@@ -50,5 +49,5 @@ def complete_target(ctx: click.Context, args: list[str], incomplete: str) -> lis
     return [w for w in KIND_WORDS if w.startswith(incomplete)]
 
 
-def complete_kind(ctx: click.Context, args: list[str], incomplete: str) -> list[str]:
+def complete_kind(ctx: typer.Context, args: list[str], incomplete: str) -> list[str]:
     return [w for w in KIND_WORDS if w.startswith(incomplete)]

@@ -10,7 +10,6 @@ import difflib
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from substratus.cli.common import client, guarded, out
 from substratus.core.client import NotFoundError
@@ -32,6 +31,8 @@ def comparable(obj: dict[str, Any] | None) -> str:
     for key in ("spec", "type", "keys"):
         if key in obj:
             shown[key] = obj[key]
+    import yaml  # only where YAML is printed: it is a start-up cost of every command
+
     return yaml.safe_dump(shown, sort_keys=True)
 
 

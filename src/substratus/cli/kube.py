@@ -45,11 +45,6 @@ ANNOTATION_NAME = f"{GROUP}/object-name"
 ANNOTATION_NAMESPACE = f"{GROUP}/object-namespace"  # a build pod's owner in another namespace
 
 
-def chosen_context(context: str | None) -> str | None:
-    """The cluster context the user asked for, if any: the flag, else SUBSTRATUS_CONTEXT."""
-    return context or os.environ.get("SUBSTRATUS_CONTEXT") or None
-
-
 def current_context(kubeconfig: str | None) -> str | None:
     """The kubeconfig's current context, as kubectl would use it; None without one."""
     try:

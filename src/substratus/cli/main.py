@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from substratus.api.loading import kind_of, parse_object
+from substratus.api.kindnames import kind_names
 from substratus.cli.common import (
     CLUSTER,
     EXIT_USAGE,
@@ -106,6 +106,7 @@ def apply(
 
         cat model.yaml | sub apply -f -
     """
+    from substratus.api.loading import parse_object
     from substratus.cli.manifests import read_documents
     from substratus.cli.upload import finish_upload, prepare_upload, show_build
 
@@ -300,7 +301,7 @@ def delete(
                     c.delete_secret(ns, name)
                     in_use: list[str] = []
                 else:
-                    in_use = c.delete(kind_of(kind).KIND, ns, name, retain_artifacts).in_use_by
+                    in_use = c.delete(kind_names(kind).kind, ns, name, retain_artifacts).in_use_by
             except NotFoundError:
                 if not ignore_not_found:
                     raise

@@ -5,7 +5,6 @@ through a port-forward (an autoscaled Server's through its proxy) that lasts unt
 from __future__ import annotations
 
 import threading
-import webbrowser
 from typing import Annotated, Any
 
 import typer
@@ -75,5 +74,7 @@ def open_(
 
 def show(url: str, browser: bool) -> None:
     out.print(url, markup=False, highlight=False, soft_wrap=True)
+    import webbrowser  # a start-up cost of every command, needed by this one
+
     if browser and not webbrowser.open(url):
         err.print("no browser could be opened here: open the URL above")

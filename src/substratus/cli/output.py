@@ -6,10 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-import yaml
-
-from substratus.api.kinds import GROUP
-from substratus.api.loading import kind_of
+from substratus.api.kindnames import GROUP, kind_names
 from substratus.cli import jsonpath
 
 FORMATS = ("wide", "yaml", "json", "name", "jsonpath=TEMPLATE", "custom-columns=NAME:PATH,...")
@@ -82,13 +79,13 @@ def progress_text(status: dict[str, Any], full: bool = False) -> str:
 
 def _columns(obj: dict[str, Any], wide: bool) -> list[tuple[str, str]]:
     status = obj.get("status") or {}
-    cls = kind_of(obj["kind"])
+    names = kind_names(obj["kind"])
     cond = ready_condition(obj)
     cols = [
         ("READY", "true" if status.get("ready") else "false"),
         ("STATUS", cond.get("reason") or "Pending"),
     ]
-    if cls.HAS_ARTIFACTS:
+    if names.has_artifacts:
         cols.append(("PROGRESS", progress_text(status) or "-"))
         cols.append(("SIZE", status.get("diskSize") or ""))
     if obj["kind"] == "Server":
@@ -111,7 +108,7 @@ def table(objs: list[dict[str, Any]], wide: bool = False, all_namespaces: bool =
     for obj in objs:
         by_kind.setdefault(obj["kind"], []).append(obj)
     for kind, items in by_kind.items():
-        prefix = f"{kind_of(kind).PLURAL}/" if len(by_kind) > 1 else ""
+        prefix = f"{kind_names(kind).plural}/" if len(by_kind) > 1 else ""
         rows = []
         for obj in items:
             meta = obj["metadata"]
@@ -135,6 +132,8 @@ def dump(objs: list[dict[str, Any]] | dict[str, Any], fmt: str) -> str:
         return json.dumps(objs, indent=2)
     if isinstance(objs, list):
         objs = {"apiVersion": "v1", "kind": "List", "items": objs}
+    import yaml  # only where YAML is printed: it is a start-up cost of every command
+
     return yaml.safe_dump(objs, sort_keys=False)
 
 
@@ -152,6 +151,8 @@ def describe(obj: dict[str, Any]) -> str:
             pairs = ", ".join(f"{k}={v}" for k, v in meta[label].items())
             lines.append(f"{label.capitalize() + ':':<14}{pairs}")
     lines.append("Spec:")
+    import yaml
+
     spec_yaml = yaml.safe_dump(obj.get("spec") or {}, sort_keys=False).rstrip()
     lines += ["  " + line for line in spec_yaml.splitlines()]
     lines.append("Status:")

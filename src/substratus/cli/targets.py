@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from substratus.api.kinds import GROUP, KINDS
-from substratus.api.loading import kind_of
+from substratus.api.kindnames import GROUP, KIND_NAMES, kind_names
 
 CATEGORY = "ai"
 
@@ -15,7 +14,7 @@ class UsageError(ValueError):
 def parse_target(args: list[str]) -> tuple[list[str], str | None]:
     """([kinds], name) from the CLI's positional arguments; [] kinds means all kinds."""
     if not args:
-        return list(KINDS), None
+        return list(KIND_NAMES), None
     first, rest = args[0], args[1:]
     kind_text, _, name = first.partition("/")
     if kind_text.lower() in (CATEGORY, "all"):
@@ -23,7 +22,7 @@ def parse_target(args: list[str]) -> tuple[list[str], str | None]:
     else:
         try:
             # `model.substratus.ai/NAME` too: what `get -o name` prints.
-            kinds = [kind_of(k.removesuffix(f".{GROUP}")).KIND for k in kind_text.split(",")]
+            kinds = [kind_names(k.removesuffix(f".{GROUP}")).kind for k in kind_text.split(",")]
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     if not name and rest:
@@ -33,7 +32,7 @@ def parse_target(args: list[str]) -> tuple[list[str], str | None]:
         raise UsageError(f"unexpected arguments: {' '.join(rest)}")
     if name and len(kinds) != 1:
         raise UsageError("a name needs exactly one kind, e.g. model/NAME")
-    return kinds or list(KINDS), name or None
+    return kinds or list(KIND_NAMES), name or None
 
 
 def parse_named(args: list[str], verb: str) -> tuple[str, str]:

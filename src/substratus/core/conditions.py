@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from substratus.api.common import Condition
+if TYPE_CHECKING:  # the models load when a condition is set: `sub wait` needs only the names
+    from substratus.api.common import Condition
 
 READY = "Ready"
 BUILT = "ImageBuilt"
@@ -39,6 +41,8 @@ def set_condition(
     generation: int | None = None,
 ) -> list[Condition]:
     """Return a new list with ``type_`` set; other conditions are kept in order."""
+    from substratus.api.common import Condition
+
     text = "Unknown" if status is None else ("True" if status else "False")
     previous = get_condition(conditions, type_)
     kept = previous is not None and previous.status == text

@@ -86,7 +86,8 @@ def plugin_main() -> None:
     """``kubectl-open-notebook`` / ``kubectl-notebook``: `sub notebook` against the kubeconfig's
     current context, as kubectl would act (``--context`` chooses another; with no context at
     all, the local runtime)."""
-    from substratus.cli.kube import chosen_context, current_context
+    from substratus.cli.common import chosen_context
+    from substratus.cli.kube import current_context
     from substratus.cli.main import app, split_cluster_flags
 
     flags, rest = split_cluster_flags(sys.argv[1:])
