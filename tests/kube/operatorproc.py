@@ -145,3 +145,29 @@ def read(bucket: Any, url: str) -> bytes:
     path = url.removeprefix("s3://")
     name, _, key = path.partition("/")
     return bytes(bucket.client().get_object(Bucket=name, Key=key)["Body"].read())
+
+
+@contextmanager
+def sub_open(plane: ControlPlane, ns: str, target: str) -> Iterator[str]:
+    """`sub open TARGET --no-browser` against the cluster: the page it prints, usable while
+    its port-forward lasts (until it is stopped, as Ctrl-C would)."""
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(plane.kubeconfig),
+        "SUBSTRATUS_CONTEXT": "substratus-test",  # the test cluster's kubeconfig context
+    }
+    opener = subprocess.Popen(
+        [str(Path(sys.executable).parent / "sub"), "open", target, "-n", ns, "--no-browser"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert opener.stdout is not None
+        page = opener.stdout.readline().strip()
+        if not page.startswith("http://127.0.0.1:"):
+            opener.terminate()
+            _, errors = opener.communicate(timeout=10)
+            raise AssertionError(f"sub open {target} printed {page!r}: {errors}")
+        yield page
+    finally:
+        opener.terminate()
+        opener.wait(10)

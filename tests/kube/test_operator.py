@@ -31,6 +31,7 @@ from tests.kube.operatorproc import (
     node_settings,
     read,
     running_operator,
+    sub_open,
     wait_for,
 )
 from tests.kube.registry import LocalRegistry
@@ -226,24 +227,10 @@ def test_a_server_serves_its_model_through_a_service(
     assert [d["spec"]["replicas"] for d in deploy] == [2]
 
     # `sub open server/s`: a port-forward to a replica, and its /docs URL, until Ctrl-C.
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(plane.kubeconfig),
-        "SUBSTRATUS_CONTEXT": "substratus-test",
-    }
-    opener = subprocess.Popen(
-        [str(Path(sys.executable).parent / "sub"), "open", "server/s", "-n", ns, "--no-browser"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    try:
-        assert opener.stdout is not None
-        page = opener.stdout.readline().strip()
-        assert page.startswith("http://127.0.0.1:") and page.endswith("/docs"), page
+    with sub_open(plane, ns, "server/s") as page:
+        assert page.endswith("/docs"), page
         with urllib.request.urlopen(page.removesuffix("docs") + "sub/w.bin", timeout=10) as r:
             assert r.read() == b"weights\n"  # the replica, through the forward
-    finally:
-        opener.terminate()
-        opener.wait(10)
 
 
 def test_a_jobs_progress_reaches_its_status_on_the_real_node(

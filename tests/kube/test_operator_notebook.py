@@ -18,7 +18,7 @@ import pytest
 
 from tests.kube.cluster import ControlPlane, Proc
 from tests.kube.node import TOOLBOX_IMAGE, RealNode
-from tests.kube.operatorproc import apply, node_settings, running_operator, wait_for
+from tests.kube.operatorproc import apply, node_settings, running_operator, sub_open, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -131,6 +131,14 @@ def test_a_notebook_serves_jupyter_with_its_token_and_keeps_its_files_across_a_s
     code, file = jupyter(service_base(plane, ns, "nb"), "/api/contents/notes.txt", token)
     assert code == 200
     assert file["content"] == "kept\n"
+    # `sub open notebook/nb`: JupyterLab's page with the token, through a port-forward.
+    with sub_open(plane, ns, "notebook/nb") as page:
+        assert page.endswith(f"/lab?token={token}"), page
+        base = page.split("/lab?")[0]
+        code, file = jupyter(base, "/api/contents/notes.txt", token)
+        assert (code, file["content"]) == (200, "kept\n")
+        with urllib.request.urlopen(page, timeout=10) as r:
+            assert r.status == 200 and "/login" not in r.geturl()  # the page, logged in
 
     plane.kubectl("delete", "notebook", "nb", "-n", ns)
     deadline = time.monotonic() + 60
