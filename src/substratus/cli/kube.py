@@ -21,9 +21,7 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Event, Pod, Secret
 from lightkube.types import PatchType
 
-from substratus.api.kinds import KINDS
-from substratus.api.loading import kind_of, parse_object
-from substratus.api.secrets import parse_secret
+from substratus.api.kindnames import GROUP, KIND_NAMES, kind_names
 from substratus.core.client import (
     ApplyResult,
     ClientError,
@@ -34,9 +32,9 @@ from substratus.core.client import (
 )
 from substratus.core.naming import RETAIN_ANNOTATION
 
-GROUP = "substratus.ai"
 RESOURCES = {
-    kind: create_namespaced_resource(GROUP, "v1", kind, cls.PLURAL) for kind, cls in KINDS.items()
+    kind: create_namespaced_resource(GROUP, "v1", kind, names.plural)
+    for kind, names in KIND_NAMES.items()
 }
 LABEL_KIND, LABEL_NAME, LABEL_ROLE = f"{GROUP}/kind", f"{GROUP}/name", f"{GROUP}/role"
 MAIN, BUILD_CONTEXT, BUILD = "main", "substratus-context", "build"  # the operator's names
@@ -144,6 +142,9 @@ class KubeClient:
     def apply(
         self, doc: dict[str, Any], source: str = "<request>", dry_run: bool = False
     ) -> ApplyResult:
+        from substratus.api.loading import parse_object
+        from substratus.api.secrets import parse_secret
+
         if doc.get("kind") == "Secret" and doc.get("apiVersion") == "v1":
             namespace, name, data = parse_secret(doc, source)
             secret = {
@@ -188,18 +189,18 @@ class KubeClient:
             return None
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
-        cls = kind_of(kind)
+        cls = kind_names(kind)
         try:
             return _plain(
-                self._call(name, self.k.get, RESOURCES[cls.KIND], name, namespace=namespace)
+                self._call(name, self.k.get, RESOURCES[cls.kind], name, namespace=namespace)
             )
         except NotFoundError:  # worded as locally (the API server names the CRD's group)
             raise NotFoundError(
-                f'{cls.PLURAL} "{name}" not found in namespace "{namespace}"'
+                f'{cls.plural} "{name}" not found in namespace "{namespace}"'
             ) from None
 
     def list_objects(self, kind: str | None, namespace: str | None) -> list[dict[str, Any]]:
-        kinds = [kind_of(kind).KIND] if kind else list(KINDS)
+        kinds = [kind_names(kind).kind] if kind else list(KIND_NAMES)
         out = []
         for k in kinds:
             items = self._call(k, self.k.list, RESOURCES[k], namespace=namespace or ALL_NS)
@@ -207,20 +208,20 @@ class KubeClient:
         return out
 
     def delete(self, kind: str, namespace: str, name: str, retain: bool = False) -> DeleteResult:
-        cls = kind_of(kind)
-        body = self.get(cls.KIND, namespace, name)
-        if retain and cls.HAS_ARTIFACTS:
+        cls = kind_names(kind)
+        body = self.get(cls.kind, namespace, name)
+        if retain and cls.has_artifacts:
             patch = {"metadata": {"annotations": {RETAIN_ANNOTATION: "true"}}}
             self._call(
                 name,
                 self.k.patch,
-                RESOURCES[cls.KIND],
+                RESOURCES[cls.kind],
                 name,
                 patch,
                 namespace=namespace,
                 patch_type=PatchType.MERGE,
             )
-        self._call(name, self.k.delete, RESOURCES[cls.KIND], name, namespace=namespace)
+        self._call(name, self.k.delete, RESOURCES[cls.kind], name, namespace=namespace)
         # Pods on a cluster have their own copy of what they mount: nobody is left without it.
         return DeleteResult(body, [])
 
@@ -234,12 +235,12 @@ class KubeClient:
     ) -> Iterator[dict[str, Any]]:
         if kind is None:
             raise ClientError("watching every kind of a cluster at once is not supported")
-        cls = kind_of(kind)
+        cls = kind_names(kind)
         fields = cast(dict[str, Any], {"metadata.name": name}) if name else None
         try:
             # Without a resource version the API server starts with the objects as they are.
             for event_type, obj in self.k.watch(
-                RESOURCES[cls.KIND],
+                RESOURCES[cls.kind],
                 namespace=namespace or ALL_NS,
                 fields=fields,
                 resource_version=resource_version,
@@ -247,7 +248,7 @@ class KubeClient:
             ):
                 yield {"type": event_type, "object": _plain(obj)}
         except ApiError as e:
-            raise ClientError(f"watch {cls.PLURAL}: {e.status.message}") from None
+            raise ClientError(f"watch {cls.plural}: {e.status.message}") from None
         except (httpx2.HTTPError, OSError) as e:
             raise UnavailableError(f"cluster {self.context!r}: {e}") from None
 
@@ -256,17 +257,17 @@ class KubeClient:
     ) -> Iterator[bytes]:
         """The workload's output: the newest pod the operator made for the object (while
         its image builds, the build's: fetching the context, then BuildKit)."""
-        cls = kind_of(kind)
+        cls = kind_names(kind)
         pods = [
             p
             for p in self._call(
-                name, self.k.list, Pod, namespace=namespace, labels={LABEL_KIND: cls.KIND}
+                name, self.k.list, Pod, namespace=namespace, labels={LABEL_KIND: cls.kind}
             )
             if (p.metadata.annotations or {}).get(ANNOTATION_NAME) == name
         ]
-        pods += self._build_pods_elsewhere(cls.KIND, namespace, name)
+        pods += self._build_pods_elsewhere(cls.kind, namespace, name)
         if not pods:
-            raise NotFoundError(f"{cls.PLURAL}/{name}: no pod yet")
+            raise NotFoundError(f"{cls.plural}/{name}: no pod yet")
         pod = max(pods, key=lambda p: p.metadata.creationTimestamp)
         building = (pod.metadata.labels or {}).get(LABEL_ROLE) == "build"
         containers = [BUILD_CONTEXT, BUILD] if building else [MAIN]
@@ -280,7 +281,7 @@ class KubeClient:
     def serving_pod(self, kind: str, namespace: str, name: str, role: str = "service") -> str:
         """The name of the object's newest Ready workload pod (a Server's or Notebook's; with
         ``role="proxy"``, an autoscaled Server's proxy's)."""
-        cls = kind_of(kind)
+        cls = kind_names(kind)
         pods = [
             p
             for p in self._call(
@@ -288,7 +289,7 @@ class KubeClient:
                 self.k.list,
                 Pod,
                 namespace=namespace,
-                labels={LABEL_KIND: cls.KIND, LABEL_ROLE: role},
+                labels={LABEL_KIND: cls.kind, LABEL_ROLE: role},
             )
             if (p.metadata.annotations or {}).get(ANNOTATION_NAME) == name
             and p.metadata.deletionTimestamp is None
@@ -298,7 +299,7 @@ class KubeClient:
             )
         ]
         if not pods:
-            raise NotFoundError(f"{cls.PLURAL}/{name}: no Ready pod")
+            raise NotFoundError(f"{cls.plural}/{name}: no Ready pod")
         return str(max(pods, key=lambda p: p.metadata.creationTimestamp).metadata.name)
 
     def _build_pods_elsewhere(self, kind: str, namespace: str, name: str) -> list[Any]:
