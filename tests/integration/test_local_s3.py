@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import uuid
@@ -92,3 +93,49 @@ def test_upload_goes_through_a_presigned_s3_url(
     # The tarball downloaded from the bucket for the build is not kept: the build cache holds
     # what it unpacked.
     assert not any((local.paths.cache / "uploads").glob("*"))
+
+
+def test_a_large_upload_shows_a_bar_and_goes_up_in_parts(
+    s3_local: tuple[Local, str], tmp_path: Path
+) -> None:
+    """`sub apply` of a context above the multipart threshold (256 MiB), on a terminal: a bar
+    while it goes up in the parts the supervisor signed (S3's multipart upload, completed by
+    the client), and the build runs from what arrived."""
+    import os
+    import pty
+
+    local, base = s3_local
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    # Incompressible, just above the threshold: four parts of 64 MiB and a short fifth.
+    (ctx / "weights.bin").write_bytes(os.urandom((256 << 20) + (1 << 20)))
+    (ctx / "run.sh").write_text("wc -c < weights.bin > artifacts/size\n")
+    (ctx / "m.yaml").write_text(
+        "apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: big}\n"
+        "spec: {image: {upload: {}}, command: [sh, run.sh]}\n"
+    )
+    pid, fd = pty.fork()
+    if pid == 0:  # sub on a terminal, as a person runs it
+        sub_path = str(Path(sys.executable).parent / "sub")
+        argv = [sub_path, "apply", "-f", str(ctx / "m.yaml")]
+        os.execve(sub_path, argv, dict(os.environ, COLUMNS="100"))
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    _, status = os.waitpid(pid, 0)
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))  # colours
+    assert os.waitstatus_to_exitcode(status) == 0, screen
+    assert "uploading build context" in screen and "━" in screen, screen
+    assert "MB in 5 parts)" in screen, screen
+    obj = local.wait("Model", "big", timeout=180)
+    parts = obj["status"]["uploadParts"]
+    assert parts["uploadId"] and len(parts["urls"]) == 5 and parts["partSize"] == 64 << 20
+    out = tmp_path / "fetched"
+    ArtifactStore(base).fetch(obj["status"]["url"], out)
+    assert (out / "size").read_text().strip() == str((256 << 20) + (1 << 20))
