@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import Local
+from tests.terminal import sub_on_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -470,10 +471,6 @@ def test_events_and_describe_say_what_happened(local: Local, tmp_path: Path) -> 
 def test_logs_follow_draws_progress_lines_as_bars_on_a_terminal(
     local: Local, tmp_path: Path
 ) -> None:
-    import pty
-    import select
-    import time
-
     job = write(
         tmp_path / "job.py",
         "import time\n"
@@ -486,26 +483,7 @@ def test_logs_follow_draws_progress_lines_as_bars_on_a_terminal(
         "open('artifacts/w', 'w').write('w')\n",
     )
     local.apply("Model", "bar", {"image": "substratusai/base", "command": ["python", str(job)]})
-    pid, fd = pty.fork()
-    if pid == 0:  # sub on a terminal, as a person runs it
-        sub_path = str(Path(sys.executable).parent / "sub")
-        os.execve(sub_path, [sub_path, "logs", "-f", "model/bar"], dict(os.environ, COLUMNS="100"))
-    seen = b""
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.5)
-            if ready:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-    finally:
-        os.waitpid(pid, 0)
-    screen = seen.decode(errors="replace")
+    _, screen = sub_on_terminal("logs", "-f", "model/bar", timeout=60)
     assert "fetching the weights" in screen
     assert "━" in screen and "100.0%" in screen and "80 of 80 MB" in screen, screen
     assert "weights.bin: 40.0 MB of 80.0 MB" not in screen  # drawn, not printed

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import os
 import subprocess
 import sys
 import uuid
@@ -13,6 +13,7 @@ import pytest
 
 from substratus.storage import ArtifactStore
 from tests.conftest import Local
+from tests.terminal import ANSI, sub_on_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -101,9 +102,6 @@ def test_a_large_upload_shows_a_bar_and_goes_up_in_parts(
     """`sub apply` of a context above the multipart threshold (256 MiB), on a terminal: a bar
     while it goes up in the parts the supervisor signed (S3's multipart upload, completed by
     the client), and the build runs from what arrived."""
-    import os
-    import pty
-
     local, base = s3_local
     ctx = tmp_path / "ctx"
     ctx.mkdir()
@@ -114,23 +112,9 @@ def test_a_large_upload_shows_a_bar_and_goes_up_in_parts(
         "apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: big}\n"
         "spec: {image: {upload: {}}, command: [sh, run.sh]}\n"
     )
-    pid, fd = pty.fork()
-    if pid == 0:  # sub on a terminal, as a person runs it
-        sub_path = str(Path(sys.executable).parent / "sub")
-        argv = [sub_path, "apply", "-f", str(ctx / "m.yaml")]
-        os.execve(sub_path, argv, dict(os.environ, COLUMNS="100"))
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-    _, status = os.waitpid(pid, 0)
-    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))  # colours
-    assert os.waitstatus_to_exitcode(status) == 0, screen
+    code, screen = sub_on_terminal("apply", "-f", str(ctx / "m.yaml"))
+    screen = ANSI.sub("", screen)
+    assert code == 0, screen
     assert "uploading build context" in screen and "━" in screen, screen
     assert "MB in 5 parts)" in screen, screen
     obj = local.wait("Model", "big", timeout=180)
