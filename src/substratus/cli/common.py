@@ -6,10 +6,9 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from typing import Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import typer
-from rich.console import Console
 
 from substratus.api.errors import ValidationFailed
 from substratus.core.client import (
@@ -29,9 +28,46 @@ EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INVALID, EXIT_TIMEOUT, EXIT_UNAVAI
     6,
 )
 
-err = Console(stderr=True)
-out = Console(highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class _Deferred:
+    """A rich Console, made on first use: importing rich is a fifth of a start-up that a
+    command printing plain text (`get`, `version`) does without (see ``echo``)."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def _made(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._made(), name)
+
+    # Dunders are looked up on the type: rich's Live batches its refreshes in `with console:`.
+    def __enter__(self) -> Console:
+        return self._made().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._made().__exit__(*exc)
+
+
+err = cast("Console", _Deferred(stderr=True))
+out = cast("Console", _Deferred(highlight=False, soft_wrap=True))
 T = TypeVar("T")
+
+
+def echo(text: str, end: str = "\n") -> None:
+    """Plain text to stdout, exactly as given (no markup, emoji codes or wrapping), at once."""
+    sys.stdout.write(text + end)
+    sys.stdout.flush()
+
 
 Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")]
 

@@ -6,7 +6,6 @@ error)."""
 
 from __future__ import annotations
 
-import difflib
 from typing import Annotated, Any
 
 import typer
@@ -71,6 +70,8 @@ def diff(
 
     Example: `sub diff -f model.yaml`
     """
+    import difflib
+
     from substratus.api.loading import parse_object
     from substratus.cli.manifests import read_documents
 

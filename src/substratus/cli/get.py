@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from substratus.cli.common import EXIT_USAGE, client, err, fail, guarded, out
+from substratus.cli.common import EXIT_USAGE, client, echo, err, fail, guarded
 from substratus.cli.completion import complete_target
 
 Selector = Annotated[
@@ -73,7 +73,7 @@ def get(
         if args and args[0].lower() in ("secret", "secrets"):
             items = client().secrets(None if all_namespaces else namespace or "default")
             for s in items:
-                out.print(f"{s['metadata']['name']}   keys: {', '.join(s['keys'])}")
+                echo(f"{s['metadata']['name']}   keys: {', '.join(s['keys'])}")
             return
         kinds, name = parse_target(args)
         ns = None if all_namespaces else (namespace or "default")
@@ -89,7 +89,7 @@ def get(
             err.print(f"No resources found{f' in {ns} namespace' if ns else ''}.")
             return
         text = fmt.render(objs, output, single=bool(name), all_namespaces=all_namespaces)
-        out.print(text, markup=False, highlight=False, soft_wrap=True, end=_end(output))
+        echo(text, end=_end(output))
 
     guarded(run)
 
@@ -124,11 +124,11 @@ def _watch(
                 continue
             seen[ident] = version
             if output == "yaml":
-                out.print("---", markup=False)
+                echo("---")
             text = fmt.render([obj], output, single=True, all_namespaces=all_namespaces,
                               header=header)  # fmt: skip
             header = False
-            out.print(text, markup=False, highlight=False, soft_wrap=True, end=_end(output))
+            echo(text, end=_end(output))
 
 
 def _end(output: str | None) -> str:

@@ -17,6 +17,7 @@ from substratus.cli.common import (
     EXIT_USAGE,
     Namespace,
     client,
+    echo,
     err,
     fail,
     guarded,
@@ -341,9 +342,9 @@ def version(
     """The client's version, and what serves it: the local supervisor or the cluster."""
     from substratus import __version__
 
-    out.print(f"Client Version: substratus {__version__}", markup=False)
+    echo(f"Client Version: substratus {__version__}")
     if not client_only:
-        guarded(lambda: out.print(f"Server Version: {client().server_version()}", markup=False))
+        guarded(lambda: echo(f"Server Version: {client().server_version()}"))
 
 
 @app.command()

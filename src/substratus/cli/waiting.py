@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from substratus.cli.output import progress_text
 from substratus.core.client import Client
 from substratus.core.conditions import TERMINAL_REASONS
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class WaitFailed(Exception):
