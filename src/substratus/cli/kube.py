@@ -38,6 +38,7 @@ RESOURCES = {
 }
 LABEL_KIND, LABEL_NAME, LABEL_ROLE = f"{GROUP}/kind", f"{GROUP}/name", f"{GROUP}/role"
 MAIN, BUILD_CONTEXT, BUILD = "main", "substratus-context", "build"  # the operator's names
+RETRIES_429 = 5
 START_WAIT_SECONDS = 120.0  # `logs -f` waits this long for a container to start
 ANNOTATION_NAME = f"{GROUP}/object-name"
 ANNOTATION_NAMESPACE = f"{GROUP}/object-namespace"  # a build pod's owner in another namespace
@@ -54,6 +55,13 @@ def current_context(kubeconfig: str | None) -> str | None:
 def _kubeconfig_path(kubeconfig: str | None) -> str:
     path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
     return path or str(Path("~/.kube/config").expanduser())
+
+
+def _retry_after(e: ApiError) -> float:
+    """The seconds a 429 asks for (Retry-After, at most 5), else 1."""
+    response = getattr(e, "response", None)
+    raw = response.headers.get("Retry-After", "") if response is not None else ""
+    return min(float(raw), 5.0) if raw.isdigit() else 1.0
 
 
 def _plain(resource: Any) -> dict[str, Any]:
@@ -93,13 +101,21 @@ class KubeClient:
         self.k = Client(config=config, field_manager="sub")
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """One API call, with the API server's refusals as the Client interface's errors."""
-        try:
-            return fn(*args, **kwargs)
-        except ApiError as e:
-            raise _api_error(what, e) from None
-        except (httpx2.HTTPError, OSError) as e:
-            raise UnavailableError(f"cluster {self.context!r}: {e}") from None
+        """One API call, with the API server's refusals as the Client interface's errors. A
+        list is read whole here (lightkube's is lazy: its errors would come later, unnamed).
+        Told to slow down (429, as for a CRD that was just established), it waits as told, a
+        few times, as client-go does."""
+        for attempt in range(RETRIES_429 + 1):
+            try:
+                result = fn(*args, **kwargs)
+                return list(result) if fn == self.k.list else result
+            except ApiError as e:
+                if e.status.code != 429 or attempt == RETRIES_429:
+                    raise _api_error(what, e) from None
+                time.sleep(_retry_after(e))
+            except (httpx2.HTTPError, OSError) as e:
+                raise UnavailableError(f"cluster {self.context!r}: {e}") from None
+        raise AssertionError("unreachable")
 
     # -- the Client interface -------------------------------------------------------------
 
