@@ -63,7 +63,8 @@ def progress_latency(env: dict[str, str], work: Path, runs: int) -> float:
         "    while not os.path.exists(f'{sys.argv[1]}/go-{i}'): time.sleep(0.01)\n"
         "    open('progress.tmp', 'w').write(json.dumps({'step': i, 'total': 1000}))\n"
         "    os.replace('progress.tmp', 'progress.json')\n"
-        "    open(f'{sys.argv[1]}/wrote-{i}', 'w').write(repr(time.time()))\n"
+        "    open(f'{sys.argv[1]}/wrote.tmp', 'w').write(repr(time.time()))\n"
+        "    os.replace(f'{sys.argv[1]}/wrote.tmp', f'{sys.argv[1]}/wrote-{i}')\n"
     )
     doc = {
         "apiVersion": "substratus.ai/v1",

@@ -18,7 +18,6 @@ from lightkube import ALL_NS, ApiError, Client, KubeConfig
 from lightkube.codecs import from_dict
 from lightkube.core.exceptions import ConfigError
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.core_v1 import Event, Pod, Secret
 from lightkube.types import PatchType
 
 from substratus.api.kindnames import GROUP, KIND_NAMES, kind_names
@@ -55,6 +54,14 @@ def current_context(kubeconfig: str | None) -> str | None:
 def _kubeconfig_path(kubeconfig: str | None) -> str:
     path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
     return path or str(Path("~/.kube/config").expanduser())
+
+
+def _core_v1() -> Any:
+    """lightkube's core/v1 resources (Pod, Secret, Event), on first use: their models are
+    dataclasses made at import, a start-up cost `get` and `apply` of our kinds do without."""
+    from lightkube.resources import core_v1
+
+    return core_v1
 
 
 def _retry_after(e: ApiError) -> float:
@@ -125,7 +132,11 @@ class KubeClient:
         fields = {"involvedObject.kind": kind, "involvedObject.name": name}
         selector = {k: v for k, v in fields.items() if v}
         found = self._call(
-            "events", self.k.list, Event, namespace=namespace or ALL_NS, fields=selector or None
+            "events",
+            self.k.list,
+            _core_v1().Event,
+            namespace=namespace or ALL_NS,
+            fields=selector or None,
         )
         rows = []
         for e in found:
@@ -170,7 +181,7 @@ class KubeClient:
                 "type": doc.get("type", "Opaque"),
                 "stringData": data,
             }
-            before = self._get_or_none(Secret, name, namespace)
+            before = self._get_or_none(_core_v1().Secret, name, namespace)
             applied = self._call(
                 f"secret {name}", self.k.apply, from_dict(secret), force=True, dry_run=dry_run
             )
@@ -277,7 +288,11 @@ class KubeClient:
         pods = [
             p
             for p in self._call(
-                name, self.k.list, Pod, namespace=namespace, labels={LABEL_KIND: cls.kind}
+                name,
+                self.k.list,
+                _core_v1().Pod,
+                namespace=namespace,
+                labels={LABEL_KIND: cls.kind},
             )
             if (p.metadata.annotations or {}).get(ANNOTATION_NAME) == name
         ]
@@ -303,7 +318,7 @@ class KubeClient:
             for p in self._call(
                 name,
                 self.k.list,
-                Pod,
+                _core_v1().Pod,
                 namespace=namespace,
                 labels={LABEL_KIND: cls.kind, LABEL_ROLE: role},
             )
@@ -323,7 +338,7 @@ class KubeClient:
         the user may read them; none where listing pods across namespaces is not allowed."""
         try:
             found = self.k.list(
-                Pod, namespace=ALL_NS, labels={LABEL_KIND: kind, LABEL_ROLE: "build"}
+                _core_v1().Pod, namespace=ALL_NS, labels={LABEL_KIND: kind, LABEL_ROLE: "build"}
             )
             owner = {ANNOTATION_NAME: name, ANNOTATION_NAMESPACE: namespace}
             return [
@@ -365,7 +380,7 @@ class KubeClient:
                 raise UnavailableError(f"cluster {self.context!r}: {e}") from None
 
     def secrets(self, namespace: str | None) -> list[dict[str, Any]]:
-        items = self._call("secrets", self.k.list, Secret, namespace=namespace or ALL_NS)
+        items = self._call("secrets", self.k.list, _core_v1().Secret, namespace=namespace or ALL_NS)
         # Names and keys only, as locally: values stay in the cluster.
         return [
             {
@@ -376,7 +391,7 @@ class KubeClient:
         ]
 
     def delete_secret(self, namespace: str, name: str) -> None:
-        self._call(f"secret {name}", self.k.delete, Secret, name, namespace=namespace)
+        self._call(f"secret {name}", self.k.delete, _core_v1().Secret, name, namespace=namespace)
 
 
 def _user_fields(obj: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:

@@ -4,8 +4,10 @@ the annotation that keeps artifacts when an object is deleted."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from substratus.api.common import UploadSource
+if TYPE_CHECKING:  # `sub` reads the annotation's name without the models
+    from substratus.api.common import UploadSource
 
 RETAIN_ANNOTATION = "substratus.ai/retain-artifacts"
 
