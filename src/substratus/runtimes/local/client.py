@@ -46,9 +46,8 @@ class LocalClient:
                     f"the local supervisor is not running (state in {self.paths.home}); "
                     "`sub apply` or `sub local start` starts it"
                 )
-            transport = httpx.HTTPTransport(uds=str(self.paths.socket))
             self._http = httpx.Client(
-                transport=transport, base_url="http://supervisor", timeout=None
+                transport=socket_transport(self.paths), base_url="http://supervisor", timeout=None
             )
         return self._http
 
@@ -174,11 +173,17 @@ def _raise_for(resp: httpx.Response) -> None:
     raise ClientError(message)
 
 
+def socket_transport(paths: LocalPaths) -> httpx.HTTPTransport:
+    """Plain HTTP over the supervisor's unix socket. No TLS is spoken there, so no certificate
+    store is loaded (httpx would, by default: ~25 ms of every `sub` call)."""
+    return httpx.HTTPTransport(uds=str(paths.socket), verify=False)
+
+
 def supervisor_running(paths: LocalPaths) -> bool:
     if not paths.socket.exists():
         return False
     try:
-        with httpx.Client(transport=httpx.HTTPTransport(uds=str(paths.socket)), timeout=2.0) as c:
+        with httpx.Client(transport=socket_transport(paths), timeout=2.0) as c:
             return c.get("http://supervisor/healthz").status_code == 200
     except httpx.TransportError:
         return False
