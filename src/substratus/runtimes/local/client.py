@@ -1,18 +1,22 @@
-"""The local supervisor's client: HTTP over its unix socket, starting it on demand."""
+"""The local supervisor's client: HTTP over its unix socket, starting it on demand.
+
+The standard library's http.client, not httpx: a `sub` call is mostly start-up, and httpx with
+httpcore costs ~40 ms of imports for one request over a local socket."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from typing import Any
-
-import httpx
+from urllib.parse import urlencode
 
 from substratus.core.client import (
     ApplyResult,
@@ -27,17 +31,52 @@ from substratus.runtimes.local.paths import LocalPaths
 START_TIMEOUT = 30.0
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a unix socket."""
+
+    def __init__(self, path: str, timeout: float | None = None) -> None:
+        super().__init__("supervisor", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _Response:
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+
+TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
+
+
 class LocalClient:
     def __init__(self, paths: LocalPaths | None = None, autostart: bool = True):
         self.paths = paths or LocalPaths.from_env()
         self.autostart = autostart
-        self._http: httpx.Client | None = None
+        self._checked = False
 
     # -- connection -----------------------------------------------------------------------
 
-    @property
-    def http(self) -> httpx.Client:
-        if self._http is None:
+    def _connect(self) -> _UnixConnection:
+        """A connection of its own per request: a unix socket connects in microseconds, and
+        nothing then depends on the supervisor keeping a connection open between requests."""
+        if not self._checked:
             if self.autostart:
                 ensure_supervisor(self.paths)
             elif not supervisor_running(self.paths):
@@ -46,35 +85,45 @@ class LocalClient:
                     f"the local supervisor is not running (state in {self.paths.home}); "
                     "`sub apply` or `sub local start` starts it"
                 )
-            self._http = httpx.Client(
-                transport=socket_transport(self.paths), base_url="http://supervisor", timeout=None
-            )
-        return self._http
+            self._checked = True
+        return _UnixConnection(str(self.paths.socket))
 
     def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        self._checked = False
 
-    def _request(self, method: str, path: str, **kw: Any) -> Any:
+    def _request(
+        self, method: str, path: str, params: dict[str, Any] | None = None, json_body: Any = None
+    ) -> Any:
+        conn = self._connect()
+        body = None if json_body is None else json.dumps(json_body).encode()
+        headers = {"Content-Type": "application/json"} if body is not None else {}
         try:
-            resp = self.http.request(method, path, **kw)
-        except httpx.TransportError as exc:
+            conn.request(method, _target(path, params), body=body, headers=headers)
+            raw = conn.getresponse()
+            resp = _Response(raw.status, raw.read())
+        except TRANSPORT_ERRORS as exc:
             raise UnavailableError(
                 f"the local supervisor at {self.paths.socket} is not answering: {exc}"
             ) from exc
+        finally:
+            conn.close()
         _raise_for(resp)
         return resp.json()
 
-    def _stream(self, path: str, params: dict[str, Any]) -> Iterator[httpx.Response]:
+    def _stream(self, path: str, params: dict[str, Any]) -> Iterator[bytes]:
+        """The response's bytes as they arrive, on a connection of its own."""
+        conn = self._connect()
         try:
-            with self.http.stream("GET", path, params=params) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    _raise_for(resp)
-                yield resp
-        except httpx.TransportError as exc:
+            conn.request("GET", _target(path, params))
+            raw = conn.getresponse()
+            if raw.status >= 400:
+                _raise_for(_Response(raw.status, raw.read()))
+            while chunk := raw.read1(65536):
+                yield chunk
+        except TRANSPORT_ERRORS as exc:
             raise UnavailableError(f"the local supervisor stopped answering: {exc}") from exc
+        finally:
+            conn.close()
 
     # -- the Client interface --------------------------------------------------------------
 
@@ -82,7 +131,7 @@ class LocalClient:
         self, doc: dict[str, Any], source: str = "<request>", dry_run: bool = False
     ) -> ApplyResult:
         params = {"source": source, **({"dryRun": "All"} if dry_run else {})}
-        out = self._request("POST", "/apply", params=params, json=doc)
+        out = self._request("POST", "/apply", params=params, json_body=doc)
         return ApplyResult(out["action"], out["object"])
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
@@ -113,9 +162,11 @@ class LocalClient:
                 params[k] = v
         if resource_version is not None:
             params["resourceVersion"] = resource_version
-        for resp in self._stream("/watch", params):
-            for line in resp.iter_lines():
-                if line:
+        pending = b""
+        for chunk in self._stream("/watch", params):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if line.strip():
                     yield json.loads(line)
 
     def logs(
@@ -124,8 +175,7 @@ class LocalClient:
         params: dict[str, Any] = {"follow": "true" if follow else "false"}
         if tail is not None:
             params["tailLines"] = tail
-        for resp in self._stream(f"/logs/{kind}/{namespace}/{name}", params):
-            yield from resp.iter_bytes()
+        yield from self._stream(f"/logs/{kind}/{namespace}/{name}", params)
 
     def secrets(self, namespace: str | None) -> list[dict[str, Any]]:
         params = {"namespace": namespace} if namespace else {}
@@ -158,35 +208,40 @@ class LocalClient:
         self._request("POST", "/shutdown")
 
 
-def _raise_for(resp: httpx.Response) -> None:
-    if resp.status_code < 400:
+def _target(path: str, params: dict[str, Any] | None) -> str:
+    return f"{path}?{urlencode(params)}" if params else path
+
+
+def _raise_for(resp: _Response) -> None:
+    if resp.status < 400:
         return
     try:
         body = resp.json()
     except ValueError:
         body = {"message": resp.text}
+    if not isinstance(body, dict):
+        body = {"message": resp.text}
     message = body.get("message", resp.text)
-    if resp.status_code == 404:
+    if resp.status == 404:
         raise NotFoundError(message)
-    if resp.status_code == 422:
+    if resp.status == 422:
         raise InvalidError(message, [tuple(p) for p in body.get("problems", [])])
     raise ClientError(message)
-
-
-def socket_transport(paths: LocalPaths) -> httpx.HTTPTransport:
-    """Plain HTTP over the supervisor's unix socket. No TLS is spoken there, so no certificate
-    store is loaded (httpx would, by default: ~25 ms of every `sub` call)."""
-    return httpx.HTTPTransport(uds=str(paths.socket), verify=False)
 
 
 def supervisor_running(paths: LocalPaths) -> bool:
     if not paths.socket.exists():
         return False
+    conn = _UnixConnection(str(paths.socket), timeout=2.0)
     try:
-        with httpx.Client(transport=socket_transport(paths), timeout=2.0) as c:
-            return c.get("http://supervisor/healthz").status_code == 200
-    except httpx.TransportError:
+        conn.request("GET", "/healthz")
+        answer = conn.getresponse()
+        answer.read()  # whole: hanging up mid-answer would break the supervisor's write
+        return answer.status == 200
+    except TRANSPORT_ERRORS:
         return False
+    finally:
+        conn.close()
 
 
 def ensure_supervisor(paths: LocalPaths) -> None:

@@ -113,6 +113,8 @@ class Handler(BaseHTTPRequestHandler):
             self._error(410, "Expired", str(exc))
         except ValueError as exc:
             self._error(400, "BadRequest", str(exc))
+        except (BrokenPipeError, ConnectionResetError):
+            log.debug("%s %s: the client went away before the answer", method, self.path)
         except Exception as exc:
             log.exception("%s %s failed", method, self.path)
             self._error(500, "InternalError", f"{type(exc).__name__}: {exc}")

@@ -23,6 +23,9 @@ from substratus.runtimes.local.commits import delete_versions, sweep_retired
 from substratus.runtimes.local.controller import Controller
 from substratus.runtimes.local.db import StateDB
 
+# `logs -f` of an object whose workload has not started waits this long for it (as on a cluster).
+START_WAIT_SECONDS = 120.0
+
 
 class NotFound(LookupError):
     pass
@@ -269,8 +272,15 @@ class LocalService:
         tail: int | None,
         client_open: Callable[[], bool],
     ) -> Iterator[bytes]:
-        if path is None:
-            return
+        waited_until = time.monotonic() + START_WAIT_SECONDS
+        while path is None:  # following an object that has not started yet: as on a cluster,
+            if not follow or not client_open() or time.monotonic() > waited_until:  # wait
+                return
+            time.sleep(0.2)
+            try:
+                path, running = self.log_path(kind, namespace, name)
+            except NotFound:
+                return
         if tail is not None:
             yield (processes.tail(path, lines=tail) + "\n").encode()
             offset = path.stat().st_size if path.exists() else 0
