@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -489,3 +490,28 @@ def test_logs_follow_draws_progress_lines_as_bars_on_a_terminal(
     assert "weights.bin: 40.0 MB of 80.0 MB" not in screen  # drawn, not printed
     # Piped, the same log is the log as written.
     assert "weights.bin: 40.0 MB of 80.0 MB (20.0 MB/s) …" in sub("logs", "model/bar").stdout
+
+
+def test_logs_follow_waits_for_a_workload_that_has_not_started(local: Local) -> None:
+    """As `kubectl logs -f` waits for a container: a fine-tune whose base model is not there
+    yet has no run; following its logs waits for one, then streams it."""
+    tuned = {
+        "image": "substratusai/base",
+        "baseModel": {"name": "later"},
+        "command": ["sh", "-c", "echo tuned-output && echo w > artifacts/w"],
+    }
+    local.apply("Model", "tuned", tuned)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "substratus.cli.main", "logs", "-f", "model/tuned"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(2)
+        assert follower.poll() is None  # still waiting: nothing has run
+        base = {"image": "substratusai/base", "command": ["sh", "-c", "echo w > artifacts/w"]}
+        local.apply("Model", "later", base)
+        stdout, stderr = follower.communicate(timeout=90)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, stderr
+    assert stdout == "tuned-output\n"
