@@ -51,6 +51,12 @@ def wait_for(what: str, check: Any, timeout: float = 60) -> Any:
     return value
 
 
+def logs(local: Local) -> str:
+    """The proxy's and the replicas' logs (their last lines), to say what went wrong."""
+    found = sorted((local.paths.logs / "default" / "servers" / "auto").glob("*.log"))
+    return "\n".join(f"== {p.name}\n" + "\n".join(p.read_text().splitlines()[-25:]) for p in found)
+
+
 def test_scale_from_zero_under_a_burst_then_back_to_zero(local: Local, tmp_path: Path) -> None:
     tiny = make_tiny_llama(tmp_path / "tiny")
     copy = ["cp", "-r", f"{tiny}/.", "artifacts/"]
@@ -74,7 +80,7 @@ def test_scale_from_zero_under_a_burst_then_back_to_zero(local: Local, tmp_path:
     # 32 requests at zero replicas: all held, all answered, by at most maxReplicas replicas.
     results = asyncio.run(burst(url, 32))
     errors = [r for r in results if isinstance(r, BaseException)]
-    assert not errors, errors[:3]
+    assert not errors, (errors[:3], logs(local))
     assert all(r.choices[0].text for r in results)
     metrics = httpx.get(url + "/_substratus/metrics").text
     assert sample(metrics, "substratus_proxy_queued_seconds_count") == 32
@@ -100,7 +106,7 @@ def test_scale_from_zero_under_a_burst_then_back_to_zero(local: Local, tmp_path:
     results = asyncio.run(burst(url, 40))
     refused = [r for r in results if isinstance(r, openai.APIStatusError)]
     answered = [r for r in results if not isinstance(r, BaseException)]
-    assert len(refused) == 8 and len(answered) == 32, results
+    assert len(refused) == 8 and len(answered) == 32, (results, logs(local))
     for error in refused:
         assert error.status_code == 503
         assert error.response.headers["x-substratus-reason"] == "queue_full"

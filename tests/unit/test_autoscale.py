@@ -163,6 +163,9 @@ def test_an_autoscaled_server_on_a_cluster_has_a_proxy_in_front() -> None:
         ("Service", "x-server-proxy"),
     ]
     assert children[1]["spec"]["replicas"] == 0
+    # A replica scaled down keeps serving until the proxy has heard of it.
+    [replica] = children[1]["spec"]["template"]["spec"]["containers"][:1]
+    assert replica["lifecycle"] == {"preStop": {"sleep": {"seconds": 2}}}
     proxy = children[2]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") or e["valueFrom"] for e in proxy["env"]}
     # Its replicas come from the operator, with the token of the Secret the Server owns.

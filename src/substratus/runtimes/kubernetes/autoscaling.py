@@ -49,6 +49,7 @@ PORT = 8080
 MODULE = "substratus.workloads.proxy"
 ROLE = "proxy"
 POLL_SECONDS = 0.5
+PRESTOP_SECONDS = 2  # a replica's wait before it shuts down: several polls
 TOKEN_KEY = "token"
 
 

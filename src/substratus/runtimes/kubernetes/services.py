@@ -84,6 +84,11 @@ def service_children(
         "periodSeconds": 2,
         "failureThreshold": 3,
     }
+    if action.autoscaling is not None:
+        # A replica scaled down gets SIGTERM as its pod starts terminating; the proxy hears of
+        # it within a poll (0.5 s). Until then it may still send the replica a request, which
+        # a server shutting down would refuse: the pod keeps serving a moment first.
+        main["lifecycle"] = {"preStop": {"sleep": {"seconds": autoscaling.PRESTOP_SECONDS}}}
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

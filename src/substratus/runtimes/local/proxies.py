@@ -7,10 +7,12 @@ import json
 import os
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from substratus.api.kinds import Autoscaling, Resource
+from substratus.core.autoscale import LOAD_PATH
 from substratus.core.contract import API_KEYS_ENV
 from substratus.runtimes.local import processes
 from substratus.runtimes.local.db import Run
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
 ROLE = "proxy"
 MODULE = "substratus.workloads.proxy"
+RELEASE_SECONDS = 3.0  # the proxy reads its replicas' file at least once a second
 
 
 def settings(policy: Autoscaling, keys: str) -> str:
@@ -134,6 +137,24 @@ class Proxies:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(path)
+
+    def released(self, obj: Resource, replica: Run) -> None:
+        """Wait (at most RELEASE_SECONDS) until the proxy no longer lists ``replica``, so that
+        it sends it nothing new: a replica stopped before that could be sent a request while
+        it shuts down, which it would refuse. Called after the replicas' file is rewritten."""
+        proxy = self.url(obj)
+        if proxy is None or replica.port is None:
+            return
+        gone = service_url(replica.port)
+        deadline = time.monotonic() + RELEASE_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(proxy + LOAD_PATH, timeout=1) as answer:
+                    if gone not in json.load(answer).get("upstreams", []):
+                        return
+            except (OSError, ValueError):
+                return  # the proxy is gone or restarting: it will read the file as it is
+            time.sleep(0.05)
 
     def url(self, obj: Resource) -> str | None:
         """The proxy's address, once it answers."""

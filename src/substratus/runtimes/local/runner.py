@@ -316,10 +316,9 @@ class Runner:
             if run in kept:
                 continue
             if action.autoscaling is not None and run.generation == action.generation:
-                # Scaled down: the replica finishes what it answers (SIGTERM), unhurried.
-                threading.Thread(
-                    target=self.stop_run, args=(run, DRAIN_SECONDS), daemon=True
-                ).start()
+                # Scaled down: once the proxy sends it nothing new, the replica finishes what
+                # it answers (SIGTERM), unhurried.
+                threading.Thread(target=self._drain, args=(obj, run), daemon=True).start()
             else:
                 self.stop_run(run)
         live = {r.replica for r in self.db.runs(obj.key, role="service", phase="running")}
@@ -351,6 +350,10 @@ class Runner:
         if action.autoscaling is not None:
             replicas = self.db.runs(obj.key, role="service", phase="running")
             self.proxies.write_upstreams(obj, replicas)
+
+    def _drain(self, obj: Resource, run: Run) -> None:
+        self.proxies.released(obj, run)
+        self.stop_run(run, DRAIN_SECONDS)
 
     def start_build(self, obj: Resource, source: str) -> None:
         start_build(self, obj, source)
