@@ -247,6 +247,14 @@ class LocalService:
             run = [r for r in workload if r.replica == 0][-1]
         return self.ctl.paths.home / run.log, run.phase == "running"
 
+    def _log_again(self, kind: str, namespace: str, name: str) -> tuple[Path | None, bool] | None:
+        """``log_path`` after a moment; None once the object is gone."""
+        time.sleep(0.2)
+        try:
+            return self.log_path(kind, namespace, name)
+        except NotFound:
+            return None
+
     def follow_log(
         self,
         kind: str,
@@ -272,15 +280,14 @@ class LocalService:
         tail: int | None,
         client_open: Callable[[], bool],
     ) -> Iterator[bytes]:
+        # Following an object that has not started yet waits for it, as on a cluster.
         waited_until = time.monotonic() + START_WAIT_SECONDS
-        while path is None:  # following an object that has not started yet: as on a cluster,
-            if not follow or not client_open() or time.monotonic() > waited_until:  # wait
+        while path is None:
+            if not follow or not client_open() or time.monotonic() > waited_until:
                 return
-            time.sleep(0.2)
-            try:
-                path, running = self.log_path(kind, namespace, name)
-            except NotFound:
+            if (again := self._log_again(kind, namespace, name)) is None:
                 return
+            path, running = again
         if tail is not None:
             yield (processes.tail(path, lines=tail) + "\n").encode()
             offset = path.stat().st_size if path.exists() else 0
@@ -298,10 +305,8 @@ class LocalService:
                 yield chunk
             if not follow or not running or not client_open():
                 return
-            time.sleep(0.2)
-            try:
-                path2, running = self.log_path(kind, namespace, name)
-            except NotFound:
+            if (again := self._log_again(kind, namespace, name)) is None:
                 return
+            path2, running = again
             if path2 != path:
                 return  # a new attempt started; the client follows it with a new request
