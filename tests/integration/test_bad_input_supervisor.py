@@ -57,9 +57,11 @@ def bounded_memory(local: Local) -> Iterator[None]:
 
 
 def post(local: Local, body: bytes) -> httpx.Response:
-    return local.client.http.post(
-        "/apply", content=body, headers={"Content-Type": "application/json"}
-    )
+    """Raw bytes to the supervisor's /apply, as any client could send them."""
+    local.client.health()  # started
+    transport = httpx.HTTPTransport(uds=str(local.paths.socket))
+    with httpx.Client(transport=transport, base_url="http://supervisor") as c:
+        return c.post("/apply", content=body, headers={"Content-Type": "application/json"})
 
 
 def model(name: str = "m", **spec: Any) -> dict[str, Any]:
