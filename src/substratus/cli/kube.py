@@ -108,14 +108,12 @@ class KubeClient:
         self.k = Client(config=config, field_manager="sub")
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """One API call, with the API server's refusals as the Client interface's errors. A
-        list is read whole here (lightkube's is lazy: its errors would come later, unnamed).
+        """One API call, with the API server's refusals as the Client interface's errors.
         Told to slow down (429, as for a CRD that was just established), it waits as told, a
         few times, as client-go does."""
         for attempt in range(RETRIES_429 + 1):
             try:
-                result = fn(*args, **kwargs)
-                return list(result) if fn == self.k.list else result
+                return fn(*args, **kwargs)
             except ApiError as e:
                 if e.status.code != 429 or attempt == RETRIES_429:
                     raise _api_error(what, e) from None
@@ -124,6 +122,11 @@ class KubeClient:
                 raise UnavailableError(f"cluster {self.context!r}: {e}") from None
         raise AssertionError("unreachable")
 
+    def _list(self, what: str, resource: Any, **kwargs: Any) -> list[Any]:
+        """A list, read whole inside ``_call``: lightkube's is lazy, and its errors would
+        otherwise come while iterating, outside the error mapping."""
+        return cast(list[Any], self._call(what, lambda: list(self.k.list(resource, **kwargs))))
+
     # -- the Client interface -------------------------------------------------------------
 
     def events(
@@ -131,9 +134,8 @@ class KubeClient:
     ) -> list[dict[str, Any]]:
         fields = {"involvedObject.kind": kind, "involvedObject.name": name}
         selector = {k: v for k, v in fields.items() if v}
-        found = self._call(
+        found = self._list(
             "events",
-            self.k.list,
             _core_v1().Event,
             namespace=namespace or ALL_NS,
             fields=selector or None,
@@ -230,7 +232,7 @@ class KubeClient:
         kinds = [kind_names(kind).kind] if kind else list(KIND_NAMES)
         out = []
         for k in kinds:
-            items = self._call(k, self.k.list, RESOURCES[k], namespace=namespace or ALL_NS)
+            items = self._list(k, RESOURCES[k], namespace=namespace or ALL_NS)
             out += [_plain(i) for i in items]
         return out
 
@@ -287,9 +289,8 @@ class KubeClient:
         cls = kind_names(kind)
         pods = [
             p
-            for p in self._call(
+            for p in self._list(
                 name,
-                self.k.list,
                 _core_v1().Pod,
                 namespace=namespace,
                 labels={LABEL_KIND: cls.kind},
@@ -315,9 +316,8 @@ class KubeClient:
         cls = kind_names(kind)
         pods = [
             p
-            for p in self._call(
+            for p in self._list(
                 name,
-                self.k.list,
                 _core_v1().Pod,
                 namespace=namespace,
                 labels={LABEL_KIND: cls.kind, LABEL_ROLE: role},
@@ -380,7 +380,7 @@ class KubeClient:
                 raise UnavailableError(f"cluster {self.context!r}: {e}") from None
 
     def secrets(self, namespace: str | None) -> list[dict[str, Any]]:
-        items = self._call("secrets", self.k.list, _core_v1().Secret, namespace=namespace or ALL_NS)
+        items = self._list("secrets", _core_v1().Secret, namespace=namespace or ALL_NS)
         # Names and keys only, as locally: values stay in the cluster.
         return [
             {
