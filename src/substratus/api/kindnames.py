@@ -4,15 +4,14 @@ importing pydantic. ``kinds.py`` takes its class attributes from here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 GROUP = "substratus.ai"
 VERSION = "v1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 
-@dataclass(frozen=True)
-class KindNames:
+class KindNames(NamedTuple):
     kind: str
     plural: str
     short_names: tuple[str, ...]

@@ -5,15 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from substratus.api.compat import CompatError, written_loc
+from substratus.api.documents import check_document as check_document  # re-exported
+from substratus.api.documents import load_yaml_documents
 from substratus.api.errors import ValidationFailed as ValidationFailed  # re-exported
 from substratus.api.kindnames import kind_names
 from substratus.api.kinds import API_VERSION, KINDS, Resource
-from substratus.api.limits import size_problem, tree_problem
-from substratus.api.yamlload import YAMLLimitError, load_all
 
 
 def _path(loc: Iterable[int | str]) -> str:
@@ -90,33 +89,6 @@ def _problem(err: dict[str, Any], owner: str, raw_spec: Any) -> tuple[str, str]:
         # The models saw the normalised spec; name the field the user wrote (compat.py).
         loc = ("spec", *written_loc(owner, raw_spec, loc[1:]))
     return _path(loc), reason
-
-
-def check_document(doc: dict[str, Any], source: str) -> None:
-    """Refuse a document that is too deep, not JSON data, or too large for one object."""
-    problem = tree_problem(doc)
-    if problem is None:
-        reason = size_problem(doc)
-        problem = ("", reason) if reason else None
-    if problem is not None:
-        meta = doc.get("metadata")
-        name = meta.get("name") if isinstance(meta, dict) else None
-        where = f"{source}: {doc.get('kind')}/{name}" if isinstance(name, str) else source
-        raise ValidationFailed(where, [problem])
-
-
-def load_yaml_documents(text: str, source: str) -> list[Any]:
-    """The non-empty documents of a YAML (or JSON) text, within the bounds of ``limits``."""
-    try:
-        return [d for d in load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" (line {mark.line + 1}, column {mark.column + 1})"
-        problem = getattr(exc, "problem", None) or str(exc)
-        what = "YAML" if isinstance(exc, YAMLLimitError) else "malformed YAML"
-        raise ValidationFailed(source, [("", f"{what}{where}: {problem}")]) from None
 
 
 def parse_documents(text: str, source: str = "<stdin>") -> list[Resource]:

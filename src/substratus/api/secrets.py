@@ -11,8 +11,9 @@ import base64
 import binascii
 from typing import Any
 
+from substratus.api.documents import check_document
+from substratus.api.errors import ValidationFailed
 from substratus.api.limits import MAX_SECRET_BYTES
-from substratus.api.loading import ValidationFailed, check_document
 from substratus.api.names import dns_label_problem, dns_subdomain_problem, secret_key_problem
 
 

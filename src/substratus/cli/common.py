@@ -6,9 +6,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
-
-import typer
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 from substratus.api.errors import ValidationFailed
 from substratus.core.client import (
@@ -63,18 +61,25 @@ out = cast("Console", _Deferred(highlight=False, soft_wrap=True))
 T = TypeVar("T")
 
 
-def echo(text: str, end: str = "\n") -> None:
-    """Plain text to stdout, exactly as given (no markup, emoji codes or wrapping), at once."""
-    sys.stdout.write(text + end)
-    sys.stdout.flush()
+class WaitFailed(Exception):
+    """The object waited for failed (a job's last attempt, a build)."""
 
 
-Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")]
+class WaitTimeout(Exception):
+    pass
+
+
+def echo(text: str, end: str = "\n", stderr: bool = False) -> None:
+    """Plain text to stdout (or stderr), exactly as given (no markup, emoji codes or
+    wrapping), at once."""
+    stream = sys.stderr if stderr else sys.stdout
+    stream.write(text + end)
+    stream.flush()
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-    raise typer.Exit(code)
+    raise SystemExit(code)  # typer lets it through as it is
 
 
 # Set by the global options (`sub --context NAME --kubeconfig FILE ...`).
@@ -104,7 +109,6 @@ def client(start: bool = False) -> Client:
 def guarded(fn: Callable[[], T]) -> T:
     """Run ``fn``, turning client errors into messages and the documented exit codes."""
     from substratus.cli.targets import UsageError
-    from substratus.cli.waiting import WaitFailed, WaitTimeout
 
     try:
         return fn()
@@ -142,3 +146,12 @@ def parse_duration(text: str) -> float:
         raise UsageError(f"--timeout: {text!r} is not a duration like 30s, 5m or 1h")
     scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
     return float(m.group(1)) * scale
+
+
+def show_version(client_only: bool) -> None:
+    """The client's version, and what serves it: the local supervisor or the cluster."""
+    from substratus import __version__
+
+    echo(f"Client Version: substratus {__version__}")
+    if not client_only:
+        guarded(lambda: echo(f"Server Version: {client().server_version()}"))

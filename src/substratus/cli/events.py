@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from substratus.cli.common import Namespace, client, err, guarded, out
+from substratus.cli.common import client, err, guarded, out
 from substratus.cli.completion import complete_target
+from substratus.cli.options import Namespace
 
 
 def table(rows: list[dict[str, Any]], all_namespaces: bool = False) -> str:

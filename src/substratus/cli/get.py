@@ -3,61 +3,20 @@ selectors and watching, against either runtime through the Client interface."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from substratus.cli.common import EXIT_USAGE, client, echo, err, fail, guarded
-from substratus.cli.completion import complete_target
-
-Selector = Annotated[
-    str | None,
-    typer.Option(
-        "--selector", "-l", help="Label selector, e.g. -l app=web,tier!=db, -l 'env in (a,b)'."
-    ),
-]
+from substratus.cli.common import EXIT_USAGE, client, echo, fail, guarded
 
 
 def get(
-    target: Annotated[
-        list[str] | None,
-        typer.Argument(help="KIND, KIND/NAME or KIND NAME.", autocompletion=complete_target),
-    ] = None,
-    namespace: Annotated[
-        str | None, typer.Option("--namespace", "-n", help="Namespace (default: default).")
-    ] = None,
-    all_namespaces: Annotated[
-        bool, typer.Option("--all-namespaces", "-A", help="List objects of every namespace.")
-    ] = False,
-    output: Annotated[
-        str | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help="wide, yaml, json, name, jsonpath=TEMPLATE or custom-columns=NAME:PATH,...",
-        ),
-    ] = None,
-    selector: Selector = None,
-    watch: Annotated[
-        bool, typer.Option("--watch", "-w", help="After listing, print each change as it comes.")
-    ] = False,
+    target: list[str] | None,
+    namespace: str | None,
+    all_namespaces: bool,
+    output: str | None,
+    selector: str | None,
+    watch: bool,
 ) -> None:
-    """List objects, or show one.
-
-    Examples:
-
-        sub get                      # every kind (the `ai` category)
-
-        sub get models -o wide
-
-        sub get model/falcon-7b -o yaml
-
-        sub get models -l team=nlp -o name
-
-        sub get servers -o jsonpath='{range .items[*]}{.metadata.name} {.status.url}{"\\n"}{end}'
-
-        sub get models -w
-    """
+    """`sub get` (the typer command, with its help, is in ``app.py``)."""
     from substratus.cli import output as fmt
     from substratus.cli.selectors import SelectorError, parse_selector
     from substratus.cli.targets import parse_target
@@ -86,7 +45,7 @@ def get(
         else:
             objs = [o for k in kinds for o in c.list_objects(k, ns) if matches(o)]
         if not objs and not (output in ("yaml", "json") or (output or "").startswith("jsonpath")):
-            err.print(f"No resources found{f' in {ns} namespace' if ns else ''}.")
+            echo(f"No resources found{f' in {ns} namespace' if ns else ''}.", stderr=True)
             return
         text = fmt.render(objs, output, single=bool(name), all_namespaces=all_namespaces)
         echo(text, end=_end(output))

@@ -1,4 +1,4 @@
-"""`sub` against a cluster: the ``Client`` interface over the Kubernetes API (lightkube).
+"""`sub` against a cluster: the ``Client`` interface over the Kubernetes API (``kubehttp``).
 
 Chosen the kubectl way: ``--context NAME`` (a context of the kubeconfig that ``--kubeconfig`` or
 ``KUBECONFIG`` names, else ``~/.kube/config``), or ``SUBSTRATUS_CONTEXT=NAME``. Objects are
@@ -7,20 +7,15 @@ applied server-side (field manager ``sub``); the operator does the rest.
 
 from __future__ import annotations
 
-import os
+import http.client
+import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, cast
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
-import httpx2
-from lightkube import ALL_NS, ApiError, Client, KubeConfig
-from lightkube.codecs import from_dict
-from lightkube.core.exceptions import ConfigError
-from lightkube.generic_resource import create_namespaced_resource
-from lightkube.types import PatchType
-
-from substratus.api.kindnames import GROUP, KIND_NAMES, kind_names
+from substratus.api.kindnames import API_VERSION, GROUP, KIND_NAMES, kind_names
+from substratus.cli.kubehttp import Connection, StatusError, path_of
+from substratus.cli.kubehttp import current_context as current_context  # re-exported
 from substratus.core.client import (
     ApplyResult,
     ClientError,
@@ -31,101 +26,81 @@ from substratus.core.client import (
 )
 from substratus.core.naming import RETAIN_ANNOTATION
 
-RESOURCES = {
-    kind: create_namespaced_resource(GROUP, "v1", kind, names.plural)
-    for kind, names in KIND_NAMES.items()
-}
 LABEL_KIND, LABEL_NAME, LABEL_ROLE = f"{GROUP}/kind", f"{GROUP}/name", f"{GROUP}/role"
 MAIN, BUILD_CONTEXT, BUILD = "main", "substratus-context", "build"  # the operator's names
 RETRIES_429 = 5
 START_WAIT_SECONDS = 120.0  # `logs -f` waits this long for a container to start
 ANNOTATION_NAME = f"{GROUP}/object-name"
 ANNOTATION_NAMESPACE = f"{GROUP}/object-namespace"  # a build pod's owner in another namespace
+APPLY_PATCH = "application/apply-patch+yaml"  # JSON is YAML
+T = TypeVar("T")
 
 
-def current_context(kubeconfig: str | None) -> str | None:
-    """The kubeconfig's current context, as kubectl would use it; None without one."""
-    try:
-        return KubeConfig.from_file(_kubeconfig_path(kubeconfig)).current_context or None
-    except (ConfigError, OSError, ValueError):
-        return None
-
-
-def _kubeconfig_path(kubeconfig: str | None) -> str:
-    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
-    return path or str(Path("~/.kube/config").expanduser())
-
-
-def _core_v1() -> Any:
-    """lightkube's core/v1 resources (Pod, Secret, Event), on first use: their models are
-    dataclasses made at import, a start-up cost `get` and `apply` of our kinds do without."""
-    from lightkube.resources import core_v1
-
-    return core_v1
-
-
-def _retry_after(e: ApiError) -> float:
+def _retry_after(e: StatusError) -> float:
     """The seconds a 429 asks for (Retry-After, at most 5), else 1."""
-    response = getattr(e, "response", None)
-    raw = response.headers.get("Retry-After", "") if response is not None else ""
+    raw = e.headers.get("retry-after", "")
     return min(float(raw), 5.0) if raw.isdigit() else 1.0
 
 
-def _plain(resource: Any) -> dict[str, Any]:
-    body = cast(dict[str, Any], resource.to_dict())
+def _plain(body: dict[str, Any]) -> dict[str, Any]:
     body.get("metadata", {}).pop("managedFields", None)  # kubectl hides them too
     return body
 
 
-def _api_error(what: str, e: ApiError) -> ClientError:
+def _api_error(what: str, e: StatusError) -> ClientError:
     """The API server's refusal as the Client interface's error."""
     status = e.status
-    if status.code == 404:
-        return NotFoundError(status.message or f"{what}: not found")
-    if status.code == 422:
-        causes = (status.details.causes if status.details else None) or []
-        problems = [(c.field or "", c.message or "") for c in causes]
-        return InvalidError(status.message or f"{what}: invalid", problems)
-    return ClientError(f"{what}: {status.message} ({status.code})")
+    if e.code == 404:
+        return NotFoundError(status.get("message") or f"{what}: not found")
+    if e.code in (400, 422):  # 400: fields the strict decoding refused
+        causes = (status.get("details") or {}).get("causes") or []
+        problems = [(c.get("field") or "", c.get("message") or "") for c in causes]
+        return InvalidError(status.get("message") or f"{what}: invalid", problems)
+    return ClientError(f"{what}: {status.get('message')} ({e.code})")
+
+
+def _selector(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in labels.items())
+
+
+def _when(timestamp: str | None) -> str:
+    """An RFC 3339 time to the second (an event's eventTime has microseconds)."""
+    return f"{timestamp[:19]}Z" if timestamp else ""
 
 
 class KubeClient:
     def __init__(self, context: str, kubeconfig: str | None = None) -> None:
-        path = _kubeconfig_path(kubeconfig)
-        try:
-            kubeconfig_file = KubeConfig.from_file(path)
-            if context not in kubeconfig_file.contexts:
-                known = ", ".join(sorted(kubeconfig_file.contexts)) or "none"
-                raise UnavailableError(
-                    f"kubeconfig {path}: no context {context!r} (it has: {known})"
-                )
-            config = kubeconfig_file.get(context_name=context)
-        except (ConfigError, OSError) as e:
-            raise UnavailableError(f"kubeconfig {path}: {e}") from None
-        assert config is not None
         self.context = context
-        self.config = config
-        self.k = Client(config=config, field_manager="sub")
+        self.api = Connection(context, kubeconfig)
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
         """One API call, with the API server's refusals as the Client interface's errors.
         Told to slow down (429, as for a CRD that was just established), it waits as told, a
         few times, as client-go does."""
         for attempt in range(RETRIES_429 + 1):
             try:
-                return fn(*args, **kwargs)
-            except ApiError as e:
-                if e.status.code != 429 or attempt == RETRIES_429:
+                return fn()
+            except StatusError as e:
+                if e.code != 429 or attempt == RETRIES_429:
                     raise _api_error(what, e) from None
                 time.sleep(_retry_after(e))
-            except (httpx2.HTTPError, OSError) as e:
+            except (http.client.HTTPException, OSError) as e:
                 raise UnavailableError(f"cluster {self.context!r}: {e}") from None
         raise AssertionError("unreachable")
 
-    def _list(self, what: str, resource: Any, **kwargs: Any) -> list[Any]:
-        """A list, read whole inside ``_call``: lightkube's is lazy, and its errors would
-        otherwise come while iterating, outside the error mapping."""
-        return cast(list[Any], self._call(what, lambda: list(self.k.list(resource, **kwargs))))
+    def _request(self, what: str, method: str, path: str, **kwargs: Any) -> Any:
+        return self._call(what, lambda: self.api.request(method, path, **kwargs))
+
+    def _items(self, what: str, path: str, kind: str, **query: Any) -> list[dict[str, Any]]:
+        """A list's items, each with its kind (the API server leaves it out of core lists)."""
+        found = self._request(what, "GET", path, query=query)
+        items = found.get("items") or []
+        for item in items:
+            item.setdefault("kind", kind)
+        return [_plain(i) for i in items]
+
+    def _path(self, kind: str, namespace: str | None, name: str | None = None) -> str:
+        return path_of(GROUP, kind_names(kind).plural, namespace, name)
 
     # -- the Client interface -------------------------------------------------------------
 
@@ -133,48 +108,54 @@ class KubeClient:
         self, namespace: str | None, kind: str | None = None, name: str | None = None
     ) -> list[dict[str, Any]]:
         fields = {"involvedObject.kind": kind, "involvedObject.name": name}
-        selector = {k: v for k, v in fields.items() if v}
-        found = self._list(
-            "events",
-            _core_v1().Event,
-            namespace=namespace or ALL_NS,
-            fields=selector or None,
+        selector = ",".join(f"{k}={v}" for k, v in fields.items() if v)
+        found = self._items(
+            "events", path_of("", "events", namespace), "Event", fieldSelector=selector or None
         )
         rows = []
         for e in found:
-            about = e.involvedObject
+            about = e.get("involvedObject") or {}
+            meta = e.get("metadata") or {}
             when = (
-                e.lastTimestamp or e.eventTime or e.firstTimestamp or e.metadata.creationTimestamp
+                e.get("lastTimestamp")
+                or e.get("eventTime")
+                or e.get("firstTimestamp")
+                or meta.get("creationTimestamp")
             )
             rows.append(
                 {
-                    "type": e.type or "Normal",
-                    "reason": e.reason or "",
-                    "message": (e.message or "").split("\n", 1)[0],
-                    "object": f"{(about.kind or '').lower()}/{about.name}",
-                    "namespace": e.metadata.namespace,
-                    "time": when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else "",
-                    "count": e.count or 1,
+                    "type": e.get("type") or "Normal",
+                    "reason": e.get("reason") or "",
+                    "message": (e.get("message") or "").split("\n", 1)[0],
+                    "object": f"{(about.get('kind') or '').lower()}/{about.get('name')}",
+                    "namespace": meta.get("namespace"),
+                    "time": _when(when),
+                    "count": e.get("count") or 1,
                 }
             )
         return sorted(rows, key=lambda r: r["time"])
 
     def server_version(self) -> str:
-        def get() -> Any:
-            response = self.k._client._client.get("/version")  # no lightkube resource for it
-            response.raise_for_status()
-            return response.json()
-
-        info = self._call("version", get)
+        info = self._request("version", "GET", "/version")
         return f"Kubernetes {info.get('gitVersion', 'unknown')} (context {self.context})"
+
+    def _apply(self, label: str, path: str, body: dict[str, Any], dry_run: bool) -> Any:
+        query = {
+            "fieldManager": "sub",
+            "force": "true",
+            "fieldValidation": "Strict",  # an unknown field is an error, as kubectl has it
+            "dryRun": "All" if dry_run else None,
+        }
+        return _plain(
+            self._request(label, "PATCH", path, query=query, body=body, content_type=APPLY_PATCH)
+        )
 
     def apply(
         self, doc: dict[str, Any], source: str = "<request>", dry_run: bool = False
     ) -> ApplyResult:
-        from substratus.api.loading import parse_object
-        from substratus.api.secrets import parse_secret
-
         if doc.get("kind") == "Secret" and doc.get("apiVersion") == "v1":
+            from substratus.api.secrets import parse_secret
+
             namespace, name, data = parse_secret(doc, source)
             secret = {
                 "apiVersion": "v1",
@@ -183,22 +164,33 @@ class KubeClient:
                 "type": doc.get("type", "Opaque"),
                 "stringData": data,
             }
-            before = self._get_or_none(_core_v1().Secret, name, namespace)
-            applied = self._call(
-                f"secret {name}", self.k.apply, from_dict(secret), force=True, dry_run=dry_run
-            )
-            action = "created" if before is None else "configured"
-            return ApplyResult(action, _plain(applied))
-        obj = parse_object(doc, source)  # the API server checks again, with the CRD's schema
-        kind, meta = obj.KIND, doc["metadata"]
-        namespace = meta.get("namespace") or obj.metadata.namespace
+            path = path_of("", "secrets", namespace, name)
+            before = self._get_or_none(path, name)
+            applied = self._apply(f"secret {name}", path, secret, dry_run)
+            return ApplyResult("created" if before is None else "configured", applied)
+        meta = doc.get("metadata")
+        if not (
+            doc.get("kind") in KIND_NAMES
+            and doc.get("apiVersion") == API_VERSION
+            and isinstance(meta, dict)
+            and isinstance(meta.get("name"), str)
+        ):
+            _check(doc, source)  # not an object of ours: says why
+        assert isinstance(meta, dict)
+        kind = kind_names(str(doc["kind"])).kind
+        namespace = meta.get("namespace") or "default"
         body = {**doc, "metadata": {**meta, "namespace": namespace}}
         body.pop("status", None)
-        before = self._get_or_none(RESOURCES[kind], meta["name"], namespace)
-        label = f"{kind.lower()}/{meta['name']}"
-        applied = _plain(
-            self._call(label, self.k.apply, from_dict(body), force=True, dry_run=dry_run)
-        )
+        label = f"{kind.lower()}/{meta.get('name')}"
+        path = self._path(kind, namespace, str(meta.get("name")))
+        before = self._get_or_none(path, label)
+        try:
+            applied = self._apply(label, path, body, dry_run)
+        except InvalidError:
+            # The API server's schema and admission policy are made from the same models as
+            # our validation, which words the problem as the manifest has it: ask it first.
+            _check(doc, source)
+            raise
         if before is None:
             return ApplyResult("created", applied)
         if dry_run:  # nothing was written: compare what would be with what is
@@ -211,18 +203,16 @@ class KubeClient:
         )
         return ApplyResult("unchanged" if same else "configured", applied)
 
-    def _get_or_none(self, resource: Any, name: str, namespace: str) -> dict[str, Any] | None:
+    def _get_or_none(self, path: str, what: str) -> dict[str, Any] | None:
         try:
-            return _plain(self._call(name, self.k.get, resource, name, namespace=namespace))
+            return _plain(self._request(what, "GET", path))
         except NotFoundError:
             return None
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
         cls = kind_names(kind)
         try:
-            return _plain(
-                self._call(name, self.k.get, RESOURCES[cls.kind], name, namespace=namespace)
-            )
+            return _plain(self._request(name, "GET", self._path(cls.kind, namespace, name)))
         except NotFoundError:  # worded as locally (the API server names the CRD's group)
             raise NotFoundError(
                 f'{cls.plural} "{name}" not found in namespace "{namespace}"'
@@ -230,27 +220,18 @@ class KubeClient:
 
     def list_objects(self, kind: str | None, namespace: str | None) -> list[dict[str, Any]]:
         kinds = [kind_names(kind).kind] if kind else list(KIND_NAMES)
-        out = []
-        for k in kinds:
-            items = self._list(k, RESOURCES[k], namespace=namespace or ALL_NS)
-            out += [_plain(i) for i in items]
-        return out
+        return [o for k in kinds for o in self._items(k, self._path(k, namespace), k)]
 
     def delete(self, kind: str, namespace: str, name: str, retain: bool = False) -> DeleteResult:
         cls = kind_names(kind)
         body = self.get(cls.kind, namespace, name)
+        path = self._path(cls.kind, namespace, name)
         if retain and cls.has_artifacts:
             patch = {"metadata": {"annotations": {RETAIN_ANNOTATION: "true"}}}
-            self._call(
-                name,
-                self.k.patch,
-                RESOURCES[cls.kind],
-                name,
-                patch,
-                namespace=namespace,
-                patch_type=PatchType.MERGE,
+            self._request(
+                name, "PATCH", path, body=patch, content_type="application/merge-patch+json"
             )
-        self._call(name, self.k.delete, RESOURCES[cls.kind], name, namespace=namespace)
+        self._request(name, "DELETE", path)
         # Pods on a cluster have their own copy of what they mount: nobody is left without it.
         return DeleteResult(body, [])
 
@@ -265,21 +246,30 @@ class KubeClient:
         if kind is None:
             raise ClientError("watching every kind of a cluster at once is not supported")
         cls = kind_names(kind)
-        fields = cast(dict[str, Any], {"metadata.name": name}) if name else None
+        query = {
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "fieldSelector": f"metadata.name={name}" if name else None,
+            "resourceVersion": resource_version,
+            "timeoutSeconds": max(1, int(timeout)),
+        }
+        # Without a resource version the API server starts with the objects as they are.
+        lines = self.api.stream(self._path(cls.kind, namespace), query, timeout + 30)
         try:
-            # Without a resource version the API server starts with the objects as they are.
-            for event_type, obj in self.k.watch(
-                RESOURCES[cls.kind],
-                namespace=namespace or ALL_NS,
-                fields=fields,
-                resource_version=resource_version,
-                server_timeout=max(1, int(timeout)),
-            ):
-                yield {"type": event_type, "object": _plain(obj)}
-        except ApiError as e:
-            raise ClientError(f"watch {cls.plural}: {e.status.message}") from None
-        except (httpx2.HTTPError, OSError) as e:
+            for line in lines:
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    message = (event.get("object") or {}).get("message")
+                    raise ClientError(f"watch {cls.plural}: {message}")
+                yield {"type": event["type"], "object": _plain(event["object"])}
+        except StatusError as e:
+            raise ClientError(f"watch {cls.plural}: {e}") from None
+        except (http.client.HTTPException, OSError) as e:
             raise UnavailableError(f"cluster {self.context!r}: {e}") from None
+
+    def _pods(self, what: str, namespace: str | None, **labels: str) -> list[dict[str, Any]]:
+        path = path_of("", "pods", namespace)
+        return self._items(what, path, "Pod", labelSelector=_selector(labels))
 
     def logs(
         self, kind: str, namespace: str, name: str, follow: bool = False, tail: int | None = None
@@ -289,26 +279,19 @@ class KubeClient:
         cls = kind_names(kind)
         pods = [
             p
-            for p in self._list(
-                name,
-                _core_v1().Pod,
-                namespace=namespace,
-                labels={LABEL_KIND: cls.kind},
-            )
-            if (p.metadata.annotations or {}).get(ANNOTATION_NAME) == name
+            for p in self._pods(name, namespace, **{LABEL_KIND: cls.kind})
+            if _annotations(p).get(ANNOTATION_NAME) == name
         ]
         pods += self._build_pods_elsewhere(cls.kind, namespace, name)
         if not pods:
             raise NotFoundError(f"{cls.plural}/{name}: no pod yet")
-        pod = max(pods, key=lambda p: p.metadata.creationTimestamp)
-        building = (pod.metadata.labels or {}).get(LABEL_ROLE) == "build"
+        pod = max(pods, key=lambda p: p["metadata"]["creationTimestamp"])
+        building = (pod["metadata"].get("labels") or {}).get(LABEL_ROLE) == "build"
         containers = [BUILD_CONTEXT, BUILD] if building else [MAIN]
         # Following, each container's log is followed in turn until it ends (an init
         # container's ends before the next one starts).
         for container in containers:
-            yield from self._container_log(
-                pod.metadata.name, pod.metadata.namespace, name, container, follow, tail
-            )
+            yield from self._container_log(pod["metadata"], name, container, follow, tail)
 
     def serving_pod(self, kind: str, namespace: str, name: str, role: str = "service") -> str:
         """The name of the object's newest Ready workload pod (a Server's or Notebook's; with
@@ -316,82 +299,76 @@ class KubeClient:
         cls = kind_names(kind)
         pods = [
             p
-            for p in self._list(
-                name,
-                _core_v1().Pod,
-                namespace=namespace,
-                labels={LABEL_KIND: cls.kind, LABEL_ROLE: role},
-            )
-            if (p.metadata.annotations or {}).get(ANNOTATION_NAME) == name
-            and p.metadata.deletionTimestamp is None
+            for p in self._pods(name, namespace, **{LABEL_KIND: cls.kind, LABEL_ROLE: role})
+            if _annotations(p).get(ANNOTATION_NAME) == name
+            and not p["metadata"].get("deletionTimestamp")
             and any(
-                c.type == "Ready" and c.status == "True"
-                for c in (p.status.conditions if p.status else None) or []
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (p.get("status") or {}).get("conditions") or []
             )
         ]
         if not pods:
             raise NotFoundError(f"{cls.plural}/{name}: no Ready pod")
-        return str(max(pods, key=lambda p: p.metadata.creationTimestamp).metadata.name)
+        return str(max(pods, key=lambda p: p["metadata"]["creationTimestamp"])["metadata"]["name"])
 
-    def _build_pods_elsewhere(self, kind: str, namespace: str, name: str) -> list[Any]:
+    def _build_pods_elsewhere(self, kind: str, namespace: str, name: str) -> list[dict[str, Any]]:
         """The object's build pods in the operator's builds namespace (build_namespace), where
         the user may read them; none where listing pods across namespaces is not allowed."""
         try:
-            found = self.k.list(
-                _core_v1().Pod, namespace=ALL_NS, labels={LABEL_KIND: kind, LABEL_ROLE: "build"}
-            )
-            owner = {ANNOTATION_NAME: name, ANNOTATION_NAMESPACE: namespace}
-            return [
-                p
-                for p in found
-                if p.metadata is not None
-                and owner.items() <= (p.metadata.annotations or {}).items()
-            ]
-        except (ApiError, httpx2.HTTPError, OSError):
+            found = self._pods("build pods", None, **{LABEL_KIND: kind, LABEL_ROLE: "build"})
+        except ClientError:
             return []
+        owner = {ANNOTATION_NAME: name, ANNOTATION_NAMESPACE: namespace}
+        return [p for p in found if owner.items() <= _annotations(p).items()]
 
     def _container_log(
-        self,
-        pod: str,
-        namespace: str,
-        name: str,
-        container: str,
-        follow: bool,
-        tail: int | None,
+        self, pod: dict[str, Any], name: str, container: str, follow: bool, tail: int | None
     ) -> Iterator[bytes]:
         deadline = time.monotonic() + (START_WAIT_SECONDS if follow else 0)
+        path = path_of("", "pods", pod["namespace"], pod["name"]) + "/log"
+        query = {"container": container, "follow": "true" if follow else None, "tailLines": tail}
         while True:
             try:
-                lines = self.k.log(
-                    pod, namespace=namespace, container=container, follow=follow, tail_lines=tail
-                )
-                for line in lines:
-                    yield line.encode()
+                yield from self.api.stream(path, query, None if follow else 60)
                 return
-            except ApiError as e:
-                if e.status.code != 400:
+            except StatusError as e:
+                if e.code != 400:
                     raise _api_error(name, e) from None
                 # The container has not started (an init container still runs): wait for it
                 # when following, else there is nothing to show yet.
                 if time.monotonic() > deadline:
                     return
                 time.sleep(1.0)
-            except (httpx2.HTTPError, OSError) as e:
+            except (http.client.HTTPException, OSError) as e:
                 raise UnavailableError(f"cluster {self.context!r}: {e}") from None
 
     def secrets(self, namespace: str | None) -> list[dict[str, Any]]:
-        items = self._list("secrets", _core_v1().Secret, namespace=namespace or ALL_NS)
+        items = self._items("secrets", path_of("", "secrets", namespace), "Secret")
         # Names and keys only, as locally: values stay in the cluster.
         return [
             {
-                "metadata": {"namespace": s.metadata.namespace, "name": s.metadata.name},
-                "keys": sorted(s.data or {}),
+                "metadata": {
+                    "namespace": s["metadata"]["namespace"],
+                    "name": s["metadata"]["name"],
+                },
+                "keys": sorted(s.get("data") or {}),
             }
             for s in items
         ]
 
     def delete_secret(self, namespace: str, name: str) -> None:
-        self._call(f"secret {name}", self.k.delete, _core_v1().Secret, name, namespace=namespace)
+        self._request(f"secret {name}", "DELETE", path_of("", "secrets", namespace, name))
+
+
+def _check(doc: dict[str, Any], source: str) -> None:
+    """Our own validation of a document (pydantic: imported only when it has something to say)."""
+    from substratus.api.loading import parse_object
+
+    parse_object(doc, source)
+
+
+def _annotations(obj: dict[str, Any]) -> dict[str, str]:
+    return (obj.get("metadata") or {}).get("annotations") or {}
 
 
 def _user_fields(obj: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:

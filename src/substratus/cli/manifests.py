@@ -3,24 +3,38 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import httpx
-
+from substratus.api.documents import check_document, load_yaml_documents
+from substratus.api.errors import ValidationFailed
 from substratus.api.limits import MAX_MANIFEST_BYTES
-from substratus.api.loading import ValidationFailed, check_document, load_yaml_documents
 from substratus.core.client import NotFoundError
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
 
-@dataclass(frozen=True)
-class Document:
+class Document(NamedTuple):
     body: dict[str, Any]
     source: str  # file path or URL, for messages
     directory: Path | None  # where a relative build context (image.upload) is found
+
+
+def upload_section(spec: dict[str, Any]) -> tuple[dict[str, Any], str, str, str] | None:
+    """Where a document asks for an upload, in the shape it was written: the design's
+    ``spec.image.upload`` {md5, requestId} or the original's ``spec.build.upload``
+    {md5Checksum, requestID}. Returns (parent, field path, md5 key, request id key)."""
+    for parent_key, md5_key, id_key in (("image", "md5", "requestId"),
+                                        ("build", "md5Checksum", "requestID")):  # fmt: skip
+        parent = spec.get(parent_key)
+        if isinstance(parent, dict) and parent.get("upload") is not None:
+            return parent, f"spec.{parent_key}.upload", md5_key, id_key
+    return None
+
+
+def needs_upload(body: dict[str, Any]) -> bool:
+    spec = body.get("spec")
+    return isinstance(spec, dict) and upload_section(spec) is not None
 
 
 def _too_large(source: str) -> ValidationFailed:
@@ -28,6 +42,8 @@ def _too_large(source: str) -> ValidationFailed:
 
 
 def _fetch(url: str) -> str:
+    import httpx
+
     try:
         with httpx.stream("GET", url, follow_redirects=True, timeout=30) as resp:
             resp.raise_for_status()

@@ -9,8 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from substratus.cli.common import Namespace, client, err, guarded, out
+from substratus.cli.common import client, err, guarded, out
 from substratus.cli.completion import complete_target
+from substratus.cli.options import Namespace
 
 PATHS = {"Notebook": "/lab?token={token}", "Server": "/docs"}
 PORTS = {"Notebook": 8888, "Server": 8080}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from substratus.api.kindnames import GROUP, kind_names
-from substratus.cli import jsonpath
+
+if TYPE_CHECKING:
+    from substratus.cli import jsonpath
 
 FORMATS = ("wide", "yaml", "json", "name", "jsonpath=TEMPLATE", "custom-columns=NAME:PATH,...")
 
@@ -196,6 +198,8 @@ def check_output(output: str | None) -> None:
     """ValueError naming --output when ``output`` is not a format (or its template is bad)."""
     if output is None or output in ("wide", "yaml", "json", "name"):
         return
+    from substratus.cli import jsonpath  # its parser is for these formats only
+
     kind, _, arg = output.partition("=")
     try:
         if kind == "jsonpath" and arg:
@@ -215,6 +219,8 @@ def name(obj: dict[str, Any]) -> str:
 
 
 def _columns_spec(spec: str) -> list[tuple[str, jsonpath.Expr]]:
+    from substratus.cli import jsonpath
+
     columns = []
     for part in spec.split(","):
         header, sep, path = part.partition(":")
@@ -228,6 +234,8 @@ def _columns_spec(spec: str) -> list[tuple[str, jsonpath.Expr]]:
 
 
 def custom_columns(objs: list[dict[str, Any]], spec: str, header: bool = True) -> str:
+    from substratus.cli import jsonpath
+
     columns = _columns_spec(spec)
     rows = [[h for h, _ in columns]] if header else []
     for obj in objs:
@@ -256,6 +264,8 @@ def render(
     if output == "name":
         return "\n".join(name(o) for o in objs)
     if output and output.startswith("jsonpath="):
+        from substratus.cli import jsonpath
+
         data: Any = objs[0] if single else {"apiVersion": "v1", "kind": "List", "items": objs}
         return jsonpath.render(jsonpath.parse(output.partition("=")[2]), data)
     if output and output.startswith("custom-columns="):

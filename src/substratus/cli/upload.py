@@ -19,7 +19,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from substratus.cli.manifests import Document
+from substratus.cli.manifests import Document, upload_section
 from substratus.cli.waiting import WaitFailed, WaitTimeout
 from substratus.core import conditions as C
 from substratus.core.client import Client, ClientError, NotFoundError
@@ -29,21 +29,9 @@ from substratus.storage.signed import SignedUploadError, upload_parts
 SIGN_TIMEOUT = 60.0
 
 
-def _upload_section(spec: dict[str, Any]) -> tuple[dict[str, Any], str, str, str] | None:
-    """Where a document asks for an upload, in the shape it was written: the design's
-    ``spec.image.upload`` {md5, requestId} or the original's ``spec.build.upload``
-    {md5Checksum, requestID}. Returns (parent, field path, md5 key, request id key)."""
-    for parent_key, md5_key, id_key in (("image", "md5", "requestId"),
-                                        ("build", "md5Checksum", "requestID")):  # fmt: skip
-        parent = spec.get(parent_key)
-        if isinstance(parent, dict) and parent.get("upload") is not None:
-            return parent, f"spec.{parent_key}.upload", md5_key, id_key
-    return None
-
-
 def prepare_upload(doc: Document, upload_dir: str | None) -> Path | None:
     """Pack the build context of a document that asks for an upload and record its md5."""
-    section = _upload_section(doc.body.get("spec") or {})
+    section = upload_section(doc.body.get("spec") or {})
     if section is None:
         return None
     parent, field, md5_key, id_key = section
@@ -99,7 +87,7 @@ def finish_upload(client: Client, obj: dict[str, Any], tarball: Path, console: C
     """Upload ``tarball`` once the control plane has published ``status.uploadUrl`` for this
     request; nothing when it holds a context with the same md5 already."""
     kind, meta = obj["kind"], obj["metadata"]
-    section = _upload_section(obj.get("spec") or {})
+    section = upload_section(obj.get("spec") or {})
     assert section is not None
     parent, _, md5_key, id_key = section
     md5, request_id = parent["upload"].get(md5_key), parent["upload"].get(id_key)

@@ -5,20 +5,14 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from substratus.cli.common import WaitFailed as WaitFailed  # re-exported
+from substratus.cli.common import WaitTimeout as WaitTimeout
 from substratus.cli.output import progress_text
 from substratus.core.client import Client
 from substratus.core.conditions import TERMINAL_REASONS
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-
-class WaitFailed(Exception):
-    pass
-
-
-class WaitTimeout(Exception):
-    pass
 
 
 def _ready_reason(obj: dict[str, Any]) -> tuple[bool, str, str]:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class ClientError(Exception):
@@ -25,14 +24,12 @@ class UnavailableError(ClientError):
     """The control plane cannot be reached."""
 
 
-@dataclass(frozen=True)
-class ApplyResult:
+class ApplyResult(NamedTuple):
     action: str  # created | configured | unchanged
     object: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class DeleteResult:
+class DeleteResult(NamedTuple):
     object: dict[str, Any]
     # Objects whose running workloads still mount the deleted object's artifacts; those
     # artifacts are deleted once they stop.

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from substratus.cli.common import Namespace, client, err, guarded, out, parse_duration
+from substratus.cli.common import client, err, guarded, out, parse_duration
+from substratus.cli.options import Namespace
 
 TARGET_HELP = "notebook/NAME, model/NAME, dataset/NAME or server/NAME (default: the directory)."
 
@@ -86,9 +87,10 @@ def plugin_main() -> None:
     """``kubectl-open-notebook`` / ``kubectl-notebook``: `sub notebook` against the kubeconfig's
     current context, as kubectl would act (``--context`` chooses another; with no context at
     all, the local runtime)."""
+    from substratus.cli.app import app
     from substratus.cli.common import chosen_context
     from substratus.cli.kube import current_context
-    from substratus.cli.main import app, split_cluster_flags
+    from substratus.cli.main import split_cluster_flags
 
     flags, rest = split_cluster_flags(sys.argv[1:])
     given = dict(zip(flags[::2], flags[1::2], strict=True))

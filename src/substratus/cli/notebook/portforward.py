@@ -4,8 +4,8 @@ port-forward endpoint (``pods/NAME/portforward``, channel protocol ``v4.channel.
 Every local TCP connection gets its own WebSocket, opened to the pod that serves *now* (asked
 of ``pod_for`` each time): a connection dropped by the network or a restarted pod ends that one
 connection, and the next one (the browser and Jupyter reconnect on their own, as does the sync)
-reaches the new pod. TLS and credentials are the kubeconfig's, through lightkube's own
-adapters (client certificates, tokens, exec plugins).
+reaches the new pod. TLS and credentials are the kubeconfig's, as ``kubehttp`` reads them
+(client certificates, tokens, exec plugins).
 
 The channel protocol: each binary message starts with a channel byte; for one port, channel 0
 carries data and channel 1 errors, and the first message on each is the port number (two
@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import httpx2
 import websocket
-from lightkube.config.client_adapter import user_auth, verify_cluster
-from lightkube.config.kubeconfig import SingleConfig
+
+from substratus.cli.kubehttp import Connection
 
 PROTOCOL = "v4.channel.k8s.io"
 DATA, ERROR = 0, 1
@@ -51,35 +49,24 @@ def _ws_url(server: str, namespace: str, pod: str, port: int) -> str:
 class PortForward:
     def __init__(
         self,
-        config: SingleConfig,
+        api: Connection,
         namespace: str,
         pod_for: Callable[[], str],
         remote_port: int,
         report: Callable[[str], None],
     ) -> None:
-        self.config = config
+        self.api = api
         self.namespace = namespace
         self.pod_for = pod_for
         self.remote_port = remote_port
         self.report = report
         self.listener: socket.socket | None = None
         self.closed = threading.Event()
-        assert config.user is not None
-        self.ssl_context: ssl.SSLContext | None = None
-        if urlsplit(config.cluster.server).scheme == "https":
-            self.ssl_context = verify_cluster(config.cluster, config.user, config.abs_file)
-        self.auth = user_auth(config.user)
 
     def _headers(self) -> list[str]:
         """The kubeconfig's credentials as request headers (an exec plugin runs when its token
-        is needed, as for any request lightkube makes)."""
-        if self.auth is None:
-            return []
-        request = httpx2.Request("GET", self.config.cluster.server)
-        flow = self.auth.sync_auth_flow(request)
-        signed = next(flow)
-        flow.close()
-        return [f"{k}: {v}" for k, v in signed.headers.items() if k.lower() == "authorization"]
+        is first needed)."""
+        return [f"{k}: {v}" for k, v in self.api.auth_headers().items()]
 
     def start(self, local_port: int | None = None) -> int:
         """Listen on 127.0.0.1: ``local_port``, else the remote port when free, else any."""
@@ -124,10 +111,9 @@ class PortForward:
                 time.sleep(0.2 * attempt)
             try:
                 pod = self.pod_for()
-                url = _ws_url(self.config.cluster.server, self.namespace, pod, self.remote_port)
-                sslopt: dict[str, Any] = (
-                    {"context": self.ssl_context} if self.ssl_context is not None else {}
-                )
+                url = _ws_url(self.api.server, self.namespace, pod, self.remote_port)
+                context = self.api.ssl_context
+                sslopt: dict[str, Any] = {"context": context} if context is not None else {}
                 ws = websocket.create_connection(
                     url,
                     header=self._headers(),

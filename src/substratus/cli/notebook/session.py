@@ -142,7 +142,7 @@ class Session:
         kube: Any = self.c
         ns, name = meta["namespace"], meta["name"]
         self.forward = PortForward(
-            kube.config, ns, lambda: kube.serving_pod(KIND, ns, name), JUPYTER_PORT, self.say
+            kube.api, ns, lambda: kube.serving_pod(KIND, ns, name), JUPYTER_PORT, self.say
         )
         port = self.forward.start(self.opts.port)
         self.say(f"forwarding 127.0.0.1:{port} to notebook/{name}'s pod, port {JUPYTER_PORT}")

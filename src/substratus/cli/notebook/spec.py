@@ -20,7 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from substratus.api.loading import kind_of, load_yaml_documents
+from substratus.api.documents import load_yaml_documents
+from substratus.api.loading import kind_of
 from substratus.api.names import dns_label_problem
 from substratus.cli.targets import UsageError
 from substratus.core.images import NOTEBOOK_IMAGE, builtin_module
