@@ -63,6 +63,10 @@ def test_reading_commands_do_not_start_the_supervisor(local: Local) -> None:
         assert "not running" in r.stderr and "sub local start" in r.stderr
     assert sub("wait", "model/x", "--timeout", "1s").returncode == 6
     assert sub("delete", "model/x").returncode == 6
+    # A bad manifest is refused here, before anything is started for it.
+    bad = "apiVersion: substratus.ai/v1\nkind: Model\nmetadata: {name: b}\nspec: {image: 3}\n"
+    r = sub("apply", "-f", "-", input=bad)
+    assert r.returncode == 4 and "spec.image" in r.stderr, r.stderr
     assert not supervisor_running(local.paths)
     r = sub("local", "start")
     assert r.returncode == 0 and "started" in r.stdout

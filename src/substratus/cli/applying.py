@@ -1,15 +1,24 @@
 """`sub apply`: documents to the runtime, uploads of build contexts, dry runs and --wait.
 
-Without an upload, a dry run or several documents, nothing here imports pydantic, rich or an
-HTTP library: the runtime checks the one document (the local supervisor with the same models;
-the API server with the CRD schema and admission policy made from them, and a refusal is
-worded by our own check, as the manifest has it)."""
+Without an upload, a dry run or several documents, nothing here imports pydantic or rich: the
+runtime checks the one document (the running local supervisor with the same models; the API
+server with the CRD schema and admission policy made from them, and a refusal is worded by
+our own check, as the manifest has it)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from substratus.cli.common import EXIT_USAGE, client, echo, err, fail, guarded, parse_duration
+from substratus.cli.common import (
+    EXIT_USAGE,
+    client,
+    echo,
+    err,
+    fail,
+    guarded,
+    parse_duration,
+    runtime_answers,
+)
 
 
 def apply(
@@ -30,10 +39,11 @@ def apply(
     def run() -> None:
         docs = read_documents(filename, namespace, recursive)
         uploads = any(needs_upload(doc.body) for doc in docs)
-        if len(docs) > 1 or uploads or dry_run == "client":
+        if len(docs) > 1 or uploads or dry_run != "none" or not runtime_answers():
             from substratus.api.loading import parse_object
 
-            # Every document checked before any is applied: one bad document applies nothing.
+            # Every document checked before any is applied: one bad document applies nothing
+            # (and a bad one does not start the local supervisor).
             for doc in docs:
                 if not (doc.body.get("kind") == "Secret" and doc.body.get("apiVersion") == "v1"):
                     parse_object(doc.body, doc.source)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
@@ -106,6 +105,17 @@ def client(start: bool = False) -> Client:
     return LocalClient(autostart=start)
 
 
+def runtime_answers() -> bool:
+    """Whether the chosen runtime checks what it is sent without being started first: a
+    cluster's API server (asked in any case), or a running local supervisor."""
+    if chosen_context(CLUSTER["context"]):
+        return True
+    from substratus.runtimes.local.client import supervisor_running
+    from substratus.runtimes.local.paths import LocalPaths
+
+    return supervisor_running(LocalPaths.from_env())
+
+
 def guarded(fn: Callable[[], T]) -> T:
     """Run ``fn``, turning client errors into messages and the documented exit codes."""
     from substratus.cli.targets import UsageError
@@ -139,6 +149,8 @@ def guarded(fn: Callable[[], T]) -> T:
 
 
 def parse_duration(text: str) -> float:
+    import re
+
     from substratus.cli.targets import UsageError
 
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())

@@ -18,9 +18,7 @@ import http.client
 import json
 import os
 import ssl
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -42,16 +40,21 @@ class StatusError(Exception):
         return int(self.status.get("code") or 0)
 
 
-def kubeconfig_path(kubeconfig: str | None) -> Path:
+def kubeconfig_path(kubeconfig: str | None) -> str:
     path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
-    return Path(path or "~/.kube/config").expanduser()
+    return os.path.expanduser(path or "~/.kube/config")
 
 
-def read_kubeconfig(path: Path) -> dict[str, Any]:
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def read_kubeconfig(path: str) -> dict[str, Any]:
     import yaml
 
     try:
-        doc = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        doc = yaml.load(_read(path), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, yaml.YAMLError) as e:
         raise UnavailableError(f"kubeconfig {path}: {e}") from None
     if not isinstance(doc, dict):
@@ -90,7 +93,7 @@ class Connection:
         if not cluster or not cluster.get("server"):
             raise UnavailableError(f"kubeconfig {path}: context {context!r} has no cluster server")
         self.where = f"kubeconfig {path}, context {context!r}"
-        self.base = path.parent
+        self.base = os.path.dirname(path)
         self.user: dict[str, Any] = _named(doc, "users", str(ctx.get("user"))) or {}
         self.server = str(cluster["server"]).rstrip("/")
         url = urlsplit(self.server)
@@ -111,8 +114,9 @@ class Connection:
 
     # -- credentials ----------------------------------------------------------------------
 
-    def _file(self, name: str) -> Path:
-        return (self.base / name).expanduser()  # relative to the kubeconfig, as kubectl has it
+    def _file(self, name: str) -> str:
+        # Relative to the kubeconfig, as kubectl has it.
+        return os.path.join(self.base, os.path.expanduser(name))
 
     def _tls(self, cluster: dict[str, Any]) -> ssl.SSLContext:
         ca_file, ca_data = (
@@ -121,7 +125,7 @@ class Connection:
         )
         try:
             ctx = ssl.create_default_context(
-                cafile=str(self._file(ca_file)) if ca_file else None,
+                cafile=self._file(ca_file) if ca_file else None,
                 cadata=base64.b64decode(ca_data).decode() if ca_data else None,
             )
             if cluster.get("insecure-skip-tls-verify"):
@@ -145,10 +149,12 @@ class Connection:
             return base64.b64decode(user[f"{field}-data"]).decode()
         if not user.get(field):
             raise ValueError(f"user: {field} or {field}-data is missing")
-        return self._file(user[field]).read_text()
+        return _read(self._file(user[field]))
 
     def _run_exec(self) -> None:
         """Run the user's exec credential plugin, as kubectl does, for a token or a cert."""
+        import subprocess
+
         spec = self.user["exec"]
         api = spec.get("apiVersion") or "client.authentication.k8s.io/v1"
         info = {"apiVersion": api, "kind": "ExecCredential", "spec": {"interactive": False}}
@@ -180,7 +186,7 @@ class Connection:
         if user.get("token"):
             return {"Authorization": f"Bearer {user['token']}"}
         if user.get("tokenFile"):  # re-read each time: a rotated token is picked up
-            token = self._file(user["tokenFile"]).read_text().strip()
+            token = _read(self._file(user["tokenFile"])).strip()
             return {"Authorization": f"Bearer {token}"}
         if user.get("username") and user.get("password"):
             pair = f"{user['username']}:{user['password']}".encode()
@@ -306,11 +312,11 @@ def _load_chain(ctx: ssl.SSLContext, cert: str, key: str) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        files = [Path(tmp) / "cert.pem", Path(tmp) / "key.pem"]
-        for f, pem in zip(files, (cert, key), strict=True):
-            f.touch(mode=0o600)
-            f.write_text(pem)
-        ctx.load_cert_chain(str(files[0]), str(files[1]))
+        files = [os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")]
+        for path, pem in zip(files, (cert, key), strict=True):
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                f.write(pem)
+        ctx.load_cert_chain(files[0], files[1])
 
 
 def _env_proxy(host: str, https: bool) -> str | None:

@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -248,6 +247,8 @@ def ensure_supervisor(paths: LocalPaths) -> None:
     """Start the supervisor for ``paths.home`` unless one answers already."""
     if supervisor_running(paths):
         return
+    import subprocess  # only here: a start-up cost every other command does without
+
     paths.ensure()
     # Serialise starts: two CLIs at once must not both spawn a supervisor.
     with open(paths.home / "start.lock", "w") as lock:
