@@ -186,9 +186,12 @@ class KubeClient:
         before = self._get_or_none(path, label)
         try:
             applied = self._apply(label, path, body, dry_run)
-        except InvalidError:
+        except UnavailableError:
+            raise
+        except ClientError:
             # The API server's schema and admission policy are made from the same models as
-            # our validation, which words the problem as the manifest has it: ask it first.
+            # our validation, which words the problem as the manifest has it: ask it first
+            # (a wrong type fails server-side apply's typed patch with a bare 500).
             _check(doc, source)
             raise
         if before is None:
