@@ -7,7 +7,6 @@ applied server-side (field manager ``sub``); the operator does the rest.
 
 from __future__ import annotations
 
-import http.client
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -84,7 +83,7 @@ class KubeClient:
                 if e.code != 429 or attempt == RETRIES_429:
                     raise _api_error(what, e) from None
                 time.sleep(_retry_after(e))
-            except (http.client.HTTPException, OSError) as e:
+            except OSError as e:
                 raise UnavailableError(f"cluster {self.context!r}: {e}") from None
         raise AssertionError("unreachable")
 
@@ -267,7 +266,7 @@ class KubeClient:
                 yield {"type": event["type"], "object": _plain(event["object"])}
         except StatusError as e:
             raise ClientError(f"watch {cls.plural}: {e}") from None
-        except (http.client.HTTPException, OSError) as e:
+        except OSError as e:
             raise UnavailableError(f"cluster {self.context!r}: {e}") from None
 
     def _pods(self, what: str, namespace: str | None, **labels: str) -> list[dict[str, Any]]:
@@ -342,7 +341,7 @@ class KubeClient:
                 if time.monotonic() > deadline:
                     return
                 time.sleep(1.0)
-            except (http.client.HTTPException, OSError) as e:
+            except OSError as e:
                 raise UnavailableError(f"cluster {self.context!r}: {e}") from None
 
     def secrets(self, namespace: str | None) -> list[dict[str, Any]]:

@@ -1,8 +1,8 @@
 """The Kubernetes API for `sub` over the standard library: a kubeconfig context read as kubectl
-reads it, and JSON requests over one kept-alive HTTPS connection.
+reads it, and JSON requests over one kept-alive HTTPS connection (``runtimes/http1.py``).
 
 Why not lightkube, as the operator uses: importing it and httpx takes ~110 ms, more than twice
-what kubectl needs for a whole `kubectl get`; the CLI's dozen REST calls over ``http.client``
+what kubectl needs for a whole `kubectl get`; the CLI's dozen REST calls over a socket
 start in a few. Credentials, as kubectl takes them: client certificates (files or data), a
 token or token file, basic auth, and exec credential plugins (``client.authentication.k8s.io``
 v1, v1beta1 and v1alpha1; a token or a client certificate). TLS: the cluster's CA (file or
@@ -14,15 +14,16 @@ HTTP CONNECT proxy).
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
+import socket
 import ssl
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from substratus.core.client import UnavailableError
+from substratus.runtimes import http1
 
 TIMEOUT = 30.0  # seconds a request may wait for the API server (a watch or log waits longer)
 
@@ -110,7 +111,7 @@ class Connection:
                 "them too): use an exec credential plugin"
             )
         self.ssl_context = self._tls(cluster) if self.https else None
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: http1.Connection | None = None
 
     # -- credentials ----------------------------------------------------------------------
 
@@ -197,22 +198,29 @@ class Connection:
 
     # -- requests -------------------------------------------------------------------------
 
-    def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
+    def _dial(self, timeout: float | None) -> socket.socket:
+        """A socket to the API server: through the proxy's CONNECT tunnel if there is one,
+        TLS if the server is https."""
         host, port = self.host, self.port
         if self.proxy:
             proxy = urlsplit(self.proxy)
             if proxy.scheme not in ("http", ""):
                 raise UnavailableError(f"{self.where}: proxy {self.proxy!r}: only http:// proxies")
             host, port = proxy.hostname or "", proxy.port or 3128
-        conn: http.client.HTTPConnection
-        if self.https:
-            conn = _HTTPS(host, port, timeout=timeout, context=self.ssl_context)
-            conn.server_name = self.server_name
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
-        if self.proxy:
-            conn.set_tunnel(self.host, self.port)
-        return conn
+        sock = socket.create_connection((host, port), timeout)
+        try:
+            if self.proxy:
+                _tunnel(sock, f"{self.host}:{self.port}")
+            if self.ssl_context is not None:
+                name = self.server_name or self.host
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=name)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _connection(self, timeout: float | None) -> http1.Connection:
+        return http1.Connection(lambda: self._dial(timeout), f"{self.host}:{self.port}")
 
     def url(self, path: str, query: dict[str, Any] | None = None) -> str:
         params = {k: v for k, v in (query or {}).items() if v is not None}
@@ -226,26 +234,17 @@ class Connection:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Any:
-        """One call; the decoded JSON answer. Raises StatusError for a refusal, OSError (and
-        http.client's errors) when the API server cannot be reached."""
+        """One call; the decoded JSON answer. Raises StatusError for a refusal, OSError when
+        the API server cannot be reached or does not speak HTTP."""
         data = None if body is None else json.dumps(body).encode()
+        if self._conn is None:
+            self._conn = self._connection(TIMEOUT)
         for attempt in (1, 2):
-            reused = self._conn is not None
-            if self._conn is None:
-                self._conn = self._connect(TIMEOUT)
             headers = {"Accept": "application/json", **self.auth_headers()}
             if data is not None:
                 headers["Content-Type"] = content_type
-            try:
-                self._conn.request(method, self.url(path, query), body=data, headers=headers)
-                response = self._conn.getresponse()
-                raw = response.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self._conn.close()
-                self._conn = None
-                if reused and attempt == 1:  # the server closed an idle kept-alive connection
-                    continue
-                raise
+            response = self._conn.request(method, self.url(path, query), headers, data)
+            raw = response.read()
             if response.status == 401 and attempt == 1 and "exec" in self.user:
                 self._token = None  # an expired plugin token: ask the plugin again
                 continue
@@ -256,10 +255,9 @@ class Connection:
 
     def stream(self, path: str, query: dict[str, Any], timeout: float | None) -> Iterator[bytes]:
         """The lines of a long answer (a watch, a followed log), on a connection of its own."""
-        conn = self._connect(timeout)
+        conn = self._connection(timeout)
         try:
-            conn.request("GET", self.url(path, query), headers=self.auth_headers())
-            response = conn.getresponse()
+            response = conn.request("GET", self.url(path, query), self.auth_headers())
             if response.status >= 400:
                 raise _status_error(response, response.read())
             while line := response.readline():
@@ -268,23 +266,21 @@ class Connection:
             conn.close()
 
 
-class _HTTPS(http.client.HTTPSConnection):
-    """``tls-server-name``: the name the API server's certificate is checked against, when it
-    is not the host dialled."""
-
-    server_name: str | None = None
-
-    def connect(self) -> None:
-        if not self.server_name:
-            super().connect()
-            return
-        http.client.HTTPConnection.connect(self)
-        self.sock = self._context.wrap_socket(  # type: ignore[attr-defined]
-            self.sock, server_hostname=self.server_name
-        )
+def _tunnel(sock: socket.socket, target: str) -> None:
+    """Ask an HTTP proxy for a tunnel to ``target`` (host:port) on ``sock``."""
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:  # byte by byte: what follows the head is the server's
+        byte = sock.recv(1)
+        if not byte or len(head) > 65536:
+            raise http1.ProtocolError(f"proxy: no answer to CONNECT {target}")
+        head += byte
+    status = head.split(b" ", 2)[1:2]
+    if status != [b"200"]:
+        raise http1.ProtocolError(f"proxy refused CONNECT {target}: {head.splitlines()[0]!r}")
 
 
-def _status_error(response: http.client.HTTPResponse, raw: bytes) -> StatusError:
+def _status_error(response: http1.Response, raw: bytes) -> StatusError:
     try:
         status = json.loads(raw)
         if not isinstance(status, dict) or status.get("kind") != "Status":
@@ -293,7 +289,7 @@ def _status_error(response: http.client.HTTPResponse, raw: bytes) -> StatusError
         text = raw.decode(errors="replace").strip()[:500] or response.reason
         status = {"code": response.status, "message": text}
     status.setdefault("code", response.status)
-    return StatusError(status, {k.lower(): v for k, v in response.getheaders()})
+    return StatusError(status, response.headers)
 
 
 def _load_chain(ctx: ssl.SSLContext, cert: str, key: str) -> None:
