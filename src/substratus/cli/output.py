@@ -17,7 +17,8 @@ FORMATS = ("wide", "yaml", "json", "name", "jsonpath=TEMPLATE", "custom-columns=
 def age(timestamp: str | None, now: datetime | None = None) -> str:
     if not timestamp:
         return "<unknown>"
-    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    # fromisoformat, not strptime: the _strptime module is a few ms of every `sub get`.
+    then = datetime.fromisoformat(timestamp.replace("Z", "+00:00")).astimezone(UTC)
     secs = int(((now or datetime.now(UTC)) - then).total_seconds())
     if secs < 120:
         return f"{max(secs, 0)}s"
