@@ -166,13 +166,15 @@ def test_an_exec_plugin_gives_the_token_and_is_asked_again_after_a_401(
     count.write_text("0")
     plugin = (
         "import json, os, sys; p = sys.argv[1]; n = int(open(p).read()) + 1; "
-        "open(p, 'w').write(str(n)); info = json.loads(os.environ['KUBERNETES_EXEC_INFO']); "
+        "open(p, 'w').write(str(n)); "
+        "open(p + '.info', 'w').write(os.environ['KUBERNETES_EXEC_INFO']); "
+        "info = json.loads(os.environ['KUBERNETES_EXEC_INFO']); "
         "print(json.dumps({'apiVersion': info['apiVersion'], 'kind': 'ExecCredential', "
         "'status': {'token': os.environ['PREFIX'] + str(n)}}))"
     )
     user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": sys.executable,
                      "args": ["-c", plugin, str(count)], "env": [{"name": "PREFIX", "value": "t"}],
-                     "interactiveMode": "Never"}}  # fmt: skip
+                     "interactiveMode": "Never", "provideClusterInfo": True}}  # fmt: skip
     c = kube.KubeClient("test", _kubeconfig(tmp_path, server, user))
     server.answers = [(200, {"gitVersion": "v1.99.0"}, {})]
     assert c.server_version() == "Kubernetes v1.99.0 (context test)"
@@ -180,6 +182,8 @@ def test_an_exec_plugin_gives_the_token_and_is_asked_again_after_a_401(
     assert c.list_objects("servers", "x") == []
     tokens = [headers["Authorization"] for _, _, headers, _ in server.seen]
     assert tokens == ["Bearer t1", "Bearer t1", "Bearer t2"]
+    info = json.loads((tmp_path / "count.info").read_text())
+    assert info["spec"] == {"interactive": False, "cluster": {"server": server.url}}
 
 
 def test_kubeconfig_mistakes_are_named(server: Server, tmp_path: Path) -> None:

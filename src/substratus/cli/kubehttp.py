@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import ssl
+import sys
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -96,6 +97,7 @@ class Connection:
         self.where = f"kubeconfig {path}, context {context!r}"
         self.base = os.path.dirname(path)
         self.user: dict[str, Any] = _named(doc, "users", str(ctx.get("user"))) or {}
+        self.cluster: dict[str, Any] = cluster
         self.server = str(cluster["server"]).rstrip("/")
         url = urlsplit(self.server)
         self.https = url.scheme == "https"
@@ -153,24 +155,43 @@ class Connection:
         return _read(self._file(user[field]))
 
     def _run_exec(self) -> None:
-        """Run the user's exec credential plugin, as kubectl does, for a token or a cert."""
+        """Run the user's exec credential plugin, as kubectl does, for a token or a cert: its
+        stderr (a login prompt, a URL to open) goes to the terminal, and so does stdin when
+        the plugin may ask and there is a terminal to ask on."""
         import subprocess
 
         spec = self.user["exec"]
         api = spec.get("apiVersion") or "client.authentication.k8s.io/v1"
-        info = {"apiVersion": api, "kind": "ExecCredential", "spec": {"interactive": False}}
-        env = {**os.environ, "KUBERNETES_EXEC_INFO": json.dumps(info)}
-        env.update({e["name"]: e["value"] for e in spec.get("env") or []})
+        mode = spec.get("interactiveMode") or "IfAvailable"
+        interactive = mode != "Never" and sys.stdin.isatty()
         command = [str(spec.get("command")), *(spec.get("args") or [])]
+        if mode == "Always" and not interactive:
+            raise UnavailableError(f"{self.where}: exec plugin {command[0]!r} needs a terminal")
+        info: dict[str, Any] = {"interactive": interactive}
+        if spec.get("provideClusterInfo"):
+            keys = ("server", "certificate-authority-data", "insecure-skip-tls-verify",
+                    "tls-server-name", "proxy-url")  # fmt: skip
+            info["cluster"] = {k: self.cluster[k] for k in keys if k in self.cluster}
+            extension = (self.cluster.get("extensions") or [{}])[0]
+            if extension.get("name") == "client.authentication.k8s.io/exec":
+                info["cluster"]["config"] = extension.get("extension")
+        credential = {"apiVersion": api, "kind": "ExecCredential", "spec": info}
+        env = {**os.environ, "KUBERNETES_EXEC_INFO": json.dumps(credential)}
+        env.update({e["name"]: e["value"] for e in spec.get("env") or []})
         try:
-            done = subprocess.run(command, env=env, capture_output=True, timeout=60)
+            done = subprocess.run(
+                command,
+                env=env,
+                stdin=None if interactive else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                timeout=None if interactive else 120,
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
             hint = f" ({spec['installHint'].strip()})" if spec.get("installHint") else ""
             raise UnavailableError(f"{self.where}: exec plugin {command[0]!r}: {e}{hint}") from None
-        if done.returncode != 0:
-            said = done.stderr.decode(errors="replace").strip()
+        if done.returncode != 0:  # what it said went to stderr
             raise UnavailableError(
-                f"{self.where}: exec plugin {command[0]!r} exited {done.returncode}: {said}"
+                f"{self.where}: exec plugin {command[0]!r} exited {done.returncode}"
             )
         try:
             status = json.loads(done.stdout)["status"]
