@@ -97,10 +97,7 @@ def test_an_autoscaled_server_scales_from_zero_and_back_on_the_real_node(
     assert "scaled to zero" in served["status"]["conditions"][0]["message"]
     assert _deployments(plane, ns)["auto-server-deploy"] == 0
     # The proxy's token lives in a Secret the Server owns; the pod reads it from there.
-    secret = json.loads(
-        plane.kubectl("get", "secret", "-n", ns, "auto-server-proxy", "-o", "json").stdout
-    )
-    assert secret["metadata"]["ownerReferences"][0]["name"] == "auto"
+    assert _token_owners(plane, ns) == [served["metadata"]["uid"]]
     ip = plane.kubectl(
         "get", "svc", "-n", ns, "auto-server-proxy", "-o", "jsonpath={.spec.clusterIP}"
     )
@@ -162,3 +159,18 @@ def test_an_autoscaled_server_scales_from_zero_and_back_on_the_real_node(
         time.sleep(0.5)
     back = wait_for(plane, operator, ns, "Server", "auto", "Serving")
     assert back["status"]["url"] == f"http://auto-server-svc.{ns}.svc.cluster.local:8080"
+
+    # Deleted and made again under its name: the new Server's proxy gets a token Secret of its
+    # own, whether or not the garbage collector has removed the old one yet.
+    plane.kubectl("delete", "server", "-n", ns, "auto", "--timeout=60s")
+    apply(plane, ns, "Server", "auto", server)
+    again = wait_for(plane, operator, ns, "Server", "auto", "Serving")
+    assert again["metadata"]["uid"] in _token_owners(plane, ns)
+
+
+def _token_owners(plane: ControlPlane, ns: str) -> list[str]:
+    """The uids of the Servers that own a proxy token Secret in ``ns``."""
+    role = "substratus.ai/role=proxy"
+    found = plane.kubectl("get", "secrets", "-n", ns, "-l", role, "-o", "json")
+    return [r["uid"] for s in json.loads(found.stdout)["items"]
+            for r in s["metadata"]["ownerReferences"]]  # fmt: skip

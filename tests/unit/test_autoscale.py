@@ -152,6 +152,7 @@ def test_an_autoscaled_server_on_a_cluster_has_a_proxy_in_front() -> None:
 
     cfg = OperatorConfig(artifact_url="s3://b", helper_image="helper:1")
     obj = make("Server", AUTO)
+    obj.metadata.uid = "0a1b2c3d-4e5f-6789-abcd-ef0123456789"  # as the API server sets it
     policy = obj.spec.autoscaling  # type: ignore[attr-defined]
     action = EnsureService(1, IMAGE, 0, policy)
     children = services.service_children(obj, action, cfg, MountSources(None, None), ["true"])
@@ -170,9 +171,14 @@ def test_an_autoscaled_server_on_a_cluster_has_a_proxy_in_front() -> None:
     env = {e["name"]: e.get("value") or e["valueFrom"] for e in proxy["env"]}
     # Its replicas come from the operator, with the token of the Secret the Server owns.
     assert "UPSTREAMS" not in env
-    assert env["PROXY_TOKEN"] == {"secretKeyRef": {"name": "x-server-proxy", "key": "token"}}
+    token_ref = {"secretKeyRef": {"name": "x-server-proxy-0a1b2c3d4e", "key": "token"}}
+    assert env["PROXY_TOKEN"] == token_ref
     secret = autoscaling.token_secret(obj)
-    assert secret["metadata"]["name"] == "x-server-proxy"
+    assert secret["metadata"]["name"] == "x-server-proxy-0a1b2c3d4e"
+    # The same name made again is another Server: its Secret is its own, not the old one's.
+    again = make("Server", AUTO)
+    again.metadata.uid = "ffff0000-1111-2222-3333-444455556666"
+    assert autoscaling.token_secret_name(again) == "x-server-proxy-ffff000011"
     assert secret["metadata"]["ownerReferences"][0]["name"] == "x"
     assert len(secret["stringData"]["token"]) >= 40
     assert secret["stringData"] != autoscaling.token_secret(obj)["stringData"]

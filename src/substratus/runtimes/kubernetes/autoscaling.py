@@ -61,6 +61,14 @@ def proxy_url(obj: Resource) -> str:
     return f"http://{proxy_name(obj)}.{obj.metadata.namespace}.svc.cluster.local:{PORT}"
 
 
+def token_secret_name(obj: Resource) -> str:
+    """The proxy token's Secret, named for this Server's uid: a Server deleted and made again
+    under its name gets a Secret of its own, not the old one that the garbage collector has
+    yet to remove (whose token would then vanish under the new proxy)."""
+    uid = (obj.metadata.uid or "").replace("-", "")[:10]
+    return names.child_name(obj, f"proxy-{uid}" if uid else "proxy")
+
+
 def token_secret(obj: Resource) -> dict[str, Any]:
     """The Secret that holds the proxy's token: made once (a second create finds it), owned by
     the Server, kept when autoscaling is turned off and on again."""
@@ -68,7 +76,7 @@ def token_secret(obj: Resource) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
-            "name": proxy_name(obj),
+            "name": token_secret_name(obj),
             "namespace": obj.metadata.namespace,
             "labels": names.labels(obj, role=ROLE),
             "ownerReferences": [names.owner_reference(obj)],
@@ -95,7 +103,7 @@ def proxy_children(
         "LOAD_WINDOW_SECONDS": str(policy.scale_down_delay_seconds),
     }
     keys = [e for e in workload_env(obj) if e["name"] == API_KEYS_ENV]
-    token_ref = {"secretKeyRef": {"name": proxy_name(obj), "key": TOKEN_KEY}}
+    token_ref = {"secretKeyRef": {"name": token_secret_name(obj), "key": TOKEN_KEY}}
     container = {
         "name": ROLE,
         "image": cfg.helper_image,
@@ -239,9 +247,10 @@ class LoadPoller(Every):
     def _token(self, obj: Resource) -> str | None:
         if obj.key not in self._tokens:
             try:
-                secret = self.client.get(Secret, proxy_name(obj), namespace=obj.metadata.namespace)
+                name = token_secret_name(obj)
+                secret = self.client.get(Secret, name, namespace=obj.metadata.namespace)
             except ApiError as e:
-                log.debug("token of %s: %s", proxy_name(obj), e.status.message)
+                log.debug("token of %s: %s", token_secret_name(obj), e.status.message)
                 return None
             value = (secret.data or {}).get(TOKEN_KEY)
             if not value:
