@@ -270,8 +270,11 @@ class Proxy:
 
 def _error(status: int, code: str, message: str, retry_after: int | None = None) -> web.Response:
     """An OpenAI-style error, with the reason also in a header for clients that skip bodies."""
-    kinds = {503: "service_unavailable", 401: "invalid_request_error", 500: "server_error"}
-    kind = kinds.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    kind = (
+        "service_unavailable"
+        if status == 503
+        else ("server_error" if status >= 500 else "invalid_request_error")
+    )
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     headers = {REASON_HEADER: code} if status == 503 else {}
     if retry_after is not None:
