@@ -49,15 +49,15 @@ def open_(
             raise UsageError(
                 f"{kind.lower()}/{name} has no address yet: sub wait {kind.lower()}/{name}"
             )
-        config = getattr(c, "config", None)
-        if config is None:  # the local runtime: status.url is this machine's
+        api = getattr(c, "api", None)  # a cluster's connection (KubeClient)
+        if api is None:  # the local runtime: status.url is this machine's
             show(page(obj, status["url"]), browser)
             return
         from substratus.cli.notebook.portforward import PortForward
 
         role = "proxy" if (obj.get("spec") or {}).get("autoscaling") else "service"
         forward = PortForward(
-            config, namespace, lambda: c.serving_pod(kind, namespace, name, role), PORTS[kind],
+            api, namespace, lambda: c.serving_pod(kind, namespace, name, role), PORTS[kind],
             lambda line: err.print(line, markup=False),
         )  # fmt: skip
         port = forward.start()
