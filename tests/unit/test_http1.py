@@ -1,14 +1,17 @@
 """runtimes/http1.py against real HTTP servers on loopback: sized, chunked and close-ended
 bodies, lines across chunk boundaries, kept-alive connections (and one the server closed
-meanwhile), and answers that are not HTTP."""
+meanwhile, also over TLS), and answers that are not HTTP."""
 
 from __future__ import annotations
 
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -119,6 +122,54 @@ def test_a_kept_alive_connection_the_server_closed_is_dialled_again() -> None:
 
     threading.Thread(target=serve, daemon=True).start()
     conn = _connection(listener.getsockname())
+    assert conn.request("GET", "/one").read() == b"/one"
+    time.sleep(0.2)
+    assert conn.request("GET", "/two").read() == b"/two"
+    assert len(accepted) == 2
+    listener.close()
+
+
+def test_a_tls_connection_the_server_dropped_without_close_notify_is_dialled_again(
+    tmp_path: Path,
+) -> None:
+    """A proxy or load balancer that drops an idle TLS connection without a close_notify:
+    the socket reads it as the end (a ragged EOF, as wrap_socket suppresses it by default),
+    and the request goes out again on a new connection."""
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def serve() -> None:
+        while True:
+            try:
+                peer = server_tls.wrap_socket(listener.accept()[0], server_side=True)
+            except OSError:
+                return
+            accepted.append(peer)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += peer.recv(4096)
+            body = request.split(b" ")[1]
+            peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            peer.shutdown(socket.SHUT_WR)  # a FIN with no close_notify; left open, so no RST
+
+    threading.Thread(target=serve, daemon=True).start()
+    client_tls = ssl.create_default_context(cafile=cert)
+    address = listener.getsockname()
+    conn = http1.Connection(
+        lambda: client_tls.wrap_socket(
+            socket.create_connection(address, 5), server_hostname="127.0.0.1"
+        ),
+        "api:6443",
+    )
     assert conn.request("GET", "/one").read() == b"/one"
     time.sleep(0.2)
     assert conn.request("GET", "/two").read() == b"/two"

@@ -30,6 +30,7 @@ class Server:
     def __init__(self) -> None:
         self.answers: list[Answer] = []
         self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.named = False  # unscripted: a Model named as the path's last segment
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,9 +40,13 @@ class Server:
                 size = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(size) if size else b""
                 owner.seen.append((self.command, self.path, dict(self.headers), body))
-                code, doc, headers = (
-                    owner.answers.pop(0) if owner.answers else (200, {"items": []}, {})
-                )
+                if owner.answers:
+                    code, doc, headers = owner.answers.pop(0)
+                elif owner.named:
+                    name = self.path.rsplit("/", 1)[-1]
+                    code, doc, headers = 200, {"kind": "Model", "metadata": {"name": name}}, {}
+                else:
+                    code, doc, headers = 200, {"items": []}, {}
                 raw = json.dumps(doc).encode()
                 self.send_response(code)
                 for k, v in {"Content-Type": "application/json", **headers}.items():
@@ -157,6 +162,30 @@ def test_an_apply_is_server_side_and_a_refusal_is_worded_by_our_own_check(
     with pytest.raises(InvalidError, match="denied by policy") as refused:
         c.apply(doc)
     assert refused.value.problems == [("metadata.name", "taken")]
+
+
+def test_threads_sharing_a_client_each_get_their_own_answer(server: Server, tmp_path: Path) -> None:
+    """`sub apply` of a build reads the object in one thread while another looks for the
+    build's pod: the one kept-alive connection must carry their requests one at a time."""
+    c = kube.KubeClient("test", _kubeconfig(tmp_path, server, {}))
+    server.named = True
+    wrong: list[str] = []
+
+    def reader(n: int) -> None:
+        for i in range(25):
+            try:
+                got = c.get("model", "default", f"m{n}-{i}")["metadata"]["name"]
+            except ClientError as e:
+                got = str(e)
+            if got != f"m{n}-{i}":
+                wrong.append(got)
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == [] and len(server.seen) == 200
 
 
 def test_an_exec_plugin_gives_the_token_and_is_asked_again_after_a_401(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from substratus.api.kindnames import API_VERSION, GROUP, KIND_NAMES, kind_names
-from substratus.cli.kubehttp import Connection, StatusError, path_of
+from substratus.cli.kubehttp import ApiServer, StatusError, path_of
 from substratus.cli.kubehttp import current_context as current_context  # re-exported
 from substratus.core.client import (
     ApplyResult,
@@ -70,7 +70,7 @@ def _when(timestamp: str | None) -> str:
 class KubeClient:
     def __init__(self, context: str, kubeconfig: str | None = None) -> None:
         self.context = context
-        self.api = Connection(context, kubeconfig)
+        self.api = ApiServer(context, kubeconfig)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         """One API call, with the API server's refusals as the Client interface's errors.

@@ -19,6 +19,7 @@ import os
 import socket
 import ssl
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -79,7 +80,7 @@ def _named(doc: dict[str, Any], section: str, name: str) -> dict[str, Any] | Non
     return None
 
 
-class Connection:
+class ApiServer:
     """One context of a kubeconfig: where the API server is, how to trust it and who we are."""
 
     def __init__(self, context: str, kubeconfig: str | None = None) -> None:
@@ -114,6 +115,9 @@ class Connection:
             )
         self.ssl_context = self._tls(cluster) if self.https else None
         self._conn: http1.Connection | None = None
+        # One kept-alive connection carries one request at a time: `sub apply` of a build
+        # reads the object in one thread while another finds the build's pod for its log.
+        self._lock = threading.Lock()
 
     # -- credentials ----------------------------------------------------------------------
 
@@ -258,21 +262,22 @@ class Connection:
         """One call; the decoded JSON answer. Raises StatusError for a refusal, OSError when
         the API server cannot be reached or does not speak HTTP."""
         data = None if body is None else json.dumps(body).encode()
-        if self._conn is None:
-            self._conn = self._connection(TIMEOUT)
-        for attempt in (1, 2):
-            headers = {"Accept": "application/json", **self.auth_headers()}
-            if data is not None:
-                headers["Content-Type"] = content_type
-            response = self._conn.request(method, self.url(path, query), headers, data)
-            raw = response.read()
-            if response.status == 401 and attempt == 1 and "exec" in self.user:
-                self._token = None  # an expired plugin token: ask the plugin again
-                continue
-            if response.status >= 400:
-                raise _status_error(response, raw)
-            return json.loads(raw) if raw else {}
-        raise AssertionError("unreachable")
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._connection(TIMEOUT)
+            for attempt in (1, 2):
+                headers = {"Accept": "application/json", **self.auth_headers()}
+                if data is not None:
+                    headers["Content-Type"] = content_type
+                response = self._conn.request(method, self.url(path, query), headers, data)
+                raw = response.read()
+                if response.status == 401 and attempt == 1 and "exec" in self.user:
+                    self._token = None  # an expired plugin token: ask the plugin again
+                    continue
+                if response.status >= 400:
+                    raise _status_error(response, raw)
+                return json.loads(raw) if raw else {}
+            raise AssertionError("unreachable")
 
     def stream(self, path: str, query: dict[str, Any], timeout: float | None) -> Iterator[bytes]:
         """The lines of a long answer (a watch, a followed log), on a connection of its own."""

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import websocket
 
-from substratus.cli.kubehttp import Connection
+from substratus.cli.kubehttp import ApiServer
 
 PROTOCOL = "v4.channel.k8s.io"
 DATA, ERROR = 0, 1
@@ -49,7 +49,7 @@ def _ws_url(server: str, namespace: str, pod: str, port: int) -> str:
 class PortForward:
     def __init__(
         self,
-        api: Connection,
+        api: ApiServer,
         namespace: str,
         pod_for: Callable[[], str],
         remote_port: int,
