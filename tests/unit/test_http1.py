@@ -101,40 +101,9 @@ def test_sized_chunked_and_close_ended_bodies_on_one_kept_alive_connection(
     conn.close()
 
 
-def test_a_kept_alive_connection_the_server_closed_is_dialled_again() -> None:
-    """A server that hangs up on an idle connection (as API servers and proxies do)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted = []
-
-    def serve() -> None:
-        while True:
-            try:
-                peer, _ = listener.accept()
-            except OSError:
-                return
-            accepted.append(peer)
-            request = b""
-            while b"\r\n\r\n" not in request:
-                request += peer.recv(4096)
-            body = request.split(b" ")[1]
-            peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            peer.close()  # no Connection: close said: the client finds out on its next request
-
-    threading.Thread(target=serve, daemon=True).start()
-    conn = _connection(listener.getsockname())
-    assert conn.request("GET", "/one").read() == b"/one"
-    time.sleep(0.2)
-    assert conn.request("GET", "/two").read() == b"/two"
-    assert len(accepted) == 2
-    listener.close()
-
-
-def test_a_tls_connection_the_server_dropped_without_close_notify_is_dialled_again(
-    tmp_path: Path,
-) -> None:
-    """A proxy or load balancer that drops an idle TLS connection without a close_notify:
-    the socket reads it as the end (a ragged EOF, as wrap_socket suppresses it by default),
-    and the request goes out again on a new connection."""
+def _tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server's context with a self-signed certificate for 127.0.0.1, and a client's
+    that trusts it."""
     cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -142,34 +111,51 @@ def test_a_tls_connection_the_server_dropped_without_close_notify_is_dialled_aga
          "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True,
     )  # fmt: skip
-    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_tls.load_cert_chain(cert, key)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    return server, ssl.create_default_context(cafile=cert)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_kept_alive_connection_the_server_closed_is_dialled_again(
+    tls: bool, tmp_path: Path
+) -> None:
+    """A server that hangs up on an idle connection (as API servers and proxies do). Over
+    TLS it drops it without a close_notify, as a proxy or load balancer may: the socket
+    reads a ragged EOF as the end (wrap_socket's default), and the request goes out again."""
+    server_tls, client_tls = _tls_contexts(tmp_path) if tls else (None, None)
     listener = socket.create_server(("127.0.0.1", 0))
     accepted = []
 
     def serve() -> None:
         while True:
             try:
-                peer = server_tls.wrap_socket(listener.accept()[0], server_side=True)
+                peer = listener.accept()[0]
             except OSError:
                 return
+            if server_tls is not None:
+                peer = server_tls.wrap_socket(peer, server_side=True)
             accepted.append(peer)
             request = b""
             while b"\r\n\r\n" not in request:
                 request += peer.recv(4096)
             body = request.split(b" ")[1]
             peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            peer.shutdown(socket.SHUT_WR)  # a FIN with no close_notify; left open, so no RST
+            # No Connection: close said: the client finds out on its next request. Over TLS
+            # a FIN without close_notify, the socket left open (so no RST follows).
+            if tls:
+                peer.shutdown(socket.SHUT_WR)
+            else:
+                peer.close()
+
+    def dial() -> socket.socket:
+        sock = socket.create_connection(listener.getsockname(), 5)
+        if client_tls is None:
+            return sock
+        return client_tls.wrap_socket(sock, server_hostname="127.0.0.1")
 
     threading.Thread(target=serve, daemon=True).start()
-    client_tls = ssl.create_default_context(cafile=cert)
-    address = listener.getsockname()
-    conn = http1.Connection(
-        lambda: client_tls.wrap_socket(
-            socket.create_connection(address, 5), server_hostname="127.0.0.1"
-        ),
-        "api:6443",
-    )
+    conn = http1.Connection(dial, "api:6443")
     assert conn.request("GET", "/one").read() == b"/one"
     time.sleep(0.2)
     assert conn.request("GET", "/two").read() == b"/two"
