@@ -35,6 +35,7 @@ class Server:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go in two writes
 
             def _answer(self) -> None:
                 size = int(self.headers.get("Content-Length") or 0)
